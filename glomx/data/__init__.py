@@ -1,0 +1,1 @@
+"""Data layer: catalogue, image decoding, split, on-disk array store, synthetic data."""

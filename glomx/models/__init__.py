@@ -1,0 +1,30 @@
+"""Model families behind one contract (:class:`glomx.models.base.Classifier`)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+from glomx.models.base import Classifier, ModelMeta
+
+# family name → "module:ClassName", imported lazily so sklearn-only use never loads Keras
+FAMILIES = {
+    "lr": "glomx.models.logistic:LogisticClassifier",
+    "cnn": "glomx.models.cnn:CNNClassifier",
+    "resnet": "glomx.models.resnet:ResNetClassifier",
+}
+
+
+def family_class(family: str) -> type[Classifier]:
+    """The classifier class for a family name."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    module, name = FAMILIES[family].split(":")
+    return getattr(import_module(module), name)
+
+
+def load_classifier(directory: str | Path) -> Classifier:
+    """Load any saved glomx model directory."""
+    directory = Path(directory)
+    meta = ModelMeta.load(directory)
+    return family_class(meta.family)._load_weights(directory, meta)

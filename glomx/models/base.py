@@ -1,0 +1,102 @@
+"""The one contract every model family honours, so evaluate and predict never branch on it.
+
+A classifier is fitted on array stores and predicts from uint8 image batches as the prepare
+stage writes them (any size and channel count: it adapts them to its own input itself).
+Saved models are directories with a ``glomx.json`` describing family, input and the
+preprocessing needed to go from a raw image file to the model's input.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from glomx.data.store import ArrayStore
+
+META_FILE = "glomx.json"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image file becomes a prepared array: the prepare stage's image params."""
+
+    size: int
+    channels: int
+    method: str
+    fill: str
+
+
+@dataclass
+class ModelMeta:
+    """What a saved model needs besides its weights."""
+
+    family: str
+    size: int
+    channels: int
+    preprocessing: Preprocessing
+    threshold: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        (directory / META_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelMeta:
+        path = directory / META_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved glomx model (no {META_FILE})")
+        raw = json.loads(path.read_text())
+        raw["preprocessing"] = Preprocessing(**raw["preprocessing"])
+        return cls(**raw)
+
+
+class Classifier(ABC):
+    """Binary classifier: P(globally sclerotic) from uint8 image batches."""
+
+    family: ClassVar[str]
+
+    def __init__(self, meta: ModelMeta) -> None:
+        self.meta = meta
+
+    @abstractmethod
+    def fit(
+        self,
+        train: ArrayStore,
+        val: ArrayStore,
+        class_weight: dict[int, float] | None = None,
+        callbacks: list[Any] | None = None,
+    ) -> dict[str, list[float]]:
+        """Train on ``train``, select/stop on ``val``; returns per-epoch history."""
+
+    @abstractmethod
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` uint8 → ``(N,)`` float probabilities of class 1."""
+
+    @abstractmethod
+    def _save_weights(self, directory: Path) -> None:
+        """Write the family-specific files into ``directory``."""
+
+    @classmethod
+    @abstractmethod
+    def _load_weights(cls, directory: Path, meta: ModelMeta) -> Classifier:
+        """Rebuild a fitted classifier from ``directory``."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Hard labels at the model's threshold."""
+        return (self.predict_proba(images) >= self.meta.threshold).astype(np.uint8)
+
+    def predict_store(self, store: ArrayStore, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for every image of a store, streamed in batches."""
+        parts = [self.predict_proba(chunk) for _, chunk in store.iter_chunks(batch_size)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(directory)
+        self.meta.save(directory)

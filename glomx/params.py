@@ -1,0 +1,51 @@
+"""Reading ``params.yaml``: the one place where stages get their settings."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed or lacks a required key."""
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The whole params file as a nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found; run stages from the repository root")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """One stage's section of the params file."""
+    params = load_params(path)
+    if name not in params:
+        raise ParamsError(f"{path} has no '{name}' section; known: {', '.join(params)}")
+    return params[name]
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, for logging nested params as flat keys."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def file_hash(path: str | Path) -> str:
+    """md5 of a file's bytes (params file, data.dvc), for provenance tags."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
