@@ -1,0 +1,217 @@
+"""Train/val/test assignment: slide-grouped and stratified (honest) or per-image (leaky).
+
+``grouped`` keeps every slide in one split and balances both classes across the splits: each
+class's share in each split should match the requested fraction, which keeps both the split
+sizes and the class ratio per split close to the targets. Slides differ wildly in size and
+class mix, so the assignment is searched: seeded random starts, each improved by moving one
+slide or swapping two until nothing helps; the first start whose every class share is within
+``TOLERANCE`` of its target wins (the best of all starts if none is). The seed picks among the
+many good assignments, so different seeds give different honest splits.
+
+``random`` is the original study's per-image stratified split: patches of one slide land in
+different splits, which leaks stain and tissue between training and test.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from glomx.data.catalogue import Record
+
+SPLITS = ("train", "val", "test")
+STRATEGIES = ("grouped", "random")
+TOLERANCE = 0.02  # accepted |class share in a split - split fraction|, grouped strategy
+RESTARTS = 200  # seeded starts tried before settling for the best one
+_PENALTY = 1e3  # per split that lacks a class: dominates any share deviation
+Strategy = Literal["grouped", "random"]
+
+
+class SplitError(ValueError):
+    """No honest split exists for these records and fractions, or a split file is malformed."""
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One row of ``split.csv``."""
+
+    name: str
+    label: int
+    slide: str
+    split: str
+
+
+def assign_splits(
+    records: Sequence[Record], val: float, test: float, seed: int, strategy: Strategy = "grouped"
+) -> list[str]:
+    """One of ``train``/``val``/``test`` per record, in record order; same seed, same split."""
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise SplitError(
+            f"split fractions val={val}, test={test} must each be in (0, 1) with val + test < 1 "
+            "so that train, val and test are all non-empty"
+        )
+    if strategy not in STRATEGIES:
+        raise SplitError(f"unknown split strategy {strategy!r}; use one of {STRATEGIES}")
+    fractions = np.array([1 - val - test, val, test])
+    order = sorted(range(len(records)), key=lambda i: records[i].name)
+    ordered = [records[i] for i in order]
+    if strategy == "grouped":
+        chosen = _grouped(ordered, fractions, seed)
+    else:
+        chosen = _random(ordered, fractions, seed)
+    splits = [""] * len(records)
+    for i, split in zip(order, chosen, strict=True):
+        splits[i] = SPLITS[split]
+    _check_classes(records, splits)
+    return splits
+
+
+def _random(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list[int]:
+    """Per-image stratified split (leaky: slides are shared between splits)."""
+    labels = np.array([r.label for r in records])
+    for label in (0, 1):
+        if (labels == label).sum() < 3:
+            raise SplitError(
+                f"class {label} has {(labels == label).sum()} image(s); each of train, val and "
+                "test needs at least one, so at least 3 are required"
+            )
+    idx = np.arange(len(records))
+    rest, test = train_test_split(idx, test_size=fractions[2], stratify=labels, random_state=seed)
+    val_size = fractions[1] / (fractions[0] + fractions[1])
+    _, val = train_test_split(rest, test_size=val_size, stratify=labels[rest], random_state=seed)
+    chosen = np.zeros(len(records), dtype=int)
+    chosen[val] = 1
+    chosen[test] = 2
+    return chosen.tolist()
+
+
+def _grouped(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list[int]:
+    """Slide-grouped, class-balanced split found by seeded local search."""
+    slides = sorted({r.slide for r in records})
+    index = {slide: i for i, slide in enumerate(slides)}
+    counts = np.zeros((len(slides), 2))
+    for r in records:
+        counts[index[r.slide], r.label] += 1
+    if len(slides) < 3:
+        raise SplitError(
+            f"{len(slides)} slide(s) found; a slide-grouped split needs at least 3 (one per "
+            "split). Add slides, check prepare.slide_regex, or use strategy 'random' (leaky)"
+        )
+    for label in (0, 1):
+        holding = int((counts[:, label] > 0).sum())
+        if holding < 3:
+            raise SplitError(
+                f"class {label} occurs in {holding} slide(s); train, val and test each need it "
+                "from a slide of their own, so at least 3 are required. Add slides with this "
+                "class, or use strategy 'random' (leaky)"
+            )
+    rng = np.random.default_rng(seed)
+    best, best_score = None, np.inf
+    for _ in range(RESTARTS):
+        start = rng.choice(3, size=len(slides), p=fractions)
+        assignment, score = _descend(start, counts, fractions)
+        if _within(assignment, counts, fractions, TOLERANCE):
+            best = assignment
+            break
+        if score < best_score:
+            best, best_score = assignment, score
+    return [int(best[index[r.slide]]) for r in records]
+
+
+def _score(totals: np.ndarray, class_totals: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """Squared share deviation from the target fractions, plus a penalty per missing class."""
+    deviation = totals / class_totals - fractions[:, None]
+    return (deviation**2).sum(axis=(-2, -1)) + _PENALTY * (totals == 0).sum(axis=(-2, -1))
+
+
+def _descend(
+    assignment: np.ndarray, counts: np.ndarray, fractions: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Steepest descent over single-slide moves and two-slide swaps."""
+    assignment = assignment.copy()
+    class_totals = counts.sum(axis=0)
+    eye = np.eye(3)
+    while True:
+        onehot = eye[assignment]  # (G, 3)
+        totals = onehot.T @ counts  # (3, 2)
+        current = float(_score(totals, class_totals, fractions))
+        # move slide g to split b: totals + (e_b - e_a(g)) x_g
+        move = (eye[None, :, :] - onehot[:, None, :])[..., None] * counts[:, None, None, :]
+        move_scores = _score(totals + move, class_totals, fractions)  # (G, 3)
+        # swap slides g and h: totals + (e_a(h) - e_a(g)) (x_g - x_h)
+        direction = onehot[None, :, :] - onehot[:, None, :]  # (G, G, 3)
+        diff = counts[:, None, :] - counts[None, :, :]  # (G, G, 2)
+        swap_scores = _score(
+            totals + direction[..., None] * diff[:, :, None, :], class_totals, fractions
+        )  # (G, G)
+        g_move = np.unravel_index(np.argmin(move_scores), move_scores.shape)
+        g_swap = np.unravel_index(np.argmin(swap_scores), swap_scores.shape)
+        lowest = min(move_scores[g_move], swap_scores[g_swap])
+        if lowest >= current - 1e-12:
+            return assignment, current
+        if move_scores[g_move] <= swap_scores[g_swap]:
+            assignment[g_move[0]] = g_move[1]
+        else:
+            g, h = g_swap
+            assignment[g], assignment[h] = assignment[h], assignment[g]
+
+
+def _within(
+    assignment: np.ndarray, counts: np.ndarray, fractions: np.ndarray, tolerance: float
+) -> bool:
+    """Whether every class share of every split is within ``tolerance`` of its fraction."""
+    totals = np.eye(3)[assignment].T @ counts
+    deviation = totals / counts.sum(axis=0) - fractions[:, None]
+    return bool(np.abs(deviation).max() <= tolerance and (totals > 0).all())
+
+
+def _check_classes(records: Sequence[Record], splits: Sequence[str]) -> None:
+    """Every split must hold both classes, else its metrics are undefined."""
+    for split in SPLITS:
+        present = {r.label for r, s in zip(records, splits, strict=True) if s == split}
+        if present != {0, 1}:
+            raise SplitError(
+                f"split {split!r} holds class(es) {sorted(present)} only; too few images or "
+                "slides of the other class for the requested fractions"
+            )
+
+
+def write_split_csv(path: str | Path, records: Sequence[Record], splits: Sequence[str]) -> None:
+    """Write ``name,label,slide,split`` per record."""
+    if len(records) != len(splits):
+        raise SplitError(f"{len(records)} records but {len(splits)} split labels")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "label", "slide", "split"])
+        writer.writerows(
+            [r.name, r.label, r.slide, s] for r, s in zip(records, splits, strict=True)
+        )
+
+
+def read_split_csv(path: str | Path) -> list[SplitRow]:
+    """Read a file written by :func:`write_split_csv`, checking its columns and values."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"split file {path} not found; run the prepare stage (dvc repro prepare)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        expected = ["name", "label", "slide", "split"]
+        if reader.fieldnames != expected:
+            raise SplitError(f"{path} has columns {reader.fieldnames}, expected {expected}")
+        rows = []
+        for row in reader:
+            if row["split"] not in SPLITS or row["label"] not in ("0", "1"):
+                raise SplitError(
+                    f"{path} line {reader.line_num}: split {row['split']!r} / label "
+                    f"{row['label']!r}; expected one of {SPLITS} and 0 or 1"
+                )
+            rows.append(SplitRow(row["name"], int(row["label"]), row["slide"], row["split"]))
+    return rows
