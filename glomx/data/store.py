@@ -171,6 +171,15 @@ class ArrayStore:
         """The params recorded by the stage that wrote this store."""
         return self.manifest.get("params", {})
 
+    @property
+    def data_kind(self) -> str:
+        """``real`` or ``synthetic``, as recorded by prepare and carried by later stages."""
+        if "data_kind" not in self.manifest:
+            raise StoreError(
+                f"{self.path}/{MANIFEST} has no data_kind; rerun prepare (`dvc repro prepare`)"
+            )
+        return str(self.manifest["data_kind"])
+
     def read(self, indices: slice | Sequence[int] | np.ndarray) -> np.ndarray:
         """Images at ``indices`` (a slice with step 1, or any integer sequence) as a new array."""
         with open(self.path / IMAGES, "rb", buffering=0) as f:
@@ -197,5 +206,6 @@ class ArrayStore:
     def rows(self) -> list[Row]:
         """Name, label and slide of every image, in array order."""
         return [
-            Row(n, int(lab), s) for n, lab, s in zip(self.names, self.labels, self.slides, strict=True)
+            Row(n, int(lab), s)
+            for n, lab, s in zip(self.names, self.labels, self.slides, strict=True)
         ]

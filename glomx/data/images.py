@@ -1,0 +1,222 @@
+"""Decode one image file into uint8 RGB(A) and homogenise it to a square of fixed side.
+
+The prepare stage (in worker processes), predict and serving all go through :func:`decode`
+and :func:`homogenise` (or :func:`load_image`, which is the two in a row), so a model sees
+exactly the pixels it was trained on.
+
+Decisions:
+
+- Output is uint8 ``(H, W, 3)`` or ``(H, W, 4)``. 16-bit sources are scaled by their top
+  byte (``v >> 8``: 65535 → 255, 32768 → 128), never clipped. PIL mode ``I`` is taken as
+  16-bit and rejected when its values leave 0..65535; float images are rejected.
+- With ``channels=3`` a partly transparent image is composited onto **white** (the colour of
+  glass and of the default pad fill); a fully opaque alpha (the challenge files) is dropped.
+  With ``channels=4`` alpha is kept as stored, and opaque alpha is added to sources without.
+- EXIF orientation is applied (a rotated JPEG decodes the way viewers show it).
+- Sizes are checked from the header **before** pixels are decoded (``max_pixels``); PIL's own
+  decompression-bomb error and warning are turned into :class:`ImageError` as well, so the
+  effective limit is the smaller of ``max_pixels`` and ``PIL.Image.MAX_IMAGE_PIXELS``.
+- Pixels are always loaded eagerly; truncated files fail (``ImageFile.LOAD_TRUNCATED_IMAGES``
+  is never touched). No global PIL state is mutated.
+- Returned arrays may be read-only (views of PIL's buffers): copy before writing into them.
+- All resampling is PIL bilinear with support scaled to the reduction (antialiased), the same
+  filter :func:`glomx.data.adapt.adapt` uses.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from glomx.models.base import Preprocessing
+
+DEFAULT_MAX_PIXELS = 40_000_000
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
+METHODS = ("resize", "pad", "center_crop", "crop_min")
+FILLS = {"white": 255, "black": 0}
+RESAMPLE = Image.Resampling.BILINEAR
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageError(ValueError):
+    """An image that cannot be decoded; the message names the file and the fix."""
+
+
+def _label(source: Path | str | bytes, name: str | None) -> str:
+    if name is not None:
+        return name
+    return "<image bytes>" if isinstance(source, bytes | bytearray) else str(source)
+
+
+def _with_alpha(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """Append an opaque alpha channel when four channels are wanted."""
+    if channels == 3:
+        return rgb
+    return np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
+
+
+def _pixels(im: Image.Image, channels: int, label: str) -> np.ndarray:
+    """A loaded PIL image of any supported mode → uint8 ``(H, W, channels)``."""
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        values = np.asarray(im)
+        if im.mode == "I" and (values.min() < 0 or values.max() > 0xFFFF):
+            raise ImageError(
+                f"{label}: 32-bit integer pixels outside 0..65535 are not supported; "
+                "re-export the image as 8- or 16-bit PNG/TIFF"
+            )
+        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
+        return _with_alpha(np.repeat(grey[..., None], 3, axis=-1), channels)
+    if im.mode == "F":
+        raise ImageError(
+            f"{label}: floating-point images are not supported; "
+            "re-export the image as 8- or 16-bit PNG/TIFF"
+        )
+    bands = im.getbands()
+    if "A" not in bands and "a" not in bands and "transparency" not in im.info:
+        target = "RGB" if channels == 3 else "RGBA"
+        return np.asarray(im if im.mode == target else im.convert(target))
+    rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+    if channels == 4:
+        return np.asarray(rgba)
+    if rgba.getchannel("A").getextrema()[0] == 255:  # opaque: drop alpha without a numpy pass
+        packed = np.frombuffer(rgba.tobytes("raw", "RGB"), dtype=np.uint8)
+        return packed.reshape(rgba.height, rgba.width, 3)
+    pixels = np.asarray(rgba).astype(np.uint16)
+    rgb, alpha = pixels[..., :3], pixels[..., 3:]
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def decode(
+    source: Path | str | bytes,
+    channels: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode a file path or encoded bytes into uint8 ``(H, W, channels)``, channels 3 or 4.
+
+    ``name`` is used in error messages (defaults to the path). Raises :class:`ImageError` for a
+    missing, unreadable, truncated, empty or too large image.
+    """
+    if channels not in (3, 4):
+        raise ValueError(f"channels must be 3 or 4, got {channels}")
+    label = _label(source, name)
+    if isinstance(source, bytes | bytearray):
+        stream: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        stream = Path(source)
+        if not stream.is_file():
+            what = "is a directory, not an image" if stream.is_dir() else "does not exist"
+            raise ImageError(f"{label}: file {what}; check the path or restore the file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream, formats=FORMATS) as im:
+                width, height = im.size
+                if width * height == 0:
+                    raise ImageError(
+                        f"{label}: image is empty ({width}x{height} px); replace or remove the file"
+                    )
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"{label}: {width}x{height} px exceeds the limit of {max_pixels} pixels "
+                        "(decompression-bomb guard); downscale the image or raise max_pixels"
+                    )
+                im.load()
+                ImageOps.exif_transpose(im, in_place=True)
+                return _pixels(im, channels, label)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(
+            f"{label}: too large to decode safely ({err}); downscale the image or remove it"
+        ) from err
+    except Image.UnidentifiedImageError as err:
+        raise ImageError(
+            f"{label}: not a readable image (supported: {', '.join(FORMATS)}); "
+            "replace it with a valid PNG/JPEG/TIFF or remove it"
+        ) from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise ImageError(
+            f"{label}: corrupt or truncated image ({err}); re-export or "
+            "re-download the file, or remove it"
+        ) from err
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Square ``size``×``size`` resize (aspect not kept); no-op when already that shape."""
+    if img.shape[:2] == (size, size):
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), RESAMPLE))
+
+
+def _pad_to(img: np.ndarray, height: int, width: int, fill: int) -> np.ndarray:
+    """Centre ``img`` on a ``height``×``width`` canvas of ``fill`` (alpha fill 255)."""
+    h, w, c = img.shape
+    if (h, w) == (height, width):
+        return img
+    canvas = np.full((height, width, c), fill, dtype=np.uint8)
+    if c == 4:
+        canvas[..., 3] = 255
+    top, left = (height - h) // 2, (width - w) // 2
+    canvas[top : top + h, left : left + w] = img
+    return canvas
+
+
+def _crop_centre(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The central ``height``×``width`` window (each no larger than the image's side)."""
+    h, w = img.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    return img[top : top + height, left : left + width]
+
+
+def homogenise(img: np.ndarray, method: str, size: int, fill: str = "white") -> np.ndarray:
+    """Bring a uint8 ``(H, W, C)`` image to ``(size, size, C)`` by one of :data:`METHODS`.
+
+    - ``resize``: scale straight to ``size``×``size``; a non-square image is distorted.
+    - ``pad``: centre on a square of side ``max(H, W)`` filled with ``fill`` (white/black;
+      alpha 255), then scale to ``size``. Nothing is cut off and the aspect is kept.
+    - ``center_crop``: the central ``size``×``size`` window at native resolution (no
+      scaling, so magnification is kept); a side shorter than ``size`` is padded with ``fill``.
+    - ``crop_min``: the central square of side ``min(H, W)``, then scaled to ``size``; the
+      margins of the longer side are cut off.
+
+    Centring puts the extra pixel of an odd difference on the bottom/right.
+    """
+    if img.ndim != 3 or img.dtype != np.uint8 or img.shape[-1] not in (3, 4):
+        raise ValueError(f"expected uint8 (H, W, 3|4) image, got {img.dtype} {img.shape}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    h, w = img.shape[:2]
+    if method == "resize":
+        out = _resize(img, size)
+    elif method == "pad":
+        side = max(h, w)
+        out = _resize(_pad_to(img, side, side, FILLS[fill]), size)
+    elif method == "center_crop":
+        cropped = _crop_centre(img, min(h, size), min(w, size))
+        out = _pad_to(cropped, size, size, FILLS[fill])
+    else:
+        side = min(h, w)
+        out = _resize(_crop_centre(img, side, side), size)
+    return np.ascontiguousarray(out)
+
+
+def load_image(
+    source: Path | str | bytes,
+    pre: Preprocessing,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode and homogenise one image exactly as the prepare stage does."""
+    img = decode(source, pre.channels, max_pixels, name=name)
+    return homogenise(img, pre.method, pre.size, pre.fill)

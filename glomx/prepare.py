@@ -1,0 +1,201 @@
+"""The prepare stage's logic: catalogue → slide-grouped split → homogenised array stores.
+
+Images are decoded by a process pool (both cores) and written to the stores in chunks, so
+resident memory is one chunk per split plus the pool's in-flight images, whatever the
+dataset size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from glomx.data.catalogue import Problem, Record, read_catalogue, write_problem_report
+from glomx.data.images import ImageError, decode, homogenise
+from glomx.data.split import assign_splits, write_split_csv
+from glomx.data.store import StoreWriter
+from glomx.data.synth import data_kind
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+class PrepareError(RuntimeError):
+    """Images that cannot be prepared under an `error` policy."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: Path
+    name: str
+    channels: int
+    method: str
+    size: int
+    fill: str
+    max_pixels: int
+
+
+def _load(job: _Job) -> np.ndarray | str:
+    """Decode and homogenise one image in a worker; an ImageError comes back as its message."""
+    try:
+        img = decode(job.path, job.channels, job.max_pixels, name=job.name)
+        return homogenise(img, job.method, job.size, job.fill)
+    except ImageError as err:
+        return str(err)
+
+
+def source_hash(data_dir: Path, records: Iterable[Record], csv_name: str) -> str:
+    """md5 over the labels CSV and every record's name, label and file size."""
+    digest = hashlib.md5((data_dir / csv_name).read_bytes())
+    for r in records:
+        digest.update(f"{r.name}\t{r.label}\t{r.path.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def _decoded(jobs: list[_Job], workers: int) -> Iterator[np.ndarray | str]:
+    """Results in job order, decoded by ``workers`` processes (inline when 1)."""
+    if workers <= 1:
+        yield from map(_load, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_load, jobs, chunksize=8)
+
+
+def _write_split(
+    records: list[Record],
+    out: Path,
+    image: dict[str, Any],
+    chunk_size: int,
+    workers: int,
+    extra: dict[str, Any],
+    bar: tqdm,
+) -> tuple[list[Record], list[Problem]]:
+    """Write one split's store; returns the records written and the unreadable ones."""
+    jobs = [
+        _Job(
+            r.path,
+            r.name,
+            image["channels"],
+            image["method"],
+            image["size"],
+            image["fill"],
+            image["max_pixels"],
+        )
+        for r in records
+    ]
+    shape = (image["size"], image["size"], image["channels"])
+    kept: list[Record] = []
+    problems: list[Problem] = []
+    batch: list[np.ndarray] = []
+    batch_records: list[Record] = []
+    with StoreWriter(out, shape, params={"image": image}, source_hash=extra["source_hash"]) as w:
+        for record, result in zip(records, _decoded(jobs, workers), strict=True):
+            bar.update()
+            if isinstance(result, str):
+                problems.append(
+                    Problem(
+                        "unreadable_image",
+                        record.name,
+                        result,
+                        "replace or remove the file, or set prepare.policy.unreadable_image: skip",
+                    )
+                )
+                continue
+            batch.append(result)
+            batch_records.append(record)
+            if len(batch) == chunk_size:
+                _flush(w, batch, batch_records)
+                kept += batch_records
+                batch, batch_records = [], []
+        if batch:
+            _flush(w, batch, batch_records)
+            kept += batch_records
+        w.close(extra)
+    return kept, problems
+
+
+def _flush(writer: StoreWriter, batch: list[np.ndarray], records: list[Record]) -> None:
+    writer.append(
+        np.stack(batch),
+        [r.label for r in records],
+        [r.name for r in records],
+        [r.slide for r in records],
+    )
+
+
+def _counts(records: list[Record], splits: list[str]) -> dict[str, Any]:
+    """Counts per split and class, and per slide, for the DVC metrics file."""
+    out: dict[str, Any] = {"total": len(records), "splits": {}, "slides": {}}
+    for split in SPLITS:
+        rows = [r for r, s in zip(records, splits, strict=True) if s == split]
+        labels = Counter(r.label for r in rows)
+        out["splits"][split] = {
+            "images": len(rows),
+            "class_0": labels[0],
+            "class_1": labels[1],
+            "slides": len({r.slide for r in rows}),
+        }
+    for r, s in zip(records, splits, strict=True):
+        entry = out["slides"].setdefault(r.slide, {"split": s, "class_0": 0, "class_1": 0})
+        entry[f"class_{r.label}"] += 1
+    return out
+
+
+def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str, Any]) -> dict:
+    """Run the whole prepare stage; returns the counts written to ``metrics_file``."""
+    catalogue = read_catalogue(data_dir, params["csv"], params["slide_regex"], params["policy"])
+    records = catalogue.records
+    split = params["split"]
+    splits = assign_splits(records, split["val"], split["test"], split["seed"], split["strategy"])
+    kind = data_kind(data_dir)
+    if kind == "synthetic":
+        log.warning("DATA IS SYNTHETIC (%s): results say nothing about real glomeruli", data_dir)
+    extra = {
+        "data_kind": kind,
+        "source_hash": source_hash(data_dir, records, params["csv"]),
+        "split_strategy": split["strategy"],
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept: list[Record] = []
+    kept_splits: list[str] = []
+    problems = list(catalogue.problems)
+    with tqdm(total=len(records), desc="prepare", unit="img") as bar:
+        for name in SPLITS:
+            subset = [r for r, s in zip(records, splits, strict=True) if s == name]
+            written, bad = _write_split(
+                subset,
+                out_dir / name,
+                params["image"],
+                params["chunk_size"],
+                params["workers"],
+                {**extra, "split": name},
+                bar,
+            )
+            kept += written
+            kept_splits += [name] * len(written)
+            problems += bad
+    write_problem_report(problems, out_dir / "problems.csv")
+    unreadable = [p for p in problems if p.kind == "unreadable_image"]
+    if unreadable and params["policy"].get("unreadable_image", "error") == "error":
+        listing = "\n".join(f"  {p.name}: {p.detail}" for p in unreadable[:20])
+        raise PrepareError(
+            f"{len(unreadable)} image(s) could not be read (all listed in "
+            f"{out_dir / 'problems.csv'}):\n{listing}\nFix or remove them, or set "
+            "prepare.policy.unreadable_image: skip to leave them out."
+        )
+    write_split_csv(out_dir / "split.csv", kept, kept_splits)
+    counts = {**_counts(kept, kept_splits), "data_kind": kind, "skipped": len(problems)}
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(json.dumps(counts, indent=2) + "\n")
+    return counts

@@ -1,0 +1,280 @@
+"""decode / homogenise / load_image on tiny generated images of every supported kind."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glomx.data.images import METHODS, ImageError, decode, homogenise, load_image
+from glomx.models.base import Preprocessing
+
+
+def _rgb(h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _encode(im: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _raw_png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
+    """A hand-built PNG (PIL cannot write every bit depth/colour type we must read)."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+# --- decode: formats and modes -------------------------------------------------------------
+
+
+def test_rgba_opaque_drops_alpha_or_keeps_it(tmp_path: Path) -> None:
+    rgb = _rgb()
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    path = tmp_path / "S-1_PAS_1of1_abc.png"
+    Image.fromarray(rgba).save(path)
+    out3 = decode(path, 3)
+    out4 = decode(path, 4)
+    assert out3.dtype == np.uint8 and out3.shape == (20, 30, 3)
+    np.testing.assert_array_equal(out3, rgb)
+    np.testing.assert_array_equal(out4, rgba)
+
+
+def test_translucent_alpha_is_composited_onto_white() -> None:
+    rgba = np.zeros((2, 2, 4), np.uint8)  # black pixels
+    rgba[..., 3] = [[0, 255], [128, 255]]
+    out = decode(_encode(Image.fromarray(rgba)), 3)
+    assert out[0, 0].tolist() == [255, 255, 255]  # fully transparent → white
+    assert out[0, 1].tolist() == [0, 0, 0]
+    assert out[1, 0].tolist() == [127, 127, 127]  # half transparent black on white
+    np.testing.assert_array_equal(decode(_encode(Image.fromarray(rgba)), 4), rgba)
+
+
+def test_rgb_gains_opaque_alpha() -> None:
+    rgb = _rgb()
+    out = decode(_encode(Image.fromarray(rgb)), 4)
+    np.testing.assert_array_equal(out[..., :3], rgb)
+    assert (out[..., 3] == 255).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "1"])
+def test_grey_modes_become_grey_rgb(mode: str) -> None:
+    grey = np.array([[0, 100], [200, 255]], np.uint8)
+    im = Image.fromarray(grey).convert(mode)
+    out = decode(_encode(im), 3)
+    expected = np.asarray(im.convert("L"))
+    assert out.shape == (2, 2, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], expected)
+
+
+def test_palette_with_and_without_transparency() -> None:
+    im = Image.new("P", (2, 1))
+    im.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    im.putpixel((0, 0), 0)
+    im.putpixel((1, 0), 1)
+    plain = decode(_encode(im), 3)
+    assert plain[0].tolist() == [[255, 0, 0], [0, 0, 255]]
+    transparent = decode(_encode(im, transparency=1), 3)
+    assert transparent[0].tolist() == [[255, 0, 0], [255, 255, 255]]
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    values = np.array([[0, 255, 32768, 65535]], dtype=">u2")
+    data = _raw_png(4, 1, 16, 0, b"\x00" + values.tobytes())
+    out = decode(data, 3)
+    assert out[0, :, 0].tolist() == [0, 0, 128, 255]
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_sixteen_bit_rgb_and_tiff() -> None:
+    pixel = np.array([[[65535, 32768, 256]]], dtype=">u2")
+    out = decode(_raw_png(1, 1, 16, 2, b"\x00" + pixel.tobytes()), 3)
+    assert out[0, 0].tolist() == [255, 128, 1]
+    grey16 = Image.fromarray(np.array([[32768, 65535]], np.uint16))
+    assert decode(_encode(grey16, "TIFF"), 3)[0, :, 1].tolist() == [128, 255]
+
+
+def test_jpeg_and_tiff_decode() -> None:
+    flat = np.full((16, 16, 3), (200, 60, 150), np.uint8)
+    out = decode(_encode(Image.fromarray(flat), "JPEG", quality=95), 3)
+    assert out.shape == (16, 16, 3)
+    assert np.abs(out.astype(int) - flat).max() <= 3
+    np.testing.assert_array_equal(decode(_encode(Image.fromarray(flat), "TIFF"), 3), flat)
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    landscape = Image.fromarray(np.full((10, 20, 3), 128, np.uint8))
+    assert decode(_encode(landscape, "JPEG", exif=exif.tobytes()), 3).shape == (20, 10, 3)
+
+
+def test_str_path_and_name_in_errors(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(_rgb()).save(path)
+    assert decode(str(path), 3).shape == (20, 30, 3)
+    with pytest.raises(ImageError, match=r"patient-7\.png"):
+        decode(b"junk", 3, name="patient-7.png")
+
+
+# --- decode: rejections --------------------------------------------------------------------
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gone.png"
+    with pytest.raises(ImageError, match=r"gone\.png.*does not exist"):
+        decode(path, 3)
+    with pytest.raises(ImageError, match="directory"):
+        decode(tmp_path, 3)
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("name,ground truth\n")
+    with pytest.raises(ImageError, match=r"notes\.png.*not a readable image"):
+        decode(path, 3)
+
+
+def test_truncated_png_fails_on_load(tmp_path: Path) -> None:
+    data = _encode(Image.fromarray(_rgb(64, 64)), compress_level=0)
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match=r"cut\.png.*(corrupt|truncated)"):
+        decode(path, 3)
+
+
+def test_corrupt_png_data(tmp_path: Path) -> None:
+    data = bytearray(_encode(Image.fromarray(_rgb(64, 64))))
+    start = data.index(b"IDAT") + 8
+    data[start : start + 200] = bytes(200)
+    path = tmp_path / "bad.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"bad\.png"):
+        decode(path, 3)
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(_rgb(40, 50)).save(path)
+    with pytest.raises(ImageError, match=r"big\.png.*50x40.*max_pixels"):
+        decode(path, 3, max_pixels=1999)
+    assert decode(path, 3, max_pixels=2000).shape == (40, 50, 3)
+
+
+@pytest.mark.parametrize("side", [10_000, 30_000])  # above PIL's warning / error limit
+def test_pil_decompression_bomb_is_refused(side: int) -> None:
+    # a header claiming a huge image and no pixel data; our own limit set out of the way
+    data = _raw_png(side, side, 8, 2, b"")
+    with pytest.raises(ImageError, match=r"bomb\.png: too large"):
+        decode(data, 3, max_pixels=10**10, name="bomb.png")
+
+
+def test_zero_size_image_is_refused() -> None:
+    with pytest.raises(ImageError, match=r"empty\.png"):
+        decode(_raw_png(0, 5, 8, 2, b""), 3, name="empty.png")
+
+
+def test_bad_channels() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        decode(b"", 1)
+
+
+# --- homogenise ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(20, 30, 3), (30, 20, 4), (50, 50, 3), (8, 12, 3)])
+def test_every_method_gives_the_square(method: str, shape: tuple[int, int, int]) -> None:
+    img = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    out = homogenise(img, method, 16)
+    assert out.shape == (16, 16, shape[2]) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(("fill", "value"), [("white", 255), ("black", 0)])
+def test_pad_keeps_pixels_and_fills(fill: str, value: int) -> None:
+    img = np.random.default_rng(2).integers(1, 255, (10, 16, 4), dtype=np.uint8)
+    out = homogenise(img, "pad", 16, fill)  # side = 16: no resize needed
+    np.testing.assert_array_equal(out[3:13], img)
+    assert (out[:3, :, :3] == value).all() and (out[13:, :, :3] == value).all()
+    assert (out[:3, :, 3] == 255).all()  # padded alpha is opaque
+
+
+def test_pad_then_resize_keeps_aspect() -> None:
+    img = np.zeros((20, 40, 3), np.uint8)  # black landscape strip
+    out = homogenise(img, "pad", 20, "white")
+    assert (out[:4] == 255).all() and (out[-4:] == 255).all()  # white bands top and bottom
+    assert (out[6:14] == 0).all()
+
+
+def test_center_crop_is_the_native_centre() -> None:
+    img = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    out = homogenise(img, "center_crop", 16)
+    np.testing.assert_array_equal(out, img[7:23, 12:28])
+
+
+def test_center_crop_pads_short_sides() -> None:
+    img = np.zeros((10, 40, 3), np.uint8)
+    out = homogenise(img, "center_crop", 16, "white")
+    np.testing.assert_array_equal(out[3:13], img[:, 12:28])
+    assert (out[:3] == 255).all() and (out[13:] == 255).all()
+
+
+def test_crop_min_keeps_the_centre_square() -> None:
+    img = np.random.default_rng(4).integers(0, 256, (20, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(homogenise(img, "crop_min", 20), img[:, 6:26])
+    tall = np.zeros((40, 20, 3), np.uint8)
+    tall[10:30] = 200  # the central square is uniformly 200, the cut margins are black
+    assert (homogenise(tall, "crop_min", 10) == 200).all()
+
+
+def test_resize_distorts_to_the_square() -> None:
+    img = np.zeros((10, 40, 3), np.uint8)
+    img[:, 20:] = 255  # right half white
+    out = homogenise(img, "resize", 20)
+    assert (out[:, :9] == 0).all() and (out[:, 11:] == 255).all()
+
+
+def test_homogenise_rejects_bad_arguments() -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="method"):
+        homogenise(img, "stretch", 4)
+    with pytest.raises(ValueError, match="fill"):
+        homogenise(img, "pad", 4, "grey")
+    with pytest.raises(ValueError, match="uint8"):
+        homogenise(img.astype(np.float32), "pad", 4)
+
+
+def test_load_image_is_decode_then_homogenise(tmp_path: Path) -> None:
+    rgba = np.dstack([_rgb(24, 40), np.full((24, 40), 255, np.uint8)])
+    path = tmp_path / "x.png"
+    Image.fromarray(rgba).save(path)
+    pre = Preprocessing(size=16, channels=3, method="pad", fill="black")
+    expected = homogenise(decode(path, 3), "pad", 16, "black")
+    np.testing.assert_array_equal(load_image(path, pre), expected)
+    np.testing.assert_array_equal(load_image(path.read_bytes(), pre), expected)
+
+
+def test_real_patches_decode_and_pad(real_data: Path) -> None:
+    paths = sorted((real_data / "globally_sclerotic_glomeruli").glob("*.png"))[:3]
+    pre = Preprocessing(size=64, channels=4, method="pad", fill="white")
+    for path in paths:
+        raw = decode(path, 3)
+        assert raw.shape == (224, 224, 3) and raw.std() > 10  # tissue, not a blank
+        out = load_image(path, pre)
+        assert out.shape == (64, 64, 4) and (out[..., 3] == 255).all()

@@ -1,0 +1,102 @@
+"""The prepare stage end to end: synthetic challenge-format data and the real shared data."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glomx.data.split import read_split_csv
+from glomx.data.store import ArrayStore
+from glomx.data.synth import make_dataset
+from glomx.params import load_params
+from glomx.prepare import PrepareError, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def params() -> dict:
+    """The project's prepare params at a test-sized image."""
+    p = copy.deepcopy(load_params(REPO / "params.yaml")["prepare"])
+    p["image"]["size"] = 32
+    p["chunk_size"] = 8
+    return p
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    make_dataset(out, 60, seed=3, size_range=(40, 90), n_slides=12, workers=1)
+    return out
+
+
+def _check_outputs(out: Path, metrics: Path, expected_kind: str) -> dict:
+    counts = json.loads(metrics.read_text())
+    rows = read_split_csv(out / "split.csv")
+    assert counts["total"] == len(rows) and counts["data_kind"] == expected_kind
+    slides_by_split = {s: {r.slide for r in rows if r.split == s} for s in ("train", "val", "test")}
+    assert not slides_by_split["train"] & slides_by_split["val"]
+    assert not slides_by_split["train"] & slides_by_split["test"]
+    assert not slides_by_split["val"] & slides_by_split["test"]
+    for split in ("train", "val", "test"):
+        store = ArrayStore(out / split)
+        expected = [r for r in rows if r.split == split]
+        assert store.names == [r.name for r in expected]
+        assert list(store.labels) == [r.label for r in expected]
+        assert counts["splits"][split]["images"] == len(store)
+        assert counts["splits"][split]["class_1"] == int(store.labels.sum()) > 0
+        assert store.manifest["data_kind"] == expected_kind
+    return counts
+
+
+def test_prepare_synthetic_challenge_format(synth_data: Path, params: dict, tmp_path: Path) -> None:
+    counts = prepare(synth_data, tmp_path / "prep", tmp_path / "prepare.json", params)
+    assert counts["total"] == 60
+    _check_outputs(tmp_path / "prep", tmp_path / "prepare.json", "synthetic")
+    train = ArrayStore(tmp_path / "prep" / "train")
+    assert train.image_shape == (32, 32, 3)
+    assert train.read(slice(0, 4)).std() > 5  # real content, not blank fill
+
+
+def test_prepare_is_deterministic_and_worker_independent(
+    synth_data: Path, params: dict, tmp_path: Path
+) -> None:
+    prepare(synth_data, tmp_path / "a", tmp_path / "a.json", params)
+    prepare(synth_data, tmp_path / "b", tmp_path / "b.json", {**params, "workers": 1})
+    assert (tmp_path / "a" / "split.csv").read_bytes() == (
+        tmp_path / "b" / "split.csv"
+    ).read_bytes()
+    for split in ("train", "val", "test"):
+        a = np.load(tmp_path / "a" / split / "images.npy")
+        b = np.load(tmp_path / "b" / split / "images.npy")
+        assert (a == b).all()
+
+
+def test_unreadable_image_policy(synth_data: Path, params: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    victim = sorted((data / "globally_sclerotic_glomeruli").glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
+    with pytest.raises(PrepareError, match=victim.name) as err:
+        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+    assert "unreadable_image: skip" in str(err.value)
+    report = (tmp_path / "p" / "problems.csv").read_text()
+    assert victim.name in report
+
+    params["policy"] = {**params["policy"], "unreadable_image": "skip"}
+    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
+    assert counts["total"] == 59 and counts["skipped"] == 1
+    assert victim.name not in (tmp_path / "q" / "split.csv").read_text()
+
+
+def test_prepare_real_shared_data(real_data: Path, params: dict, tmp_path: Path) -> None:
+    counts = prepare(real_data, tmp_path / "prep", tmp_path / "prepare.json", params)
+    assert counts["total"] == 772 and counts["skipped"] == 0
+    checked = _check_outputs(tmp_path / "prep", tmp_path / "prepare.json", "real")
+    assert {s["split"] for s in checked["slides"].values()} == {"train", "val", "test"}
+    assert len(checked["slides"]) == 24
