@@ -9,7 +9,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet evaluate \
-        repro run test lint bench clean
+        repro run compare-prep test lint bench plots ui serve predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ repro: setup ## run every stage that is out of date
 
 run: data repro ## the main job: set up, pull the data, run the whole pipeline
 
+compare-prep: setup ## LR validation table for each prepare.image.method (dvc exp run --temp)
+	python bench/compare_prep.py
+
 test: setup ## run the test suite
 	pytest -q
 
@@ -40,6 +43,25 @@ lint: setup ## ruff check and format check
 
 bench: setup ## benchmarks (writes bench/out/); slow, not part of the tests
 	python bench/prepare.py
+
+TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
+PORT ?= 5000
+SERVE_PORT ?= 5001
+DIR ?= data
+
+ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
+	mlflow ui --backend-store-uri "$(TRACKING)" -h 127.0.0.1 -p $(PORT)
+
+serve: setup ## serve the champion model on http://127.0.0.1:$(SERVE_PORT)/invocations
+	MLFLOW_TRACKING_URI="$(TRACKING)" mlflow models serve -m models:/glomx@champion \
+		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+predict: setup ## classify a folder of patches with the champion: make predict DIR=path
+	glomx predict "$(DIR)" --out predictions.csv
+
+plots: setup ## DVC plots as an offline HTML page (dvc_plots/index.html, no internet needed)
+	python -m glomx.evaluation.offline_plots dvc_plots/offline.html
+	dvc plots show --html-template dvc_plots/offline.html
 
 clean: ## remove pipeline outputs (keeps .venv, data/ and mlruns/)
 	rm -rf artifacts models metrics plots reports dvc_plots bench/out

@@ -1,4 +1,4 @@
-"""The ``glomx`` command: synthetic demo data, and (with the registry) predictions."""
+"""The ``glomx`` command: synthetic demo data, predictions and the current champion."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from glomx.cli_predict import add_champion_parser, add_predict_parser
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--max-size", type=int, default=915, help="largest patch side in px")
     synth.add_argument("--workers", type=int, default=2, help="processes used to draw patches")
     synth.set_defaults(func=_synth)
+    add_predict_parser(sub)
+    add_champion_parser(sub)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""The ``glomx predict`` and ``glomx champion`` subcommands (registered by :mod:`glomx.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from glomx.predict import (
+        DEFAULT_MODEL,
+        PredictError,
+        collect_files,
+        load_model,
+        predict_files,
+        slide_regex_from,
+    )
+
+    try:
+        files = collect_files(args.paths)
+        if not files:
+            raise PredictError(
+                f"no image files (PNG/JPEG/TIFF) under {' '.join(map(str, args.paths))}"
+            )
+        model = load_model(args.model or DEFAULT_MODEL)
+    except (PredictError, FileNotFoundError, LookupError, ImageError, RuntimeError) as err:
+        print(f"glomx predict: {err}", file=sys.stderr)
+        return 2
+    summary = predict_files(
+        files,
+        model,
+        args.out,
+        threshold=args.threshold,
+        tta=args.tta,
+        slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+    )
+    slides = args.out.with_name(f"{args.out.stem}_slides.csv")
+    print(
+        f"{summary.predicted} predicted, {summary.failed} unreadable (see column 'error'); "
+        f"model {model.source}\nwrote {args.out} and {slides}"
+    )
+    return 0 if summary.predicted else 1
+
+
+def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``glomx predict PATH... [--model M] [--out CSV] [--threshold T] [--tta]``."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict image files or folders of patches (PNG/JPEG/TIFF, recursively)",
+        description="Writes one row per file (an unreadable file gets its error and no "
+        "prediction) and a per-slide summary <out>_slides.csv. Exit status 1 when nothing "
+        "could be predicted.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
+    p.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or a saved model folder such as "
+        "models/cnn (default: models:/glomx@champion)",
+    )
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV")
+    p.add_argument(
+        "--threshold", type=float, help="label threshold (default: the model's, set on val)"
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="average over the 8 rotations/reflections (8× slower)"
+    )
+    p.add_argument(
+        "--slide-regex",
+        help="regex with a group (?P<slide>…) matching file names "
+        "(default: prepare.slide_regex of ./params.yaml)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict)
+    return p
+
+
+def _champion(args: argparse.Namespace) -> int:
+    from glomx.tracking import TrackingError
+    from glomx.tracking.registry import champion_report
+
+    try:
+        print(champion_report(args.name))
+    except (TrackingError, LookupError) as err:
+        print(f"glomx champion: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_champion_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``glomx champion``: the registry's current champion and why it was chosen."""
+    p = subparsers.add_parser(
+        "champion",
+        help="show the registered model version behind alias 'champion'",
+        description="Version, family, validation metrics, the run that trained it and the "
+        "promotion reason. Uses MLFLOW_TRACKING_URI or ./mlruns.",
+    )
+    p.add_argument("--name", default="glomx", help="registered model name")
+    p.set_defaults(func=_champion)
+    return p

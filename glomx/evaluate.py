@@ -1,0 +1,306 @@
+"""The evaluate stage: score every trained model on the held-out test split, once.
+
+This is the only code that reads ``prepared/test``. For each saved model (and a colour-only
+baseline) it computes test probabilities (optionally averaged over the 8 dihedral
+transforms), metrics with slide-bootstrap intervals overall and per site, DVC plot data,
+figures, Grad-CAM overlays and ``reports/summary.md``; promotes the registry alias
+``champion`` by *validation* metrics; and logs it all to an MLflow evaluation run that names
+the runs and versions it evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glomx.data.store import ArrayStore
+from glomx.evaluation.baseline import NAME as BASELINE
+from glomx.evaluation.baseline import ColourBaseline
+from glomx.evaluation.bootstrap import bootstrap_metrics
+from glomx.evaluation.calibration import reliability_figure
+from glomx.evaluation.report import DataSummary, summary_markdown
+from glomx.evaluation.scoring import score_store
+from glomx.metrics import confusion_figure, pr_figure, roc_figure, write_plot_data
+from glomx.models import load_classifier
+from glomx.models.base import META_FILE, Classifier
+from glomx.tracking import StageRun, stage_run
+from glomx.tracking.registry import promote, set_run_tags, version_of
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateError(RuntimeError):
+    """Nothing to evaluate, or inputs that do not fit together."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's test probabilities and where the model came from."""
+
+    name: str
+    proba: np.ndarray
+    threshold: float
+    version: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A saved model found under ``models/``."""
+
+    family: str
+    directory: Path
+    classifier: Classifier
+
+
+def sites_of(slides: list[str], site_regex: str) -> np.ndarray:
+    """Site of each slide: the regex's group ``site`` (``other`` where it does not match)."""
+    pattern = re.compile(site_regex)
+    if "site" not in pattern.groupindex:
+        raise EvaluateError(f"evaluate.site_regex {site_regex!r} needs a group (?P<site>...)")
+    return np.array([(m["site"] if (m := pattern.match(s)) else "other") for s in slides])
+
+
+def trained_models(models_dir: Path, families: list[str]) -> list[Trained]:
+    """The saved models among ``families`` under ``models_dir``."""
+    dirs = [models_dir / f for f in families if (models_dir / f / META_FILE).is_file()]
+    if not dirs:
+        raise EvaluateError(
+            f"no trained model under {models_dir}/ ({', '.join(families)}); "
+            "run the training stages first (`dvc repro`)"
+        )
+    return [Trained(d.name, d, load_classifier(d)) for d in dirs]
+
+
+def _split_counts(store: ArrayStore) -> dict[str, int]:
+    return {
+        "images": len(store),
+        "class_1": int(store.labels.sum()),
+        "slides": len(set(store.slides)),
+    }
+
+
+def data_summary(stores: Mapping[str, ArrayStore], sites: np.ndarray) -> DataSummary:
+    """Data kind from the prepared manifest, counts per split and per test site."""
+    test = stores["test"]
+    kind = str(test.manifest.get("data_kind", "unknown"))
+    slides = np.array(test.slides)
+    per_site = {}
+    for site in sorted(set(sites.tolist())):
+        mask = sites == site
+        per_site[site] = {
+            "images": int(mask.sum()),
+            "class_1": int(test.labels[mask].sum()),
+            "slides": len(set(slides[mask].tolist())),
+        }
+    return DataSummary(kind, {k: _split_counts(s) for k, s in stores.items()}, per_site)
+
+
+def _intervals(
+    y: np.ndarray, proba: np.ndarray, slides: np.ndarray, threshold: float, cfg: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    boot = cfg["bootstrap"]
+    return bootstrap_metrics(
+        y,
+        proba,
+        slides,
+        threshold,
+        n_resamples=boot["n_resamples"],
+        confidence=boot["confidence"],
+        seed=boot["seed"],
+        n_bins=cfg["calibration_bins"],
+    )
+
+
+def _gradcam_figures(
+    trained: list[Trained],
+    scored: Mapping[str, Scored],
+    test: ArrayStore,
+    per_case: int,
+    out: Path,
+) -> list[Path]:
+    """Grad-CAM overlays for the Keras models on their most confident TP, FP and FN."""
+    keras_models = {t.family: t.classifier for t in trained if hasattr(t.classifier, "keras_model")}
+    if not keras_models or per_case < 1:
+        return []
+    from glomx.evaluation import gradcam  # imports Keras: only when a Keras model is evaluated
+
+    if not gradcam.available():
+        log.warning("Grad-CAM skipped: it needs the TensorFlow Keras backend")
+        return []
+    written = []
+    for family, clf in keras_models.items():
+        s = scored[family]
+        cases = gradcam.pick_cases(test.labels, s.proba, s.threshold, per_case)
+        images = {case: test.read(idx) for case, idx in cases.items()}
+        maps = {
+            case: gradcam.gradcam(clf.keras_model, imgs, clf.meta.size, clf.meta.channels)
+            for case, imgs in images.items()
+            if len(imgs)
+        }
+        proba = {case: s.proba[idx] for case, idx in cases.items()}
+        fig = gradcam.overlay_figure(family, images, maps, proba)
+        path = out / f"gradcam_{family}.png"
+        fig.savefig(path)
+        written.append(path)
+    return written
+
+
+def _clean(value: Any) -> Any:
+    """NaN → None, recursively, so the metrics file is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+
+
+def _figures(y: np.ndarray, scored: Mapping[str, Scored], n_bins: int, out: Path) -> list[Path]:
+    """ROC and PR curves of all models overlaid, reliability diagram, one confusion matrix
+    per model."""
+    curves = {name: (y, s.proba) for name, s in scored.items()}
+    figures = {
+        "roc.png": roc_figure(curves),
+        "pr.png": pr_figure(curves),
+        "reliability.png": reliability_figure(curves, n_bins),
+    }
+    for name, s in scored.items():
+        pred = (s.proba >= s.threshold).astype(np.int64)
+        figures[f"confusion_{name}.png"] = confusion_figure(y, pred, f"{name} (test)")
+    for file, fig in figures.items():
+        fig.savefig(out / file)
+    return [out / f for f in figures]
+
+
+def score_models(
+    trained: list[Trained], stores: Mapping[str, ArrayStore], cfg: Mapping[str, Any]
+) -> dict[str, Scored]:
+    """Test probabilities of every model, linked to the registered version holding its files,
+    and of the colour baseline (fitted on train, threshold from val)."""
+    test = stores["test"]
+    scored: dict[str, Scored] = {}
+    for t in trained:
+        registered = version_of(t.directory)
+        if registered is None:
+            log.warning(
+                "%s: no registered version holds %s; not a candidate", t.family, t.directory
+            )
+        scored[t.family] = Scored(
+            t.family,
+            score_store(t.classifier, test, cfg["tta"], cfg["batch_size"]),
+            t.classifier.meta.threshold,
+            registered.version if registered else None,
+            registered.run_id if registered else None,
+        )
+    if cfg["baseline"]:
+        base = ColourBaseline(cfg["bootstrap"]["seed"]).fit(stores["train"], stores["val"])
+        proba = score_store(base, test, False, cfg["batch_size"])
+        scored[BASELINE] = Scored(BASELINE, proba, base.threshold)
+    return scored
+
+
+def assess(
+    scored: Mapping[str, Scored], test: ArrayStore, sites: np.ndarray, cfg: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics with intervals per model on the whole test split, and per site when there
+    are several sites."""
+    y, slides = test.labels.astype(np.int64), np.array(test.slides)
+    metrics = {n: _intervals(y, s.proba, slides, s.threshold, cfg) for n, s in scored.items()}
+    names = sorted(set(sites.tolist()))
+    if len(names) < 2:
+        return metrics, {}
+    per_site = {
+        n: {
+            site: _intervals(y[m], s.proba[m], slides[m], s.threshold, cfg)
+            for site in names
+            if (m := sites == site).any()
+        }
+        for n, s in scored.items()
+    }
+    return metrics, per_site
+
+
+def choose_champion(scored: Mapping[str, Scored], rules: Mapping[str, Any]) -> dict[str, Any]:
+    """Promote among the registered evaluated versions by their validation metrics."""
+    versions = [s.version for s in scored.values() if s.version]
+    if not versions:
+        return {"version": None, "family": None, "reason": "no evaluated model is registered"}
+    return promote(versions, **rules).as_dict()
+
+
+def _log_run(
+    run: StageRun,
+    metrics: Mapping[str, Any],
+    scored: Mapping[str, Scored],
+    decision: Mapping[str, Any],
+    artifacts: list[Path],
+) -> None:
+    """Test metrics (``test.<model>.<metric>[.ci_low|.ci_high]``), files, and tags linking
+    the runs and versions evaluated."""
+    run.log_metrics(
+        {
+            f"test.{n}.{metric}{'' if part == 'value' else '.' + part}": v
+            for n, m in metrics.items()
+            for metric, values in m.items()
+            for part, v in values.items()
+            if not np.isnan(v)
+        }
+    )
+    for path in artifacts:
+        run.log_artifact(path)
+    tags = {f"evaluated.{n}.version": s.version for n, s in scored.items() if s.version}
+    tags |= {f"evaluated.{n}.run_id": s.run_id for n, s in scored.items() if s.run_id}
+    set_run_tags(run.run_id, {**tags, "champion.version": str(decision["version"])})
+
+
+def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the whole stage from the full params (sections ``paths`` and ``evaluate``);
+    returns what was written to the metrics file."""
+    paths, cfg = params["paths"], params["evaluate"]
+    stores = {s: ArrayStore(Path(paths["prepared"]) / s) for s in ("train", "val", "test")}
+    test = stores["test"]
+    sites = sites_of(test.slides, cfg["site_regex"])
+    data = data_summary(stores, sites)
+    trained = trained_models(Path(paths["models"]), cfg["families"])
+    if data.kind != "real":
+        log.warning("evaluating on %s data: results say nothing about real glomeruli", data.kind)
+
+    with stage_run("evaluate", dict(cfg), data.kind) as run:
+        scored = score_models(trained, stores, cfg)
+        metrics, per_site = assess(scored, test, sites, cfg)
+        decision = choose_champion(scored, cfg["promotion"])
+
+        reports, plots = Path(paths["reports"]), Path(paths["plots"]) / "evaluate"
+        reports.mkdir(parents=True, exist_ok=True)
+        y = test.labels.astype(np.int64)
+        for name, s in scored.items():
+            write_plot_data(plots / name, y, s.proba, s.threshold)
+        artifacts = _figures(y, scored, cfg["calibration_bins"], reports)
+        artifacts += _gradcam_figures(trained, scored, test, cfg["gradcam_per_case"], reports)
+        info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
+        settings = {**cfg["bootstrap"], "tta": cfg["tta"]}
+        summary = summary_markdown(data, metrics, per_site, info, decision, settings)
+        (reports / "summary.md").write_text(summary)
+        _write_json(reports / "sites.json", per_site)
+        result = {
+            "data_kind": data.kind,
+            "test": data.splits["test"],
+            "champion": {"version": decision["version"], "family": decision["family"]},
+            "models": metrics,
+        }
+        _write_json(Path(paths["metrics"]) / "evaluate.json", result)
+        files = [*artifacts, reports / "summary.md", reports / "sites.json"]
+        _log_run(run, metrics, scored, decision, files)
+    return result

@@ -1,0 +1,157 @@
+"""reports/summary.md: every model's test metrics with intervals, the champion, the data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Intervals = Mapping[str, Mapping[str, float]]  # metric -> {"value", "ci_low", "ci_high"}
+
+COLUMNS = {
+    "balanced_accuracy": "bal. acc.",
+    "recall": "sensitivity",
+    "specificity": "specificity",
+    "precision": "precision",
+    "f1": "F1",
+    "mcc": "MCC",
+    "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC",
+    "accuracy": "accuracy",
+    "brier": "Brier ↓",
+    "ece": "ECE ↓",
+}
+FEW_SLIDES = 10  # below this many test slides, warn that the intervals are unreliable
+SITE_COLUMNS = ("balanced_accuracy", "recall", "specificity", "roc_auc")
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the numbers were computed on."""
+
+    kind: str  # "real" | "synthetic" (prepared store manifest "data_kind")
+    splits: Mapping[str, Mapping[str, int]]  # split -> images, class_1, slides
+    sites: Mapping[str, Mapping[str, int]]  # test site -> images, class_1, slides
+
+
+def _num(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def with_interval(m: Mapping[str, float]) -> str:
+    """``0.812 [0.751, 0.866]``."""
+    if math.isnan(m["ci_low"]):
+        return _num(m["value"])
+    return f"{_num(m['value'])} [{_num(m['ci_low'])}, {_num(m['ci_high'])}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+CITATION = (
+    "Real patches: glomeruli from the AIDPATH whole-slide images of Bueno et al., Data in Brief "
+    "29 (2020) 105314 (CC BY 4.0), as prepared for Weishaupt et al., Computers in Biology and "
+    "Medicine 196 (2025) 110719 (CC BY-NC-SA 4.0)."
+)
+
+
+def _data_lines(data: DataSummary) -> list[str]:
+    lines = []
+    if data.kind != "real":
+        lines.append(
+            f"> **{data.kind.upper()} DATA.** These numbers say nothing about real glomeruli."
+        )
+        lines.append("")
+    lines.append(f"Data: **{data.kind}**." + (f" {CITATION}" if data.kind == "real" else ""))
+    lines.append("")
+    rows = [
+        [s, str(c["images"]), str(c["class_1"]), str(c["slides"])] for s, c in data.splits.items()
+    ]
+    return lines + _table(["split", "images", "sclerotic", "slides"], rows)
+
+
+def summary_markdown(
+    data: DataSummary,
+    metrics: Mapping[str, Intervals],
+    sites: Mapping[str, Mapping[str, Intervals]],
+    models: Mapping[str, Mapping[str, Any]],
+    champion: Mapping[str, Any],
+    settings: Mapping[str, Any],
+) -> str:
+    """The whole report.
+
+    ``metrics``: model -> intervals on the full test split; ``sites``: model -> site ->
+    intervals; ``models``: model -> {"version", "run_id", "threshold"} (absent for the
+    baseline); ``champion``: the promotion decision; ``settings``: bootstrap and TTA params.
+    """
+    lines = ["# glomx evaluation (held-out test split)", "", *_data_lines(data), ""]
+    test_slides = data.splits["test"]["slides"]
+    if test_slides < FEW_SLIDES:
+        lines += [
+            f"> Only {test_slides} test slide(s): slide-bootstrap intervals from so few clusters "
+            "are unreliable (often too narrow); read them as a rough indication only.",
+            "",
+        ]
+    lines += [
+        f"Intervals: {settings['confidence']:.0%} percentile intervals from "
+        f"{settings['n_resamples']} bootstrap resamples of test *slides* (seed "
+        f"{settings['seed']}). Test-time augmentation: "
+        f"{'mean over 8 dihedral transforms' if settings['tta'] else 'off'}. "
+        "Labels use each model's own threshold, fixed at training time (tuned on validation "
+        "where configured; the baseline's is tuned on validation).",
+        "",
+        "## Test metrics",
+        "",
+    ]
+    header = ["model", "version", "threshold", *COLUMNS.values()]
+    rows = []
+    for name, intervals in metrics.items():
+        info = models.get(name, {})
+        rows.append(
+            [name, str(info.get("version") or "—"), f"{info.get('threshold', math.nan):.3f}"]
+            + [with_interval(intervals[k]) for k in COLUMNS]
+        )
+    lines += [*_table(header, rows), ""]
+    lines += [
+        "## Champion",
+        "",
+        champion_text(champion),
+        "",
+        "The registry alias is moved by validation metrics only; the test numbers above "
+        "never take part in choosing it.",
+        "",
+    ]
+    if sites:
+        lines += ["## Per site (test)", ""]
+        counts = data.sites
+        rows = [
+            [site, name, *(str(counts[site][k]) for k in ("images", "class_1", "slides"))]
+            + [with_interval(per_site[site][k]) for k in SITE_COLUMNS]
+            for name, per_site in sites.items()
+            for site in per_site
+        ]
+        header = ["site", "model", "images", "sclerotic", "slides"]
+        header += [COLUMNS[k] for k in SITE_COLUMNS]
+        lines += [*_table(header, rows), ""]
+    lines += [
+        "## Figures",
+        "",
+        "ROC: `roc.png` · precision-recall: `pr.png` · reliability: `reliability.png` · "
+        "confusion matrices: `confusion_<model>.png` · Grad-CAM: `gradcam_<model>.png`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def champion_text(champion: Mapping[str, Any]) -> str:
+    """One paragraph on the registry decision."""
+    if not champion.get("version"):
+        return f"No champion: {champion.get('reason', 'no registered model version')}."
+    moved = "moved to" if champion.get("changed") else "stays at"
+    return (
+        f"Alias `champion` {moved} version {champion['version']} ({champion['family']}). "
+        f"{champion['reason']}"
+    )

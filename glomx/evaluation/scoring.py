@@ -1,0 +1,39 @@
+"""Probabilities for a whole store, optionally averaged over the 8 dihedral transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from glomx.data.store import ArrayStore
+
+
+class Scorer(Protocol):
+    """Anything with the classifier's ``predict_proba`` (glomx models, the colour baseline)."""
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def dihedral(images: np.ndarray) -> Iterator[np.ndarray]:
+    """The 8 rotations/reflections of a square ``(N, H, W, C)`` batch, identity first."""
+    for flipped in (images, images[:, :, ::-1]):
+        for k in range(4):
+            yield np.rot90(flipped, k, axes=(1, 2))
+
+
+def predict_batch(classifier: Scorer, images: np.ndarray, tta: bool) -> np.ndarray:
+    """``(N,)`` P(class 1); with ``tta`` the mean over the 8 dihedral views."""
+    if not tta:
+        return classifier.predict_proba(images)
+    views = [classifier.predict_proba(np.ascontiguousarray(v)) for v in dihedral(images)]
+    return np.mean(views, axis=0)
+
+
+def score_store(
+    classifier: Scorer, store: ArrayStore, tta: bool, batch_size: int = 64
+) -> np.ndarray:
+    """Probabilities for every image of ``store``, streamed in batches."""
+    parts = [predict_batch(classifier, chunk, tta) for _, chunk in store.iter_chunks(batch_size)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.empty(0)

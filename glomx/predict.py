@@ -1,0 +1,195 @@
+"""Predict folders of patches with a saved or registered model.
+
+Images are decoded by a small process pool exactly as the prepare stage decodes them (the
+model's own preprocessing), predicted in batches, and written row by row, so memory holds
+two batches whatever the number of files. A file that cannot be read gets a row with its
+error and no prediction; the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
+from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from glomx.evaluation.scoring import predict_batch
+from glomx.models import load_classifier
+from glomx.models.base import Classifier, Preprocessing
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DEFAULT_MODEL = "models:/glomx@champion"
+COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error"]
+SLIDE_COLUMNS = ["slide", "n_glomeruli", "n_sclerotic", "percent_sclerotic", "n_errors"]
+NO_SLIDE = "(no slide id)"
+
+
+class PredictError(RuntimeError):
+    """Nothing to predict, or a model that cannot be found."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier and where it came from (shown in every output row)."""
+
+    classifier: Classifier
+    source: str
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files under ``paths``: folders recursively (by extension, hidden entries skipped),
+    files as given whatever their extension (a non-image then gets an error row)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.exists():
+            found.append(path)
+        else:
+            raise PredictError(f"{path} does not exist; pass image files or folders of them")
+    return found
+
+
+def load_model(spec: str | Path) -> LoadedModel:
+    """A local saved-model folder, or a ``models:/name@alias|version`` URI via the registry."""
+    if str(spec).startswith("models:/"):
+        from glomx.tracking.registry import load_registered
+
+        return LoadedModel(*load_registered(str(spec)))
+    directory = Path(spec)
+    if not directory.is_dir():
+        raise PredictError(
+            f"model {spec} is neither a saved model folder nor a models:/ URI "
+            f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"
+        )
+    return LoadedModel(load_classifier(directory), str(directory))
+
+
+def _load(job: tuple[Path, Preprocessing, int]) -> np.ndarray | str:
+    """Decode one file in a worker; an unreadable file comes back as its error message."""
+    path, pre, max_pixels = job
+    try:
+        return load_image(path, pre, max_pixels, name=str(path))
+    except ImageError as err:
+        return str(err)
+
+
+def _decoded(
+    files: Sequence[Path], pre: Preprocessing, max_pixels: int, batch_size: int, workers: int
+) -> Iterator[tuple[Sequence[Path], list[np.ndarray | str]]]:
+    """Batches of decoded images in file order; with ``workers > 1`` a process pool decodes
+    the next batch while the current one is predicted (spawned, never forked from a process
+    that may hold Keras threads)."""
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    if workers <= 1:
+        for batch in batches:
+            yield batch, [_load((p, pre, max_pixels)) for p in batch]
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pending: deque[tuple[Sequence[Path], list[Future]]] = deque()
+        for batch in batches:
+            pending.append((batch, [pool.submit(_load, (p, pre, max_pixels)) for p in batch]))
+            if len(pending) == 2:
+                done, futures = pending.popleft()
+                yield done, [f.result() for f in futures]
+        while pending:
+            done, futures = pending.popleft()
+            yield done, [f.result() for f in futures]
+
+
+@dataclass
+class PredictSummary:
+    """Counts of a predict run."""
+
+    predicted: int = 0
+    failed: int = 0
+
+
+def predict_files(
+    files: Sequence[Path],
+    model: LoadedModel,
+    out: Path,
+    *,
+    threshold: float | None = None,
+    tta: bool = False,
+    slide_regex: str = DEFAULT_SLIDE_REGEX,
+    batch_size: int = 64,
+    workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> PredictSummary:
+    """Write ``out`` (one row per file) and ``<out stem>_slides.csv`` beside it."""
+    clf = model.classifier
+    cut = clf.meta.threshold if threshold is None else threshold
+    pattern = slide_pattern(slide_regex)
+    slides: dict[str, list[int]] = {}  # slide -> [n predicted, n sclerotic, n errors]
+    summary = PredictSummary()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(out, "w", newline="") as f,
+        tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
+    ):
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        decoded = _decoded(files, clf.meta.preprocessing, max_pixels, batch_size, workers)
+        for batch, results in decoded:
+            ok = [i for i, r in enumerate(results) if not isinstance(r, str)]
+            proba = predict_batch(clf, np.stack([results[i] for i in ok]), tta) if ok else []
+            probs = dict(zip(ok, proba, strict=True))
+            for i, path in enumerate(batch):
+                slide = slide_of(path.name, pattern) or ""
+                counts = slides.setdefault(slide or NO_SLIDE, [0, 0, 0])
+                if i in probs:
+                    label = int(probs[i] >= cut)
+                    row = [f"{probs[i]:.6f}", label, model.source, ""]
+                    counts[0] += 1
+                    counts[1] += label
+                    summary.predicted += 1
+                else:
+                    row = ["", "", model.source, results[i]]
+                    counts[2] += 1
+                    summary.failed += 1
+                writer.writerow([path.name, str(path), slide, *row])
+            bar.update(len(batch))
+    write_slide_summary(slides, out.with_name(f"{out.stem}_slides.csv"))
+    return summary
+
+
+def write_slide_summary(slides: dict[str, list[int]], path: Path) -> None:
+    """Per slide: glomeruli predicted, how many sclerotic, their percentage, unreadable files."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SLIDE_COLUMNS)
+        for slide in sorted(slides):
+            n, pos, errors = slides[slide]
+            percent = f"{100 * pos / n:.1f}" if n else ""
+            writer.writerow([slide, n, pos, percent, errors])
+
+
+def slide_regex_from(params_file: Path) -> str:
+    """``prepare.slide_regex`` of a params file when there is one, else the default."""
+    if params_file.is_file():
+        from glomx.params import load_params
+
+        regex = load_params(params_file).get("prepare", {}).get("slide_regex")
+        if regex:
+            return regex
+    return DEFAULT_SLIDE_REGEX

@@ -1,0 +1,181 @@
+"""The served form of a glomx model: raw image files in, probability and label out.
+
+:class:`GlomxModel` wraps a saved model directory (``models/<family>/``) as an MLflow
+``pyfunc``. Each input row carries an image either as base64-encoded file bytes (column
+``image``; PNG/JPEG/TIFF/BMP/WEBP, as a client would upload it) or as a local file path (column
+``path``). Rows are decoded and homogenised exactly as the prepare stage did for training
+(:func:`glomx.data.images.load_image` with the model's recorded preprocessing), so a served model
+sees the pixels it was trained on. An unreadable row does not fail the batch: it gets
+``probability`` NaN, ``label`` <NA> and the reason in ``error``.
+
+The glomx package travels with the model (``code_paths``), so loading it needs only the pinned
+requirements, not this repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from importlib import import_module, metadata
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, DataType, Schema
+from PIL import Image
+
+import glomx
+from glomx.data.adapt import adapt
+from glomx.data.images import ImageError, load_image
+from glomx.models import load_classifier
+from glomx.models.base import Classifier
+
+ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
+BATCH = 32  # rows decoded and predicted at a time
+EXAMPLE_SIZE = 32  # side of the input example PNG
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec(DataType.string, "image", required=False),
+            ColSpec(DataType.string, "path", required=False),
+        ]
+    ),
+    outputs=Schema(
+        [
+            ColSpec(DataType.double, "probability"),
+            ColSpec(DataType.long, "label"),
+            ColSpec(DataType.string, "error", required=False),
+        ]
+    ),
+)
+# what the glomx code imports when a served model loads, and what each native flavor adds
+_GLOMX = ("mlflow", "numpy", "pandas", "pillow", "pyyaml", "matplotlib", "scikit-learn")
+_FLAVOR = {"sklearn": ("scikit-learn",), "keras": ("keras", "tensorflow-cpu")}
+
+
+def requirements(flavor: str | None, glomx_code: bool = True) -> list[str]:
+    """Pinned pip requirements (installed versions): the glomx pyfunc's, or with
+    ``glomx_code=False`` only the native flavor's."""
+    base = _GLOMX if glomx_code else ("mlflow", "numpy")
+    pins = []
+    for name in dict.fromkeys(base + _FLAVOR.get(flavor or "", ())):
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue  # e.g. tensorflow instead of tensorflow-cpu
+    return pins
+
+
+def encode_png(image: np.ndarray) -> str:
+    """One uint8 ``(H, W, C)`` image as a base64 PNG string."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def input_example(images: np.ndarray) -> pd.DataFrame:
+    """A one-row request in the served format: a small RGBA PNG (the challenge files' format)
+    made from the first of ``images``."""
+    return pd.DataFrame({"image": [encode_png(adapt(images[:1], EXAMPLE_SIZE, 4)[0])]})
+
+
+def _source(row: pd.Series) -> bytes | Path:
+    """The row's image as file bytes (``image``) or a path (``path``)."""
+    image = row.get("image")
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if isinstance(image, str) and image:
+        try:
+            return base64.b64decode(image, validate=True)
+        except binascii.Error as err:
+            raise ImageError(f"column 'image' is not valid base64 ({err})") from None
+    path = row.get("path")
+    if isinstance(path, str) and path:
+        return Path(path)
+    raise ImageError("row has neither 'image' (base64 file bytes) nor 'path'")
+
+
+class GlomxModel(mlflow.pyfunc.PythonModel):
+    """A saved glomx model served on raw image files."""
+
+    def load_context(self, context: Any) -> None:
+        self.classifier: Classifier = load_classifier(context.artifacts[ARTIFACT])
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """``image``/``path`` rows → ``probability``, ``label``, ``error`` columns."""
+        frame = pd.DataFrame(model_input)
+        if not {"image", "path"} & set(frame.columns):
+            raise ValueError(
+                "input needs a column 'image' (base64-encoded PNG/JPEG/TIFF bytes) or 'path' "
+                f"(local image file); got columns {list(frame.columns)}"
+            )
+        meta = self.classifier.meta
+        proba = np.full(len(frame), np.nan)
+        errors: list[str | None] = [None] * len(frame)
+        for start in range(0, len(frame), BATCH):
+            images, rows = [], []
+            for i in range(start, min(start + BATCH, len(frame))):
+                row = frame.iloc[i]
+                try:
+                    source = _source(row)
+                    name = str(source) if isinstance(source, Path) else f"row {i}"
+                    images.append(load_image(source, meta.preprocessing, name=name))
+                    rows.append(i)
+                except (ImageError, OSError) as err:
+                    errors[i] = str(err)
+            if images:
+                proba[rows] = self.classifier.predict_proba(np.stack(images))
+        label = pd.array(np.where(proba >= meta.threshold, 1, 0), dtype="Int64")
+        label[np.isnan(proba)] = pd.NA
+        return pd.DataFrame({"probability": proba, "label": label, "error": errors})
+
+
+def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> ModelInfo:
+    """Log ``model_dir`` as a :class:`GlomxModel` in the active run."""
+    return mlflow.pyfunc.log_model(
+        name="glomx",
+        python_model=str(Path(__file__).with_name("served.py")),
+        artifacts={ARTIFACT: str(model_dir)},
+        code_paths=[str(Path(glomx.__file__).parent)],
+        signature=SIGNATURE,
+        input_example=input_example(images),
+        pip_requirements=requirements(getattr(classifier, "native_flavor", None)),
+    )
+
+
+def _save_keras(path: str, **kwargs: Any) -> None:
+    """``mlflow.keras.save_model`` with its directory made first: MLflow 3.17 writes the input
+    example before creating it (mlflow/mlflow#16183)."""
+    os.makedirs(path, exist_ok=True)
+    import_module("mlflow.keras").save_model(path=path, **kwargs)
+
+
+_KERAS = SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras)
+
+
+def log_native_model(classifier: Classifier, images: np.ndarray) -> ModelInfo | None:
+    """Log the family's own framework model (sklearn pipeline, Keras model), unregistered,
+    when the classifier offers one: ``native_flavor`` names the MLflow flavor and
+    ``native_model(images)`` returns ``(model, example input)`` in that model's own format."""
+    flavor = getattr(classifier, "native_flavor", None)
+    if flavor is None:
+        return None
+    model, example = classifier.native_model(images[:1])  # type: ignore[attr-defined]
+    common = {
+        "name": flavor,
+        "input_example": example,
+        "pip_requirements": requirements(flavor, glomx_code=False),
+    }
+    if flavor == "keras":
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        return Model.log(None, _KERAS, model=model, signature=signature, **common)
+    return import_module(f"mlflow.{flavor}").log_model(model, **common)

@@ -1,0 +1,95 @@
+"""Tiny prepared stores and a fitted LR model for the evaluate, predict and serving tests.
+
+Images are 16 px; class 1 is darker (a cue LR learns in two epochs). Slides carry site
+prefixes like the real data (``SAS_1``, ``VUHSK_2``) so per-site metrics have two sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glomx.data.store import ArrayStore, StoreWriter
+from glomx.models import load_classifier
+from glomx.models.base import Preprocessing
+from glomx.models.logistic import LogisticClassifier
+from glomx.tracking import stage_run
+
+SIZE = 16
+PRE = Preprocessing(size=SIZE, channels=3, method="pad", fill="white")
+SITES = ("SAS", "VUHSK")
+
+
+def images_for(labels: np.ndarray, seed: int, size: int = SIZE) -> np.ndarray:
+    """Noisy tiles, class 1 about 60 grey levels darker."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(140, 220, (len(labels), size, size, 3))
+    return (base - 60 * labels[:, None, None, None]).astype(np.uint8)
+
+
+def write_split(path: Path, n: int, seed: int, first_slide: int) -> ArrayStore:
+    """``n`` images over four slides (two per site), every third one sclerotic."""
+    labels = (np.arange(n) % 3 == 0).astype(np.uint8)
+    slides = [f"{SITES[i % 2]}_{first_slide + i % 4}" for i in range(n)]
+    names = [f"{s}-{i}.png" for i, s in enumerate(slides)]
+    with StoreWriter(path, (SIZE, SIZE, 3), {"image": asdict(PRE)}) as writer:
+        writer.append(images_for(labels, seed), labels, names, slides)
+        return writer.close({"data_kind": "synthetic"})
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``prepared/{train,val,test}`` stores (slides differ between splits)."""
+    root = tmp_path_factory.mktemp("prepared")
+    for split, n, seed in (("train", 48, 0), ("val", 24, 1), ("test", 32, 2)):
+        write_split(root / split, n, seed, first_slide=10 * seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lr_dir(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fitted, saved LR model (8 px input, 2 epochs)."""
+    clf = LogisticClassifier.from_params({"model": {"size": 8}, "fit": {"epochs": 2}}, PRE)
+    clf.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
+    out = tmp_path_factory.mktemp("models") / "lr"
+    clf.save(out)
+    return out
+
+
+@pytest.fixture
+def registered_lr(lr_dir: Path, prepared: Path) -> str:
+    """``lr_dir`` logged and registered as the training stage does (in this test's store)."""
+    clf = load_classifier(lr_dir)
+    images = ArrayStore(prepared / "val").read([0])
+    with stage_run("train-lr", {}, "synthetic") as run:
+        return run.log_and_register(lr_dir, clf, images, {"val_balanced_accuracy": 0.9})
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def png_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder to predict: 3 good PNGs of two slides (one in a sub-folder, 24 px RGBA), a
+    truncated PNG, a text file named .png, and files a folder scan ignores (notes.txt,
+    .hidden.png). ``SAS_1-0.png`` is sclerotic-like (dark), ``SAS_1-1.png`` is not."""
+    folder = tmp_path_factory.mktemp("patches")
+    good = images_for(np.array([1, 0], dtype=np.uint8), seed=5)
+    write_png(folder / "SAS_1-0.png", good[0])
+    write_png(folder / "SAS_1-1.png", good[1])
+    rgb = images_for(np.array([0], dtype=np.uint8), seed=6, size=24)[0]
+    write_png(
+        folder / "deeper" / "VUHSK_7-3.png", np.dstack([rgb, np.full((24, 24), 255, np.uint8)])
+    )
+    (folder / "SAS_1-9.png").write_bytes((folder / "SAS_1-0.png").read_bytes()[:60])
+    (folder / "VUHSK_7-8.png").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored by a folder scan")
+    write_png(folder / ".hidden.png", good[0])
+    return folder

@@ -1,0 +1,101 @@
+"""glomx predict on folders mixing good, corrupt and non-image files."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glomx.cli_predict import add_predict_parser
+from glomx.data.images import load_image
+from glomx.evaluation.scoring import dihedral
+from glomx.predict import collect_files, load_model, predict_files
+
+GOOD = ("SAS_1-0.png", "SAS_1-1.png", "VUHSK_7-3.png")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cli(*argv: str | Path) -> int:
+    parser = argparse.ArgumentParser()
+    add_predict_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["predict", *map(str, argv)])
+    return args.func(args)
+
+
+def test_collect_files_recurses_by_extension(png_folder: Path) -> None:
+    names = sorted(p.name for p in collect_files([png_folder]))
+    assert names == sorted([*GOOD, "SAS_1-9.png", "VUHSK_7-8.png"])
+    # a file named explicitly is taken whatever its extension
+    assert collect_files([png_folder / "notes.txt"]) == [png_folder / "notes.txt"]
+
+
+def test_predict_writes_rows_errors_and_slide_summary(
+    png_folder: Path, lr_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "pred.csv"
+    files = collect_files([png_folder, png_folder / "notes.txt"])
+    model = load_model(lr_dir)
+    summary = predict_files(files, model, out, workers=2, batch_size=2, progress=False)
+    assert (summary.predicted, summary.failed) == (3, 3)
+    rows = {r["name"]: r for r in _rows(out)}
+    assert "corrupt or truncated" in rows["SAS_1-9.png"]["error"]
+    assert rows["SAS_1-9.png"]["probability"] == rows["SAS_1-9.png"]["label"] == ""
+    assert "not a readable image" in rows["VUHSK_7-8.png"]["error"]
+    assert rows["notes.txt"]["error"] and rows["notes.txt"]["slide"] == ""
+    good = [rows[n] for n in GOOD]
+    assert all(r["error"] == "" and r["model"] == str(lr_dir) for r in good)
+    proba = np.array([float(r["probability"]) for r in good])
+    labels = [int(r["label"]) for r in good]
+    assert labels == (proba >= model.classifier.meta.threshold).astype(int).tolist()
+    assert proba[0] > proba[1]  # the dark, sclerotic-like patch scores higher
+    slides = {r["slide"]: r for r in _rows(out.with_name("pred_slides.csv"))}
+    sas = slides["SAS_1"]
+    assert (sas["n_glomeruli"], sas["n_sclerotic"], sas["n_errors"]) == (
+        "2",
+        str(sum(labels[:2])),
+        "1",
+    )
+    assert float(sas["percent_sclerotic"]) == pytest.approx(50 * sum(labels[:2]))
+    assert slides["(no slide id)"]["n_errors"] == "1"
+
+
+def test_tta_and_threshold(png_folder: Path, lr_dir: Path, tmp_path: Path) -> None:
+    plain, tta = tmp_path / "plain.csv", tmp_path / "tta.csv"
+    path = png_folder / "SAS_1-0.png"
+    model = load_model(lr_dir)
+    predict_files([path], model, plain, workers=1, threshold=0.0, progress=False)
+    predict_files([path], model, tta, workers=1, tta=True, threshold=1.01, progress=False)
+    assert (_rows(plain)[0]["label"], _rows(tta)[0]["label"]) == ("1", "0")
+    image = load_image(path, model.classifier.meta.preprocessing)[None]
+    expected = np.mean([model.classifier.predict_proba(v.copy()) for v in dihedral(image)])
+    assert float(_rows(tta)[0]["probability"]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_exit_codes_and_refusals(png_folder: Path, lr_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    assert _cli(png_folder, "--model", lr_dir, "--out", out, "-q") == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_text("nope")
+    assert _cli(bad, "--model", lr_dir, "--out", out, "-q") == 1  # nothing predicted
+    # an image larger than --max-pixels is refused with the reason, never decoded
+    assert _cli(png_folder / "SAS_1-0.png", "--model", lr_dir, "--out", out,
+                "--max-pixels", "100", "-q") == 1  # fmt: skip
+    assert "exceeds the limit of 100 pixels" in _rows(out)[0]["error"]
+    assert _cli(tmp_path / "missing", "--model", lr_dir, "--out", out) == 2
+    assert _cli(png_folder, "--model", tmp_path, "--out", out) == 2  # not a model folder
+
+
+def test_registry_uri_without_a_registry_is_a_clear_error(
+    png_folder: Path, tmp_path: Path, isolated_mlflow: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(png_folder, "--out", tmp_path / "p.csv") == 2  # default models:/glomx@champion
+    assert "no MLflow registry at" in capsys.readouterr().err
+    assert not Path(isolated_mlflow.removeprefix("sqlite:///")).exists()  # nothing created

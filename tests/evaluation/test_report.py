@@ -1,0 +1,31 @@
+import math
+
+from glomx.evaluation.report import COLUMNS, DataSummary, summary_markdown, with_interval
+
+SPLITS = {"test": {"images": 10, "class_1": 3, "slides": 2}}
+SITES = {"SAS": {"images": 10, "class_1": 3, "slides": 2}}
+SETTINGS = {"n_resamples": 100, "confidence": 0.95, "seed": 0, "tta": False}
+
+
+def _intervals(value: float) -> dict:
+    return {k: {"value": value, "ci_low": value - 0.1, "ci_high": value + 0.1} for k in COLUMNS}
+
+
+def test_real_data_is_cited_and_synthetic_is_flagged() -> None:
+    metrics = {"lr": _intervals(0.8)}
+    champion = {"version": "3", "family": "lr", "changed": True, "reason": "first champion."}
+    real = summary_markdown(DataSummary("real", SPLITS, SITES), metrics, {}, {}, champion, SETTINGS)
+    assert "Bueno et al." in real and "Weishaupt et al." in real and "SYNTHETIC" not in real
+    assert "moved to version 3 (lr)" in real and "0.800 [0.700, 0.900]" in real
+    assert "Only 2 test slide(s)" in real
+    sites = {"lr": {"SAS": _intervals(0.5)}}
+    data = DataSummary("synthetic", SPLITS, SITES)
+    fake = summary_markdown(data, metrics, sites, {}, {"reason": "none"}, SETTINGS)
+    assert "SYNTHETIC DATA" in fake and "Bueno" not in fake
+    assert "| SAS | lr | 10 | 3 | 2 | 0.500 [0.400, 0.600]" in fake
+    assert "No champion: none." in fake
+
+
+def test_undefined_values_read_n_a() -> None:
+    assert with_interval({"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}) == "n/a"
+    assert with_interval({"value": 0.5, "ci_low": math.nan, "ci_high": math.nan}) == "0.500"

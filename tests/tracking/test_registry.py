@@ -1,0 +1,109 @@
+"""Promotion rules against a real (temporary SQLite) MLflow registry."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from glomx.tracking import registry
+from glomx.tracking.runs import REGISTERED_MODEL, connect
+
+
+def _version(tmp_path: Path, family: str, bal_acc: float, auc: float, val_data: str) -> str:
+    """A registered version as training leaves it: val metrics as tags, val set as run input."""
+    connect()
+    with mlflow.start_run() as run:
+        dataset = mlflow.data.from_pandas(pd.DataFrame({"split": [val_data]}), name="val")
+        mlflow.log_input(dataset, context="validation")
+        (tmp_path / "model").mkdir(exist_ok=True)
+        mlflow.log_artifact(str(tmp_path / "model"))
+    tags = {"family": family, "val_balanced_accuracy": str(bal_acc), "val_roc_auc": str(auc)}
+    client = MlflowClient()
+    with contextlib.suppress(MlflowException):  # exists after the first version
+        client.create_registered_model(REGISTERED_MODEL)
+    mv = client.create_model_version(
+        REGISTERED_MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id, tags=tags
+    )
+    return str(mv.version)
+
+
+def _aliases() -> dict[str, str]:
+    aliases = MlflowClient().get_registered_model(REGISTERED_MODEL).aliases
+    return {k: str(v) for k, v in aliases.items()}
+
+
+def _count() -> int:
+    return len(MlflowClient().search_model_versions(f"name='{REGISTERED_MODEL}'"))
+
+
+def test_promotion_rules_through_the_registry(tmp_path: Path) -> None:
+    lr = _version(tmp_path, "lr", 0.70, 0.80, "A")
+    first = registry.promote([lr], margin=0.01)
+    assert first.changed and first.version == lr
+    assert _aliases() == {"champion": lr}
+    mv = MlflowClient().get_model_version(REGISTERED_MODEL, lr)
+    assert "first champion" in mv.description and mv.tags[registry.REASON_TAG] == mv.description
+
+    # rerun with nothing changed: no new version, no alias move, no tag rewrite
+    before = MlflowClient().get_model_version(REGISTERED_MODEL, lr).last_updated_timestamp
+    again = registry.promote([lr], margin=0.01)
+    assert not again.changed and _aliases() == {"champion": lr} and _count() == 1
+    assert MlflowClient().get_model_version(REGISTERED_MODEL, lr).last_updated_timestamp == before
+
+    # a better candidate on the same validation data wins; the old one stays reachable
+    cnn = _version(tmp_path, "cnn", 0.80, 0.85, "A")
+    better = registry.promote([lr, cnn], margin=0.01)
+    assert better.changed and better.version == cnn and better.previous == lr
+    assert _aliases() == {"champion": cnn, "previous": lr}
+
+    # within the margin: champion stays, the candidate is told why
+    close = _version(tmp_path, "resnet", 0.805, 0.99, "A")
+    kept = registry.promote([close], margin=0.01)
+    assert not kept.changed and kept.version == cnn
+    assert _aliases() == {"champion": cnn, "previous": lr}
+    assert (
+        "stays"
+        in MlflowClient().get_model_version(REGISTERED_MODEL, close).tags[registry.REASON_TAG]
+    )
+
+    # different validation data: scores are not comparable, the new model wins even if lower
+    moved = _version(tmp_path, "lr", 0.60, 0.70, "B")
+    changed = registry.promote([moved], margin=0.01)
+    assert changed.changed and "different data" in changed.reason
+    assert _aliases() == {"champion": moved, "previous": cnn}
+    assert _count() == 4
+
+    report = registry.champion_report()
+    assert f"models:/{REGISTERED_MODEL}/{moved}" in report and "balanced_accuracy 0.6000" in report
+
+
+def test_choice_uses_validation_metric_then_tiebreak() -> None:
+    def cand(v: str, ba: float, auc: float) -> registry.Candidate:
+        return registry.Candidate(v, "lr", "", {"balanced_accuracy": ba, "roc_auc": auc}, "A")
+
+    tied = [cand("1", 0.8, 0.85), cand("2", 0.8, 0.90), cand("3", math.nan, 0.99)]
+    assert registry.best(tied, "balanced_accuracy", "roc_auc").version == "2"
+    decision = registry.decide(tied, cand("2", 0.8, 0.90), "balanced_accuracy", "roc_auc", 0.0)
+    assert not decision.changed and decision.version == "2"
+    with pytest.raises(ValueError):
+        registry.best([], "balanced_accuracy", "roc_auc")
+
+
+def test_unknown_model_uri_names_what_is_missing() -> None:
+    with pytest.raises(LookupError, match="no MLflow registry"):
+        registry.resolve("models:/glomx@champion")
+    connect()
+    MlflowClient().create_registered_model(REGISTERED_MODEL)
+    with pytest.raises(LookupError, match="glomx@champion"):
+        registry.resolve("models:/glomx@champion")
+    with pytest.raises(LookupError, match="no alias"):
+        registry.champion_report()
+    with pytest.raises(ValueError, match="models:/NAME"):
+        registry.resolve("models:/glomx")
