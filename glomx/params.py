@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
+T = TypeVar("T")
 
 
 class ParamsError(ValueError):
@@ -49,3 +51,12 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def file_hash(path: str | Path) -> str:
     """md5 of a file's bytes (params file, data.dvc), for provenance tags."""
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def dataclass_from(cls: type[T], params: dict[str, Any] | None, where: str) -> T:
+    """A config dataclass from a params mapping; unknown keys are named in the error."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(params or {}) - known)
+    if unknown:
+        raise ParamsError(f"{where} has unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**(params or {}))

@@ -87,8 +87,7 @@ def _log_evaluation(
 ) -> None:
     """Summary text, confusion matrix (PNG + JSON), ROC and PR figures."""
     pred = (proba >= classifier.meta.threshold).astype(np.uint8)
-    summary = getattr(classifier, "summary", None)
-    run.log_text(summary() if callable(summary) else repr(classifier.meta), "model/summary.txt")
+    run.log_text(classifier.summary(), "model/summary.txt")
     run.log_dict(
         {"threshold": classifier.meta.threshold, **m.confusion_counts(labels, pred)},
         "plots/confusion.json",
@@ -128,7 +127,7 @@ def run_training(
         run.log_dataset(train, "training")
         run.log_dataset(val, "validation")
         log.info("%s: fitting %s on %d images (%s data)", stage, family, len(train), kind)
-        live = getattr(classifier, "native_flavor", None) == "keras"
+        live = classifier.native_flavor == "keras"
         history = classifier.fit(train, val, weights, [run.keras_callback()] if live else None)
         if not live:
             run.log_history(history)
@@ -145,6 +144,7 @@ def run_training(
             "images": len(val),
             "data_kind": kind,
             "class_weight": "balanced" if weights else "none",
+            **classifier.tags(),
         }
         metrics_file = Path(paths["metrics"]) / f"{family}.json"
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,9 @@ def run_training(
         final = {f"val_{k}": v for k, v in scores.items()}
         run.log_metrics({**final, "threshold": classifier.meta.threshold})
         _log_evaluation(run, classifier, val.labels, proba)
+        run.set_tags(classifier.tags())
+        for figure in classifier.write_figures(train, Path(paths["plots"]) / family):
+            run.log_artifact(figure, "plots")
         version = run.log_and_register(model_dir, classifier, val.read([0]), final)
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
     return scores

@@ -59,6 +59,7 @@ class Classifier(ABC):
     """Binary classifier: P(globally sclerotic) from uint8 image batches."""
 
     family: ClassVar[str]
+    native_flavor: ClassVar[str | None] = None  # MLflow flavor of native_model(), if any
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
@@ -85,6 +86,22 @@ class Classifier(ABC):
     @abstractmethod
     def _load_weights(cls, directory: Path, meta: ModelMeta) -> Classifier:
         """Rebuild a fitted classifier from ``directory``."""
+
+    def summary(self) -> str:
+        """A human-readable description of the fitted model (logged as text)."""
+        return repr(self.meta)
+
+    def native_model(self, images: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The underlying library model and an input example for it, for ``native_flavor``."""
+        raise NotImplementedError(f"{self.family} has no native MLflow flavor")
+
+    def write_figures(self, train: ArrayStore, directory: Path) -> list[Path]:
+        """Family-specific pictures of the fitted model, written under ``directory``."""
+        return []
+
+    def tags(self) -> dict[str, str]:
+        """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
+        return {k: v for k, v in self.meta.extra.items() if isinstance(v, str)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Hard labels at the model's threshold."""

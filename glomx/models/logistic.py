@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -51,6 +51,7 @@ from glomx.data.adapt import adapt
 from glomx.data.store import ArrayStore
 from glomx.metrics import classification_metrics
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
+from glomx.params import dataclass_from
 
 PIPELINE_FILE = "pipeline.joblib"
 BATCH_VALUES = 2**22  # pixel values per batch: 16 MiB of float32 features
@@ -85,15 +86,6 @@ class LRFit:
             raise ValueError(f"need epochs ≥ 1 and alpha > 0, got {self.epochs}, {self.alpha}")
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
-
-
-def _config(cls: type[T], params: dict[str, Any] | None, where: str) -> T:
-    """A config dataclass from a params mapping; unknown keys are named in the error."""
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(params or {}) - known)
-    if unknown:
-        raise ValueError(f"{where} has unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**(params or {}))
 
 
 def _val_scores(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -135,8 +127,8 @@ class LogisticClassifier(Classifier):
     @classmethod
     def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        model = _config(LRModel, params.get("model"), "train_lr.model")
-        fit = _config(LRFit, params.get("fit"), "train_lr.fit")
+        model = dataclass_from(LRModel, params.get("model"), "train_lr.model")
+        fit = dataclass_from(LRFit, params.get("fit"), "train_lr.fit")
         meta = ModelMeta(
             family=cls.family,
             size=model.size,
@@ -245,5 +237,5 @@ class LogisticClassifier(Classifier):
         path = directory / PIPELINE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: not a saved lr model")
-        fit = _config(LRFit, meta.extra.get("fit"), f"{directory / 'glomx.json'} fit")
+        fit = dataclass_from(LRFit, meta.extra.get("fit"), f"{directory / 'glomx.json'} fit")
         return cls(meta, fit, joblib.load(path))

@@ -148,7 +148,7 @@ def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> Mo
         code_paths=[str(Path(glomx.__file__).parent)],
         signature=SIGNATURE,
         input_example=input_example(images),
-        pip_requirements=requirements(getattr(classifier, "native_flavor", None)),
+        pip_requirements=requirements(classifier.native_flavor),
     )
 
 
@@ -166,10 +166,10 @@ def log_native_model(classifier: Classifier, images: np.ndarray) -> ModelInfo | 
     """Log the family's own framework model (sklearn pipeline, Keras model), unregistered,
     when the classifier offers one: ``native_flavor`` names the MLflow flavor and
     ``native_model(images)`` returns ``(model, example input)`` in that model's own format."""
-    flavor = getattr(classifier, "native_flavor", None)
+    flavor = classifier.native_flavor
     if flavor is None:
         return None
-    model, example = classifier.native_model(images[:1])  # type: ignore[attr-defined]
+    model, example = classifier.native_model(images[:1])
     common = {
         "name": flavor,
         "input_example": example,

@@ -176,6 +176,10 @@ class StageRun:
         self._active()
         mlflow.log_params({k: _scalar(v) for k, v in flatten(params).items()})
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._active()
+        mlflow.set_tags(tags)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._active()
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)

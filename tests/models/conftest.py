@@ -1,0 +1,86 @@
+"""Tiny synthetic array stores for the model tests (40 px, a few dozen images)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from glomx.data.store import ArrayStore, StoreWriter
+from glomx.models.base import Preprocessing
+
+PREPROCESSING = Preprocessing(size=40, channels=3, method="pad", fill="white")
+STAGES = Path(__file__).resolve().parents[2] / "stages"
+
+
+def blob_images(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Noisy pink tiles; class 1 carries a dark disc in the middle (an easy, learnable cue)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(150, 230, (len(labels), size, size, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
+    images[labels == 1] = np.where(disc[..., None], images[labels == 1] // 3, images[labels == 1])
+    return images
+
+
+def write_store(path: Path, images: np.ndarray, labels: np.ndarray) -> ArrayStore:
+    """A finished store of ``images`` with names ``img<i>`` on two slides."""
+    with StoreWriter(path, images.shape[1:], {"image": asdict(PREPROCESSING)}) as writer:
+        names = [f"img{i}" for i in range(len(images))]
+        writer.append(images, labels, names, [f"slide{i % 2}" for i in range(len(images))])
+        return writer.close({"data_kind": "synthetic"})
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Callable[[str, np.ndarray, np.ndarray], ArrayStore]:
+    """``make(name, images, labels)``: a store under the test's tmp dir."""
+    return lambda name, images, labels: write_store(tmp_path / name, images, labels)
+
+
+def blob_store_at(path: Path, n: int, seed: int) -> ArrayStore:
+    """A store of ``n`` 40 px blob images at ``path``, every third one (from 0) class 1."""
+    labels = (np.arange(n) % 3 == 0).astype(np.uint8)
+    return write_store(path, blob_images(labels, PREPROCESSING.size, seed), labels)
+
+
+@pytest.fixture(scope="session")
+def blob_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], ArrayStore]:
+    """``make(n, seed)``: :func:`blob_store_at` in a fresh directory."""
+    return lambda n, seed: blob_store_at(tmp_path_factory.mktemp(f"blobs{n}_{seed}"), n, seed)
+
+
+@pytest.fixture
+def training_paths(tmp_path: Path) -> dict[str, str]:
+    """The pipeline layout run_training reads: a balanced store of 24 blob images with class
+    weights and a prepared validation store of 12; models, metrics and plots go beside them."""
+    paths = {k: str(tmp_path / k) for k in ("prepared", "balanced", "models", "metrics", "plots")}
+    blob_store_at(tmp_path / "balanced", 24, seed=0)
+    blob_store_at(tmp_path / "prepared" / "val", 12, seed=1)
+    (tmp_path / "balanced" / "class_weights.json").write_text('{"0": 0.75, "1": 1.5}\n')
+    return paths
+
+
+@pytest.fixture
+def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, str, Any], str]:
+    """``run(script, section, params)``: run ``stages/<script>`` as DVC would, in a directory
+    whose params.yaml holds ``training_paths`` and the stage's section; returns its stdout."""
+
+    def run(script: str, section: str, params: dict[str, Any]) -> str:
+        (tmp_path / "params.yaml").write_text(
+            yaml.safe_dump({"paths": training_paths, section: params})
+        )
+        done = subprocess.run(
+            [sys.executable, str(STAGES / script)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done.stdout
+
+    return run
