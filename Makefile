@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 data: setup ## fetch data/ from the DVC remote
-	dvc pull
+	dvc pull data.dvc
 
 prepare augment balance train-lr train-cnn train-resnet evaluate: setup ## run one stage (and what it needs)
 	dvc repro $@

@@ -24,7 +24,9 @@ import numpy as np
 
 from glomx import metrics as m
 from glomx.data.store import ArrayStore
+from glomx.models import family_class
 from glomx.models.base import META_FILE, Classifier, Preprocessing
+from glomx.params import load_params
 from glomx.tracking import StageRun, stage_run
 
 CLASS_WEIGHTS_FILE = "class_weights.json"
@@ -159,4 +161,15 @@ def run_training(
             run.log_artifact(figure, "plots")
         version = run.log_and_register(model_dir, classifier, val.read([0]), final)
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
+    return scores
+
+
+def train_stage(family: str) -> dict[str, float]:
+    """The whole ``train-<family>`` DVC stage, from ``params.yaml``'s ``train_<family>`` section."""
+    params = load_params()
+    paths, section = params["paths"], params[f"train_{family}"]
+    classifier = family_class(family).from_params(section, prepared_preprocessing(paths))
+    scores = run_training(f"train-{family}", classifier, section, paths)
+    facts = {**classifier.tags(), **{k: f"{v:.3f}" for k, v in scores.items()}}
+    print(f"train-{family} validation:", ", ".join(f"{k} {v}" for k, v in facts.items()))
     return scores

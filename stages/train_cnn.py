@@ -2,13 +2,7 @@
 
 import logging
 
-from glomx.models.cnn import CNNClassifier
-from glomx.params import load_params
-from glomx.training import prepared_preprocessing, run_training
+from glomx.training import train_stage
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-params = load_params()
-paths, section = params["paths"], params["train_cnn"]
-classifier = CNNClassifier.from_params(section, prepared_preprocessing(paths))
-scores = run_training("train-cnn", classifier, section, paths)
-print("validation:", ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+train_stage("cnn")

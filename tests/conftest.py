@@ -29,7 +29,9 @@ def real_data() -> Path:
     """
     data = REPO / "data"
     if not (data / "public.csv").is_file() and SHARED_REMOTE.is_dir():
-        subprocess.run([sys.executable, "-m", "dvc", "pull", "-q"], cwd=REPO, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"], cwd=REPO, check=True
+        )
     if not (data / "public.csv").is_file():
         message = f"real data missing: {data} (needs {SHARED_REMOTE} and `dvc pull`)"
         if os.environ.get("CI"):

@@ -18,9 +18,13 @@ def adapt(images: np.ndarray, size: int, channels: int) -> np.ndarray:
         raise ValueError(f"channels must be 3 or 4, got {channels}")
     rgb = images[..., :3]
     if rgb.shape[1:3] != (size, size):
-        rgb = np.stack(
-            [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in rgb]
-        ) if len(rgb) else np.empty((0, size, size, 3), np.uint8)
+        rgb = (
+            np.stack(
+                [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in rgb]
+            )
+            if len(rgb)
+            else np.empty((0, size, size, 3), np.uint8)
+        )
     if channels == 3:
         return np.ascontiguousarray(rgb)
     alpha = np.full((*rgb.shape[:3], 1), 255, dtype=np.uint8)

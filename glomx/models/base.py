@@ -64,6 +64,11 @@ class Classifier(ABC):
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
 
+    @classmethod
+    @abstractmethod
+    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Classifier:
+        """An unfitted classifier from its stage's params section (``model:`` and ``fit:``)."""
+
     @abstractmethod
     def fit(
         self,

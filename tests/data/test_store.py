@@ -18,8 +18,12 @@ def _write(path: Path, chunks: list[int]) -> ArrayStore:
     with StoreWriter(path, (4, 5, 3), params={"image": {"size": 4}}, source_hash="abc") as w:
         for n in chunks:
             names = [f"s{i % 3}-{i}.png" for i in range(start, start + n)]
-            w.append(_images(n, start), [i % 2 for i in range(start, start + n)], names,
-                     [f"s{i % 3}" for i in range(start, start + n)])
+            w.append(
+                _images(n, start),
+                [i % 2 for i in range(start, start + n)],
+                names,
+                [f"s{i % 3}" for i in range(start, start + n)],
+            )
             start += n
     return ArrayStore(path)
 

@@ -131,7 +131,7 @@ def test_train_resnet_stage_records_the_run_and_the_weights_source(
 ) -> None:
     params = {"model": {"size": 32, "weights": "none"}, "fit": FIT, "class_weight": "none"}
     stdout = run_stage("train_resnet.py", "train_resnet", params)
-    assert "backbone weights: random" in stdout
+    assert "weights random" in stdout
 
     model = load_classifier(Path(training_paths["models"]) / "resnet")
     assert model.meta.extra["weights"] == "random"
