@@ -41,8 +41,9 @@ lint: setup ## ruff check and format check
 	ruff check glomx stages tests bench
 	ruff format --check glomx stages tests bench
 
-bench: setup ## benchmarks (writes bench/out/); slow, not part of the tests
+bench: setup ## benchmarks vs in-run baselines (bench/out/); slow, needs `make run` first
 	python bench/prepare.py
+	python bench/stages.py
 
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000
