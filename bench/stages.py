@@ -212,7 +212,9 @@ def main() -> None:
         report["predict"] = _run_child("predict", "--predict-files", str(args.predict_files))
         print("predict", report["predict"], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "stages.json").write_text(json.dumps(report, indent=2) + "\n")
+    saved = OUT / "stages.json"  # sections run separately (--only) accumulate here
+    previous = json.loads(saved.read_text()) if saved.is_file() else {}
+    saved.write_text(json.dumps({**previous, **report}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
