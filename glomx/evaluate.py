@@ -90,7 +90,7 @@ def _split_counts(store: ArrayStore) -> dict[str, int]:
 def data_summary(stores: Mapping[str, ArrayStore], sites: np.ndarray) -> DataSummary:
     """Data kind from the prepared manifest, counts per split and per test site."""
     test = stores["test"]
-    kind = str(test.manifest.get("data_kind", "unknown"))
+    kind = test.data_kind
     slides = np.array(test.slides)
     per_site = {}
     for site in sorted(set(sites.tolist())):

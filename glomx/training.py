@@ -122,7 +122,7 @@ def run_training(
             f"the prepared data's; build it with glomx.training.prepared_preprocessing(paths)"
         )
     family = classifier.meta.family
-    kind = str(val.manifest.get("data_kind", "real"))
+    kind = val.data_kind
     weights = class_weight if class_weight is not None else class_weights(params, paths)
     logged = {stage.replace("-", "_"): params, "data": {"train": train.params, "val": val.params}}
     with stage_run(stage, logged, kind) as run:
