@@ -226,3 +226,16 @@ def pr_figure(curves: Curves) -> Figure:
     )
     _legend(ax, "lower left")
     return fig
+
+
+def epoch_scores(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Per-epoch validation scores for model selection: ``val_loss`` (binary cross-entropy),
+    ``val_auc`` and ``val_balanced_accuracy`` at 0.5."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1 - 1e-7)
+    loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))
+    m = classification_metrics(labels, proba)
+    return {
+        "val_loss": float(loss),
+        "val_auc": m["roc_auc"],
+        "val_balanced_accuracy": m["balanced_accuracy"],
+    }

@@ -26,10 +26,10 @@ from typing import Any, ClassVar, Self
 
 import keras
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from glomx.data.adapt import adapt
 from glomx.data.store import ArrayStore
+from glomx.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
 from glomx.params import dataclass_from
 
@@ -168,17 +168,6 @@ class StoreSequence(keras.utils.PyDataset):
         self.order = self._permutation(self.epoch)
 
 
-def validation_scores(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """``val_loss`` (binary cross-entropy), ``val_auc`` and ``val_balanced_accuracy`` at 0.5."""
-    p = np.clip(proba.astype(np.float64), 1e-7, 1 - 1e-7)
-    loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))
-    return {
-        "val_loss": float(loss),
-        "val_auc": float(roc_auc_score(labels, proba)),
-        "val_balanced_accuracy": float(balanced_accuracy_score(labels, proba >= 0.5)),
-    }
-
-
 class ValidationMonitor(keras.callbacks.Callback):
     """Scores the validation set every epoch, keeps the best weights, stops stalled phases.
 
@@ -204,7 +193,7 @@ class ValidationMonitor(keras.callbacks.Callback):
         self.wait = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        scores = validation_scores(self.labels, self.predict())
+        scores = epoch_scores(self.labels, self.predict())
         if logs is not None:
             logs.update(scores)
         if scores[self.key] > self.best:

@@ -49,7 +49,7 @@ from sklearn.preprocessing import StandardScaler
 
 from glomx.data.adapt import adapt
 from glomx.data.store import ArrayStore
-from glomx.metrics import classification_metrics
+from glomx.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
 from glomx.params import dataclass_from
 
@@ -86,18 +86,6 @@ class LRFit:
             raise ValueError(f"need epochs ≥ 1 and alpha > 0, got {self.epochs}, {self.alpha}")
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
-
-
-def _val_scores(labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """``val_loss`` (log loss), ``val_auc``, ``val_balanced_accuracy`` (at 0.5)."""
-    p = np.clip(proba.astype(np.float64), 1e-7, 1 - 1e-7)
-    loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))
-    m = classification_metrics(labels, proba)
-    return {
-        "val_loss": float(loss),
-        "val_auc": m["roc_auc"],
-        "val_balanced_accuracy": m["balanced_accuracy"],
-    }
 
 
 def _prefetched(items: Iterator[T]) -> Iterator[T]:
@@ -198,7 +186,7 @@ class LogisticClassifier(Classifier):
             for x, y in _prefetched(self._standardised(train, order, batch, shift, scale)):
                 w = None if weights is None else weights[y]
                 sgd.partial_fit(x, y, classes=[0, 1], sample_weight=w)
-            scores = _val_scores(val.labels, self.predict_store(val, batch))
+            scores = epoch_scores(val.labels, self.predict_store(val, batch))
             for key, value in scores.items():
                 history.setdefault(key, []).append(value)
             score = epoch if cfg.select == "last" else scores[cfg.select]
