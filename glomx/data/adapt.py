@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image
 
@@ -29,3 +31,10 @@ def adapt(images: np.ndarray, size: int, channels: int) -> np.ndarray:
         return np.ascontiguousarray(rgb)
     alpha = np.full((*rgb.shape[:3], 1), 255, dtype=np.uint8)
     return np.concatenate([rgb, alpha], axis=-1)
+
+
+def dihedral(images: np.ndarray) -> Iterator[np.ndarray]:
+    """The 8 rotations/reflections of a square ``(N, H, W, C)`` batch, identity first."""
+    for flipped in (images, images[:, :, ::-1]):
+        for k in range(4):
+            yield np.ascontiguousarray(np.rot90(flipped, k, axes=(1, 2)))

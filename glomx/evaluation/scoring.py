@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
 
+from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
 
 
@@ -14,13 +14,6 @@ class Scorer(Protocol):
     """Anything with the classifier's ``predict_proba`` (glomx models, the colour baseline)."""
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray: ...
-
-
-def dihedral(images: np.ndarray) -> Iterator[np.ndarray]:
-    """The 8 rotations/reflections of a square ``(N, H, W, C)`` batch, identity first."""
-    for flipped in (images, images[:, :, ::-1]):
-        for k in range(4):
-            yield np.rot90(flipped, k, axes=(1, 2))
 
 
 def predict_batch(classifier: Scorer, images: np.ndarray, tta: bool) -> np.ndarray:

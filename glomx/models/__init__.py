@@ -11,7 +11,9 @@ from glomx.models.base import Classifier, ModelMeta
 FAMILIES = {
     "lr": "glomx.models.logistic:LogisticClassifier",
     "cnn": "glomx.models.cnn:CNNClassifier",
-    "resnet": "glomx.models.resnet:ResNetClassifier",
+    "resnet": "glomx.models.transfer:ResNetClassifier",
+    "mobilenet": "glomx.models.transfer:TransferClassifier",
+    "probe": "glomx.models.probe:ProbeClassifier",
 }
 
 

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from glomx.data.adapt import adapt
+from glomx.data.stain import FIT_SAMPLE, StainNormalizer
 from glomx.data.store import ArrayStore
 
 META_FILE = "glomx.json"
@@ -60,6 +62,7 @@ class Classifier(ABC):
 
     family: ClassVar[str]
     native_flavor: ClassVar[str | None] = None  # MLflow flavor of native_model(), if any
+    live_history: ClassVar[bool] = False  # fit() logs epochs through Keras callbacks itself
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
@@ -92,6 +95,24 @@ class Classifier(ABC):
     def _load_weights(cls, directory: Path, meta: ModelMeta) -> Classifier:
         """Rebuild a fitted classifier from ``directory``."""
 
+    @property
+    def stain(self) -> StainNormalizer:
+        """The stain normaliser fitted on the training images (``none`` if not asked for)."""
+        return StainNormalizer.from_dict(self.meta.extra.get("stain") or {"method": "none"})
+
+    def fit_stain(self, method: str, train: ArrayStore) -> None:
+        """Fit the stain normaliser on (an even sample of) the training store; kept in meta."""
+        if method == "none":
+            self.meta.extra.pop("stain", None)
+            return
+        sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), FIT_SAMPLE)).astype(int))
+        images = adapt(train.read(sample), self.meta.size, self.meta.channels)
+        self.meta.extra["stain"] = StainNormalizer.fit(method, images).to_dict()
+
+    def adapted(self, images: np.ndarray) -> np.ndarray:
+        """Prepared uint8 images at the model's size and channels, stain-normalised as fitted."""
+        return self.stain.transform(adapt(images, self.meta.size, self.meta.channels))
+
     def summary(self) -> str:
         """A human-readable description of the fitted model (logged as text)."""
         return repr(self.meta)
@@ -106,7 +127,8 @@ class Classifier(ABC):
 
     def tags(self) -> dict[str, str]:
         """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
-        return {k: v for k, v in self.meta.extra.items() if isinstance(v, str)}
+        tags = {k: v for k, v in self.meta.extra.items() if isinstance(v, str)}
+        return {**tags, "stain": self.stain.method}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Hard labels at the model's threshold."""

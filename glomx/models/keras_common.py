@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from glomx.data.adapt import adapt
+from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
 from glomx.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
@@ -129,6 +130,7 @@ class StoreSequence(keras.utils.PyDataset):
         augment_dihedral: bool = False,
         jitter: float = 0.0,
         workers: int = 1,
+        stain: StainNormalizer | None = None,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(store) == 0:
@@ -140,6 +142,7 @@ class StoreSequence(keras.utils.PyDataset):
         self.seed = seed
         self.augment_dihedral = augment_dihedral
         self.jitter = jitter
+        self.stain = stain or StainNormalizer("none")
         self.epoch = 0
         self.order = self._permutation(0)
 
@@ -155,7 +158,7 @@ class StoreSequence(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.batch_indices(index)
-        images = adapt(self.store.read(idx), self.size, self.channels)
+        images = self.stain.transform(adapt(self.store.read(idx), self.size, self.channels))
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment_dihedral:
             images = dihedral(images, rng)
@@ -229,8 +232,10 @@ class KerasClassifier(Classifier):
     """
 
     config_class: ClassVar[type]
+    fit_config_class: ClassVar[type] = FitConfig  # the ``fit:`` part of the params
     channels: ClassVar[int | None] = None  # fixed input channels, or None to read the config
     native_flavor: ClassVar[str] = "keras"  # MLflow flavor of :meth:`native_model`
+    live_history: ClassVar[bool] = True  # fit() takes Keras callbacks that log every epoch
 
     def __init__(
         self, meta: ModelMeta, fit_config: FitConfig, config: Any, model: keras.Model | None = None
@@ -244,7 +249,9 @@ class KerasClassifier(Classifier):
     def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
         config = dataclass_from(cls.config_class, params.get("model") or {}, f"{cls.family}.model")
-        fit_config = dataclass_from(FitConfig, params.get("fit") or {}, f"{cls.family}.fit")
+        fit_config = dataclass_from(
+            cls.fit_config_class, params.get("fit") or {}, f"{cls.family}.fit"
+        )
         meta = ModelMeta(
             family=cls.family,
             size=config.size,
@@ -287,7 +294,7 @@ class KerasClassifier(Classifier):
             self._model = model = self.build_model()
         data = StoreSequence(
             train, cfg.batch_size, self.meta.size, self.meta.channels, cfg.seed,
-            cfg.dihedral, cfg.color_jitter, cfg.workers,
+            cfg.dihedral, cfg.color_jitter, cfg.workers, self.stain,
         )  # fmt: skip
         monitor = ValidationMonitor(
             lambda: self.predict_store(val, cfg.batch_size), val.labels, cfg.monitor, cfg.patience
@@ -345,8 +352,12 @@ class KerasClassifier(Classifier):
             )
         ]
 
+    def model_input(self, images: np.ndarray) -> np.ndarray:
+        """Prepared uint8 images → the model's float32 input (size, channels)."""
+        return self.adapted(images).astype(np.float32)
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        x = adapt(images, self.meta.size, self.meta.channels).astype(np.float32)
+        x = self.model_input(images)
         if not len(x):
             return np.empty(0, dtype=np.float32)
         proba = self.keras_model.predict(x, batch_size=self.fit_config.batch_size, verbose=0)
@@ -359,8 +370,7 @@ class KerasClassifier(Classifier):
 
     def native_model(self, images: np.ndarray) -> tuple[keras.Model, np.ndarray]:
         """The Keras model for MLflow's keras flavor, and ``images`` as its float32 input."""
-        example = adapt(images, self.meta.size, self.meta.channels).astype(np.float32)
-        return self._inference_model(), example
+        return self._inference_model(), self.model_input(images)
 
     def summary(self) -> str:
         """The Keras model summary as text."""
@@ -378,5 +388,5 @@ class KerasClassifier(Classifier):
             raise FileNotFoundError(f"{path} missing: not a saved {cls.family} model")
         model = keras.saving.load_model(path, compile=False)
         config = dataclass_from(cls.config_class, meta.extra["model"], f"{path} model")
-        fit_config = dataclass_from(FitConfig, meta.extra["fit"], f"{path} fit")
+        fit_config = dataclass_from(cls.fit_config_class, meta.extra["fit"], f"{path} fit")
         return cls(meta, fit_config, config, model)

@@ -47,7 +47,6 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from glomx.data.adapt import adapt
 from glomx.data.store import ArrayStore
 from glomx.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
@@ -135,7 +134,7 @@ class LogisticClassifier(Classifier):
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W, C)`` → ``(N, size·size·channels)`` float32 pixel values."""
-        x = adapt(images, self.meta.size, self.meta.channels)
+        x = self.adapted(images)
         return x.reshape(len(x), -1).astype(np.float32)
 
     def _batch(self) -> int:

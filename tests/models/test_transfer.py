@@ -1,4 +1,4 @@
-"""ResNet-50 transfer learning: weights sources, two-phase fine-tuning, predict, reload."""
+"""Transfer learning (mobilenet, resnet): weights sources, the two phases, predict, reload."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import pytest
 from mlflow import MlflowClient
 
 from glomx.data.store import ArrayStore
-from glomx.models import load_classifier, resnet
+from glomx.models import load_classifier
+from glomx.models.backbones import RESNET50_FILE, BackboneWeightsError, ImageNetPreprocess
 from glomx.models.base import Preprocessing
-from glomx.models.resnet import (
-    IMAGENET_FILE,
-    ImageNetPreprocess,
-    ResNetClassifier,
-    WeightsUnavailableError,
-)
+from glomx.models.transfer import ResNetClassifier, TransferClassifier
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
 PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
@@ -28,34 +24,33 @@ FIT = {"epochs": 1, "batch_size": 8, "jit_compile": False}
 
 @pytest.fixture
 def offline_imagenet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """An empty Keras cache and an ImageNet origin that refuses connections; returns the cache."""
+    """An empty Keras cache (nothing is ever downloaded); returns its models folder."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(resnet, "IMAGENET_ORIGIN", f"http://127.0.0.1:9/{IMAGENET_FILE}")
     return tmp_path / "keras" / "models"
 
 
-def test_imagenet_unavailable_without_fallback_fails_saying_how_to_fix(
+def test_resnet_imagenet_unavailable_without_fallback_fails_saying_how_to_fix(
     offline_imagenet: Path,
 ) -> None:
     params = {"model": {"weights": "imagenet", "fallback": False}}
-    with pytest.raises(WeightsUnavailableError) as error:
+    with pytest.raises(BackboneWeightsError) as error:
         ResNetClassifier.from_params(params, PRE)
     message = str(error.value)
-    assert IMAGENET_FILE in message and str(offline_imagenet) in message
+    assert RESNET50_FILE in message and str(offline_imagenet) in message
     assert "to none" in message and "fallback: true" in message
 
 
-def test_imagenet_unavailable_with_fallback_records_random_fallback(
+def test_resnet_imagenet_unavailable_with_fallback_records_random_fallback(
     offline_imagenet: Path,
 ) -> None:
-    with pytest.warns(UserWarning, match="Continuing with random initialisation"):
+    with pytest.warns(UserWarning, match="RANDOM initialisation"):
         classifier = ResNetClassifier.from_params({"model": {"fallback": True}}, PRE)
     assert classifier.meta.extra["weights"] == "random-fallback" and not classifier.pretrained
     assert [p.name for p in classifier.phases()] == ["all-layers"]
 
 
 def test_missing_weights_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(WeightsUnavailableError, match=r"nowhere\.weights\.h5 not found"):
+    with pytest.raises(BackboneWeightsError, match=r"nowhere\.weights\.h5 not found"):
         ResNetClassifier.from_params({"model": {"weights": f"{tmp_path}/nowhere.weights.h5"}}, PRE)
 
 
@@ -63,6 +58,40 @@ def test_preprocessing_layer_is_keras_preprocess_input() -> None:
     x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
     expected = keras.applications.resnet.preprocess_input(x.copy())
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ImageNetPreprocess()(x)), expected)
+
+
+@pytest.mark.slow
+def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
+    blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
+) -> None:
+    params = {
+        "model": {"size": 32, "finetune_blocks": 2, "finetune_epochs": 1},
+        "fit": FIT,
+    }
+    classifier = TransferClassifier.from_params(params, PRE)
+    assert classifier.pretrained and classifier.meta.extra["weights"] == "imagenet"
+    head, finetune = classifier.phases()
+    assert (head.name, finetune.name) == ("head", "finetune-top-2-blocks")
+
+    model = classifier.build_model()
+    head.set_trainable(model)
+    assert {w.path.split("/")[0] for w in model.trainable_weights} == {"p_sclerotic"}
+    finetune.set_trainable(model)
+    trainable = {w.path.split("/")[-2] for w in model.trainable_weights}
+    assert "p_sclerotic" in trainable
+    assert {"head_conv", "block16_project", "block16_depthwise", "block16_expand"} <= trainable
+    assert not any(name.startswith("block15") or name.endswith("_bn") for name in trainable)
+
+    history = classifier.fit(blob_store(24, 0), blob_store(12, 1))
+    assert len(history["val_auc"]) == 2  # both phases ran, one epoch each
+    assert classifier.meta.extra["epochs_run"] == 2
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 50, 50, 4), np.uint8)
+    proba = classifier.predict_proba(images)
+    classifier.save(tmp_path / "mobilenet")
+    loaded = load_classifier(tmp_path / "mobilenet")
+    assert isinstance(loaded, TransferClassifier) and loaded.meta.extra["weights"] == "imagenet"
+    np.testing.assert_allclose(loaded.predict_proba(images), proba, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -85,44 +114,6 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
     assert isinstance(loaded, ResNetClassifier) and loaded.meta.extra["weights"] == "random"
     np.testing.assert_allclose(loaded.predict_proba(images), proba, atol=1e-5)
     assert "resnet50" in loaded.summary()
-
-
-@pytest.mark.slow
-def test_weights_file_loads_and_fine_tuning_runs_head_then_top_blocks(
-    blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
-) -> None:
-    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
-    path = tmp_path / "backbone.weights.h5"
-    backbone.save_weights(path)
-    params = {
-        "model": {"size": 32, "weights": str(path), "finetune_blocks": 3, "finetune_epochs": 1},
-        "fit": FIT,
-    }
-    classifier = ResNetClassifier.from_params(params, PRE)
-    assert classifier.pretrained and classifier.meta.extra["weights"] == f"file:{path}"
-    head, finetune = classifier.phases()
-    assert (head.name, finetune.name) == ("head", "finetune-top-3-blocks")
-
-    history = classifier.fit(blob_store(24, 0), blob_store(12, 1))
-    assert len(history["val_auc"]) == 2  # one epoch per phase
-
-    # trained from the file: only the top blocks' convolutions moved, batch norm stayed put
-    inner = classifier.keras_model.get_layer("resnet50")
-    saved = {layer.name: layer.get_weights() for layer in backbone.layers}
-    moved = {
-        layer.name
-        for layer in inner.layers
-        if layer.weights
-        for a, b in zip(layer.get_weights(), saved[layer.name], strict=True)
-        if not np.array_equal(a, b)
-    }
-    assert moved and {name[:12] for name in moved} == {f"conv5_block{b}" for b in (1, 2, 3)}
-    assert not any(name.endswith("_bn") for name in moved)
-    head.set_trainable(classifier.keras_model)
-    assert {w.path.split("/")[0] for w in classifier.keras_model.trainable_weights} == {
-        "p_sclerotic"
-    }
-    assert classifier.meta.extra["epochs_run"] == 2
 
 
 @pytest.mark.slow

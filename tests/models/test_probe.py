@@ -1,0 +1,87 @@
+"""The linear probe: C chosen on validation, folded into one Keras model, the stage end to end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from sklearn.metrics import log_loss
+
+from glomx.data.store import ArrayStore
+from glomx.models import load_classifier
+from glomx.models.base import Preprocessing
+from glomx.models.probe import ProbeClassifier
+from glomx.params import ParamsError
+from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
+
+PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
+PARAMS = {"model": {"size": 32}, "fit": {"C": [0.01, 1.0], "batch_size": 8}}
+
+
+def test_probe_picks_c_on_validation_and_is_one_keras_model(
+    blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
+) -> None:
+    train, val = blob_store(24, 0), blob_store(12, 1)
+    classifier = ProbeClassifier.from_params(PARAMS, PRE)
+    history = classifier.fit(train, val, {0: 0.75, 1: 1.5})
+    assert history["C"] == [0.01, 1.0] and len(history["val_loss"]) == 2
+    chosen = history["C"].index(classifier.meta.extra["C"])
+    assert history["val_loss"][chosen] == min(history["val_loss"])  # select: log_loss
+    assert classifier.meta.extra["weights"] == "imagenet"
+    assert classifier.meta.extra["features"] == 1280
+
+    # scaler + logistic regression folded into the Dense layer: same probabilities
+    proba = classifier.predict_store(val)
+    assert log_loss(val.labels, proba) == pytest.approx(history["val_loss"][chosen], abs=1e-4)
+
+    classifier.save(tmp_path / "probe")
+    loaded = load_classifier(tmp_path / "probe")
+    assert (
+        isinstance(loaded, ProbeClassifier) and loaded.meta.extra["C"] == classifier.meta.extra["C"]
+    )
+    np.testing.assert_allclose(loaded.predict_store(val), proba, atol=1e-5)
+    assert "C = " in loaded.summary()
+
+
+def test_probe_views_multiply_the_training_rows(
+    blob_store: Callable[[int, int], ArrayStore],
+) -> None:
+    params = {"model": {"size": 32}, "fit": {"C": [0.1], "views": 2, "batch_size": 8}}
+    classifier = ProbeClassifier.from_params(params, PRE)
+    classifier.fit(blob_store(24, 0), blob_store(12, 1))
+    assert classifier.meta.extra["training_rows"] == 48
+
+
+def test_probe_params_are_checked() -> None:
+    with pytest.raises(ValueError, match="random features"):
+        ProbeClassifier.from_params({"model": {"weights": "none"}}, PRE)
+    with pytest.raises(ValueError, match=r"views must be 1\.\.8"):
+        ProbeClassifier.from_params({"fit": {"views": 9}}, PRE)
+    with pytest.raises(ParamsError, match="unknown key"):
+        ProbeClassifier.from_params({"fit": {"epochs": 3}}, PRE)
+
+
+def test_train_probe_stage_with_stain_normalisation_end_to_end(
+    run_stage: Callable[[str, str, dict], str], training_paths: dict[str, str], isolated_mlflow: str
+) -> None:
+    params = {**PARAMS, "model": {"size": 64}, "class_weight": "balanced", "stain": "reinhard"}
+    stdout = run_stage("train_probe.py", "train_probe", params)
+    assert "weights imagenet" in stdout
+
+    model = load_classifier(Path(training_paths["models"]) / "probe")
+    assert model.meta.extra["stain"]["method"] == "reinhard"
+    assert model.stain.method == "reinhard" and model.meta.extra["C"] in (0.01, 1.0)
+    report = json.loads((Path(training_paths["metrics"]) / "probe.json").read_text())
+    assert report["weights"] == "imagenet" and report["stain"] == "reinhard"
+
+    client = MlflowClient(isolated_mlflow)
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert run.info.run_name == "train-probe" and run.info.status == "FINISHED"
+    assert run.data.tags["stain"] == "reinhard"
+    assert [h.value for h in client.get_metric_history(run.info.run_id, "epoch/C")] == [0.01, 1.0]
+    (version,) = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    assert version.run_id == run.info.run_id and version.tags["family"] == "probe"
