@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
 from importlib import import_module, metadata
@@ -40,8 +41,10 @@ from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
+from glomx.tracking.runs import EXPERIMENT, REGISTERED_MODEL
 
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
+DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: files_digest() of the model directory
 BATCH = 32  # rows decoded and predicted at a time
 EXAMPLE_SIZE = 32  # side of the input example PNG
 # `image` is optional in the schema only so that a request without it (e.g. one naming a file
@@ -136,8 +139,43 @@ class GlomxModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
 
 
+def files_digest(model_dir: Path) -> str:
+    """sha256 over a saved model folder: each file's relative path and content digest, in
+    order; the same files give the same digest wherever they lie."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        with open(path, "rb") as f:
+            content = hashlib.file_digest(f, "sha256").hexdigest()
+        digest.update(f"{path.relative_to(model_dir).as_posix()}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def registered_versions(model_dir: Path) -> list[str]:
+    """``models:/NAME/VERSION`` of each registered version logged from exactly the files in
+    ``model_dir``. Raises LookupError where there is no registry (none is created)."""
+    from glomx.tracking.registry import _existing_registry  # registry imports this module
+
+    client = _existing_registry()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    logged = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`{DIGEST_TAG}` = '{files_digest(model_dir)}'",
+        output_format="list",
+    )
+    sources = {f"models:/{m.model_id}" for m in logged}  # what a version registered from it
+    versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    return [
+        f"models:/{REGISTERED_MODEL}/{v.version}"
+        for v in sorted(versions, key=lambda v: int(v.version))
+        if v.source in sources
+    ]
+
+
 def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> ModelInfo:
-    """Log ``model_dir`` as a :class:`GlomxModel` in the active run."""
+    """Log ``model_dir`` as a :class:`GlomxModel` in the active run, tagged with its
+    :func:`files_digest` so that a copy of the folder can be traced to its versions."""
     return mlflow.pyfunc.log_model(
         name="glomx",
         python_model=str(Path(__file__).with_name("served.py")),
@@ -146,6 +184,7 @@ def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> Mo
         signature=SIGNATURE,
         input_example=input_example(images),
         pip_requirements=requirements(classifier.native_flavor),
+        tags={DIGEST_TAG: files_digest(model_dir)},
     )
 
 

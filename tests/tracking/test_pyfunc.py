@@ -22,7 +22,7 @@ from glomx.data.images import load_image
 from glomx.models.base import ModelMeta, Preprocessing
 from glomx.models.logistic import LogisticClassifier, LRFit
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL, stage_run
-from glomx.tracking.pyfunc import input_example
+from glomx.tracking.pyfunc import DIGEST_TAG, files_digest, input_example
 
 PRE = Preprocessing(size=24, channels=3, method="pad", fill="white")
 
@@ -106,6 +106,7 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     logged = {m.name: m for m in mlflow.search_logged_models([exp], output_format="list")}
     assert set(logged) == {"glomx", "sklearn"}
+    assert logged["glomx"].tags[DIGEST_TAG] == files_digest(model_dir)  # traces folder copies
     native = mlflow.models.get_model_info(logged["sklearn"].model_uri)
     assert native.signature is not None and native.flavors.keys() >= {"sklearn"}
     assert len(client.search_model_versions(f"name='{REGISTERED_MODEL}'")) == 1
