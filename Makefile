@@ -60,7 +60,7 @@ serve: setup ## serve the champion model on http://127.0.0.1:$(SERVE_PORT)/invoc
 		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 predict: setup ## classify a folder of patches with the champion: make predict DIR=path
-	glomx predict "$(DIR)" --out predictions.csv
+	glomx predict "$(DIR)" --out predictions/predictions.csv
 
 plots: setup ## DVC plots as an offline HTML page (dvc_plots/index.html, no internet needed)
 	python -m glomx.evaluation.offline_plots dvc_plots/offline.html

@@ -80,7 +80,21 @@ def load_model(spec: str | Path) -> LoadedModel:
             f"model {spec} is neither a saved model folder nor a models:/ URI "
             f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"
         )
-    return LoadedModel(load_classifier(directory), str(directory))
+    return LoadedModel(load_classifier(directory), f"{directory} ({_registration(directory)})")
+
+
+def _registration(directory: Path) -> str:
+    """The registered versions logged from exactly this folder's files, else "unregistered"."""
+    from glomx.tracking import TrackingError
+    from glomx.tracking.pyfunc import registered_versions
+
+    try:
+        return ", ".join(registered_versions(directory)) or "unregistered"
+    except LookupError:  # no registry here at all
+        return "unregistered"
+    except TrackingError as err:
+        log.warning("cannot tell whether %s is registered: %s", directory, err)
+        return "registry unreachable"
 
 
 def _load(job: tuple[Path, Preprocessing, int]) -> np.ndarray | str:

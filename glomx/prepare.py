@@ -46,12 +46,13 @@ class _Job:
 
 
 def _load(job: _Job) -> np.ndarray | str:
-    """Decode and homogenise one image in a worker; an ImageError comes back as its message."""
+    """Decode and homogenise one image in a worker; an ImageError comes back as its problem
+    (without the name, which the problem report lists beside it)."""
     try:
         img = decode(job.path, job.channels, job.max_pixels, name=job.name)
         return homogenise(img, job.method, job.size, job.fill)
     except ImageError as err:
-        return str(err)
+        return err.problem
 
 
 def source_hash(data_dir: Path, records: Iterable[Record], csv_name: str) -> str:
@@ -190,8 +191,9 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
     if unreadable and params["policy"].get("unreadable_image", "error") == "error":
         listing = "\n".join(f"  {p.name}: {p.detail}" for p in unreadable[:20])
         raise PrepareError(
-            f"{len(unreadable)} image(s) could not be read (all listed in "
-            f"{out_dir / 'problems.csv'}):\n{listing}\nFix or remove them, or set "
+            f"{len(unreadable)} image(s) could not be read (every image was decoded first; "
+            f"all problems are listed together in {out_dir / 'problems.csv'}):\n{listing}\n"
+            "Fix or remove them, or set "
             "prepare.policy.unreadable_image: skip to leave them out."
         )
     write_split_csv(out_dir / "split.csv", kept, kept_splits)

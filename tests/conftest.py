@@ -1,12 +1,16 @@
-"""Shared fixtures: an isolated MLflow store per test and the real data from ../shared."""
+"""Shared fixtures: an isolated MLflow store per test, the real data from ../shared, and a
+PNG cut short that every image entry point must refuse."""
 
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,3 +42,24 @@ def real_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return data
+
+
+@pytest.fixture(scope="session")
+def cut_short_png() -> bytes:
+    """A 64×64 RGB PNG cut short: its one IDAT chunk holds only the first 10 rows, as a
+    complete zlib stream, then IEND. PIL decodes it without error, the other 54 rows black."""
+    rows = np.random.default_rng(0).integers(0, 256, (10, 64 * 3), dtype=np.uint8)
+    pixels = b"".join(b"\0" + row.tobytes() for row in rows)  # filter byte 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(pixels))
+        + chunk(b"IEND", b"")
+    )

@@ -16,8 +16,12 @@ Decisions:
 - Sizes are checked from the header **before** pixels are decoded (``max_pixels``); PIL's own
   decompression-bomb error and warning are turned into :class:`ImageError` as well, so the
   effective limit is the smaller of ``max_pixels`` and ``PIL.Image.MAX_IMAGE_PIXELS``.
-- Pixels are always loaded eagerly; truncated files fail (``ImageFile.LOAD_TRUNCATED_IMAGES``
-  is never touched). No global PIL state is mutated.
+- Pixels are always loaded eagerly; truncated files fail. A PNG whose compressed data ends
+  cleanly before the last row (PIL fills the missing rows with black and reports success) is
+  caught by inflating its image data once more and counting the bytes against the header.
+  When something in the process has set ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``, decoding is
+  refused outright rather than silently accepting cut-short files. No global PIL state is
+  mutated.
 - Returned arrays may be read-only (views of PIL's buffers): copy before writing into them.
 - All resampling is PIL bilinear with support scaled to the reduction (antialiased), the same
   filter :func:`glomx.data.adapt.adapt` uses.
@@ -26,12 +30,14 @@ Decisions:
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 if TYPE_CHECKING:
     from glomx.models.base import Preprocessing
@@ -42,10 +48,32 @@ METHODS = ("resize", "pad", "center_crop", "crop_min")
 FILLS = {"white": 255, "black": 0}
 RESAMPLE = Image.Resampling.BILINEAR
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel by PNG colour type
+# Adam7 interlace passes: first column, first row, column step, row step
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+_INFLATE_STEP = 1 << 20  # bytes inflated at a time when checking a PNG
 
 
 class ImageError(ValueError):
-    """An image that cannot be decoded; the message names the file and the fix."""
+    """An image that cannot be decoded. ``str()`` is ``"<name>: <problem>"``; ``problem`` alone
+    (what is wrong and the fix) suits a report that lists the name in a column of its own."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str, str]]:
+        return ImageError, (self.name, self.problem)
 
 
 def _label(source: Path | str | bytes, name: str | None) -> str:
@@ -67,15 +95,16 @@ def _pixels(im: Image.Image, channels: int, label: str) -> np.ndarray:
         values = np.asarray(im)
         if im.mode == "I" and (values.min() < 0 or values.max() > 0xFFFF):
             raise ImageError(
-                f"{label}: 32-bit integer pixels outside 0..65535 are not supported; "
-                "re-export the image as 8- or 16-bit PNG/TIFF"
+                label,
+                "32-bit integer pixels outside 0..65535 are not supported; "
+                "re-export the image as 8- or 16-bit PNG/TIFF",
             )
         grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
         return _with_alpha(np.repeat(grey[..., None], 3, axis=-1), channels)
     if im.mode == "F":
         raise ImageError(
-            f"{label}: floating-point images are not supported; "
-            "re-export the image as 8- or 16-bit PNG/TIFF"
+            label,
+            "floating-point images are not supported; re-export the image as 8- or 16-bit PNG/TIFF",
         )
     bands = im.getbands()
     if "A" not in bands and "a" not in bands and "transparency" not in im.info:
@@ -92,6 +121,51 @@ def _pixels(im: Image.Image, channels: int, label: str) -> np.ndarray:
     return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
+def _png_data_size(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
+    """Bytes a complete PNG's image data inflates to: per scanline of each (interlace) pass,
+    one filter byte and the packed samples."""
+    bits = depth * _PNG_SAMPLES[colour]
+    total = 0
+    for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + (columns * bits + 7) // 8)
+    return total
+
+
+def _check_png_complete(source: Path | str | bytes, label: str) -> None:
+    """Raise :class:`ImageError` when a PNG's image data inflates to fewer bytes than its header
+    declares: a file whose compressed stream ends cleanly before the last row, which PIL
+    decodes without error, filling the missing rows with black."""
+    inflate, produced, expected = zlib.decompressobj(), 0, 0
+    with io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb") as raw:
+        raw.seek(len(_PNG_SIGNATURE))
+        while True:
+            head = raw.read(8)
+            if len(head) < 8 or head[4:] == b"IEND":
+                break
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IHDR":  # always the first chunk (PIL checked)
+                width, height, depth, colour, _, _, interlace = struct.unpack(
+                    ">IIBBBBB", raw.read(13)
+                )
+                expected, length = _png_data_size(width, height, depth, colour, interlace), 0
+            elif kind == b"IDAT":
+                data, length = raw.read(length), 0
+                while data and not inflate.eof and produced < expected:
+                    produced += len(inflate.decompress(data, _INFLATE_STEP))
+                    data = inflate.unconsumed_tail
+                if produced >= expected:
+                    return
+            raw.seek(length + 4, io.SEEK_CUR)  # the rest of the chunk, then its CRC
+    raise ImageError(
+        label,
+        f"corrupt or truncated image (pixel data ends after {produced} of {expected} bytes; "
+        "the missing rows would decode as black); re-export or re-download the file, "
+        "or remove it",
+    )
+
+
 def decode(
     source: Path | str | bytes,
     channels: int,
@@ -105,6 +179,12 @@ def decode(
     """
     if channels not in (3, 4):
         raise ValueError(f"channels must be 3 or 4, got {channels}")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process, so PIL would fill "
+            "truncated images with black instead of failing; glomx refuses to decode under it. "
+            "Find the code that sets it and remove that line."
+        )
     label = _label(source, name)
     if isinstance(source, bytes | bytearray):
         stream: io.BytesIO | Path = io.BytesIO(source)
@@ -112,7 +192,7 @@ def decode(
         stream = Path(source)
         if not stream.is_file():
             what = "is a directory, not an image" if stream.is_dir() else "does not exist"
-            raise ImageError(f"{label}: file {what}; check the path or restore the file")
+            raise ImageError(label, f"file {what}; check the path or restore the file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,31 +200,35 @@ def decode(
                 width, height = im.size
                 if width * height == 0:
                     raise ImageError(
-                        f"{label}: image is empty ({width}x{height} px); replace or remove the file"
+                        label, f"image is empty ({width}x{height} px); replace or remove the file"
                     )
                 if width * height > max_pixels:
                     raise ImageError(
-                        f"{label}: {width}x{height} px exceeds the limit of {max_pixels} pixels "
-                        "(decompression-bomb guard); downscale the image or raise max_pixels"
+                        label,
+                        f"{width}x{height} px exceeds the limit of {max_pixels} pixels "
+                        "(decompression-bomb guard); downscale the image or raise max_pixels",
                     )
                 im.load()
+                if im.format == "PNG":
+                    _check_png_complete(source, label)
                 ImageOps.exif_transpose(im, in_place=True)
                 return _pixels(im, channels, label)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(
-            f"{label}: too large to decode safely ({err}); downscale the image or remove it"
+            label, f"too large to decode safely ({err}); downscale the image or remove it"
         ) from err
     except Image.UnidentifiedImageError as err:
         raise ImageError(
-            f"{label}: not a readable image (supported: {', '.join(FORMATS)}); "
-            "replace it with a valid PNG/JPEG/TIFF or remove it"
+            label,
+            f"not a readable image (supported: {', '.join(FORMATS)}); "
+            "replace it with a valid PNG/JPEG/TIFF or remove it",
         ) from err
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as err:
         raise ImageError(
-            f"{label}: corrupt or truncated image ({err}); re-export or "
-            "re-download the file, or remove it"
+            label,
+            f"corrupt or truncated image ({err}); re-export or re-download the file, or remove it",
         ) from err
 
 

@@ -1,12 +1,14 @@
 """The served form of a glomx model: raw image files in, probability and label out.
 
 :class:`GlomxModel` wraps a saved model directory (``models/<family>/``) as an MLflow
-``pyfunc``. Each input row carries an image either as base64-encoded file bytes (column
-``image``; PNG/JPEG/TIFF/BMP/WEBP, as a client would upload it) or as a local file path (column
-``path``). Rows are decoded and homogenised exactly as the prepare stage did for training
-(:func:`glomx.data.images.load_image` with the model's recorded preprocessing), so a served model
-sees the pixels it was trained on. An unreadable row does not fail the batch: it gets
-``probability`` NaN, ``label`` <NA> and the reason in ``error``.
+``pyfunc``. Each input row carries one image file's bytes, base64-encoded, in column ``image``
+(PNG/JPEG/TIFF/BMP/WEBP, as a client would upload it), and nothing else: a served model never
+opens a file path, so a remote caller can neither make the server read its own files nor learn
+which of them exist (``glomx predict`` reads local files itself). Rows are decoded and
+homogenised exactly as the prepare stage did for training (:func:`glomx.data.images.load_image`
+with the model's recorded preprocessing), so a served model sees the pixels it was trained on.
+An unreadable row does not fail the batch: its ``probability`` and ``label`` are None (JSON
+``null``, never a bare ``NaN``) and ``error`` says why.
 
 The glomx package travels with the model (``code_paths``), so loading it needs only the pinned
 requirements, not this repository.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
 from importlib import import_module, metadata
@@ -26,8 +29,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, Schema
 from PIL import Image
 
@@ -36,24 +41,27 @@ from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
+from glomx.tracking.runs import EXPERIMENT, REGISTERED_MODEL
 
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
+DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: files_digest() of the model directory
 BATCH = 32  # rows decoded and predicted at a time
 EXAMPLE_SIZE = 32  # side of the input example PNG
+# `image` is optional in the schema only so that a request without it (e.g. one naming a file
+# in `path`, which MLflow drops as undeclared) reaches GlomxModel and gets its refusal.
 SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec(DataType.string, "image", required=False),
-            ColSpec(DataType.string, "path", required=False),
-        ]
-    ),
+    inputs=Schema([ColSpec(DataType.string, "image", required=False)]),
     outputs=Schema(
         [
-            ColSpec(DataType.double, "probability"),
-            ColSpec(DataType.long, "label"),
+            ColSpec(DataType.double, "probability", required=False),
+            ColSpec(DataType.long, "label", required=False),
             ColSpec(DataType.string, "error", required=False),
         ]
     ),
+)
+INPUT_REFUSAL = (
+    "input needs exactly one column, 'image': each image file's bytes, base64-encoded "
+    "(PNG/JPEG/TIFF/BMP/WEBP); a served model reads no file paths or other columns"
 )
 # what the glomx code imports when a served model loads, and what each native flavor adds
 _GLOMX = ("mlflow", "numpy", "pandas", "pillow", "pyyaml", "matplotlib", "scikit-learn")
@@ -86,20 +94,14 @@ def input_example(images: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"image": [encode_png(adapt(images[:1], EXAMPLE_SIZE, 4)[0])]})
 
 
-def _source(row: pd.Series) -> bytes | Path:
-    """The row's image as file bytes (``image``) or a path (``path``)."""
-    image = row.get("image")
-    if isinstance(image, bytes | bytearray):
-        return bytes(image)
-    if isinstance(image, str) and image:
-        try:
-            return base64.b64decode(image, validate=True)
-        except binascii.Error as err:
-            raise ImageError(f"column 'image' is not valid base64 ({err})") from None
-    path = row.get("path")
-    if isinstance(path, str) and path:
-        return Path(path)
-    raise ImageError("row has neither 'image' (base64 file bytes) nor 'path'")
+def _file_bytes(image: object, name: str) -> bytes:
+    """A row's ``image`` cell (base64 text) as the image file's bytes."""
+    if not isinstance(image, str) or not image:
+        raise ImageError(name, "no image: put the file's bytes, base64-encoded, in column 'image'")
+    try:
+        return base64.b64decode(image, validate=True)
+    except binascii.Error as err:
+        raise ImageError(name, f"column 'image' is not valid base64 ({err})") from None
 
 
 class GlomxModel(mlflow.pyfunc.PythonModel):
@@ -111,36 +113,69 @@ class GlomxModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """``image``/``path`` rows → ``probability``, ``label``, ``error`` columns."""
+        """``image`` rows → ``probability``, ``label`` (None where the image is unreadable)
+        and ``error`` columns; a frame with any other column is refused."""
         frame = pd.DataFrame(model_input)
-        if not {"image", "path"} & set(frame.columns):
-            raise ValueError(
-                "input needs a column 'image' (base64-encoded PNG/JPEG/TIFF bytes) or 'path' "
-                f"(local image file); got columns {list(frame.columns)}"
-            )
+        if list(frame.columns) != ["image"]:  # a 400 with this message when served
+            raise MlflowException(INPUT_REFUSAL, error_code=INVALID_PARAMETER_VALUE)
         meta = self.classifier.meta
-        proba = np.full(len(frame), np.nan)
+        proba: list[float | None] = [None] * len(frame)
         errors: list[str | None] = [None] * len(frame)
         for start in range(0, len(frame), BATCH):
             images, rows = [], []
             for i in range(start, min(start + BATCH, len(frame))):
-                row = frame.iloc[i]
                 try:
-                    source = _source(row)
-                    name = str(source) if isinstance(source, Path) else f"row {i}"
-                    images.append(load_image(source, meta.preprocessing, name=name))
+                    data = _file_bytes(frame["image"].iloc[i], f"row {i}")
+                    images.append(load_image(data, meta.preprocessing, name=f"row {i}"))
                     rows.append(i)
-                except (ImageError, OSError) as err:
+                except ImageError as err:
                     errors[i] = str(err)
             if images:
-                proba[rows] = self.classifier.predict_proba(np.stack(images))
-        label = pd.array(np.where(proba >= meta.threshold, 1, 0), dtype="Int64")
-        label[np.isnan(proba)] = pd.NA
-        return pd.DataFrame({"probability": proba, "label": label, "error": errors})
+                for i, p in zip(rows, self.classifier.predict_proba(np.stack(images)), strict=True):
+                    proba[i] = float(p)
+        label = [None if p is None else int(p >= meta.threshold) for p in proba]
+        # object columns keep None as None: JSON null in a served response, not NaN
+        columns = {"probability": proba, "label": label, "error": errors}
+        return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
+
+
+def files_digest(model_dir: Path) -> str:
+    """sha256 over a saved model folder: each file's relative path and content digest, in
+    order; the same files give the same digest wherever they lie."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        with open(path, "rb") as f:
+            content = hashlib.file_digest(f, "sha256").hexdigest()
+        digest.update(f"{path.relative_to(model_dir).as_posix()}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def registered_versions(model_dir: Path) -> list[str]:
+    """``models:/NAME/VERSION`` of each registered version logged from exactly the files in
+    ``model_dir``. Raises LookupError where there is no registry (none is created)."""
+    from glomx.tracking.registry import _existing_registry  # registry imports this module
+
+    client = _existing_registry()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    logged = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`{DIGEST_TAG}` = '{files_digest(model_dir)}'",
+        output_format="list",
+    )
+    sources = {f"models:/{m.model_id}" for m in logged}  # what a version registered from it
+    versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    return [
+        f"models:/{REGISTERED_MODEL}/{v.version}"
+        for v in sorted(versions, key=lambda v: int(v.version))
+        if v.source in sources
+    ]
 
 
 def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> ModelInfo:
-    """Log ``model_dir`` as a :class:`GlomxModel` in the active run."""
+    """Log ``model_dir`` as a :class:`GlomxModel` in the active run, tagged with its
+    :func:`files_digest` so that a copy of the folder can be traced to its versions."""
     return mlflow.pyfunc.log_model(
         name="glomx",
         python_model=str(Path(__file__).with_name("served.py")),
@@ -149,6 +184,7 @@ def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> Mo
         signature=SIGNATURE,
         input_example=input_example(images),
         pip_requirements=requirements(classifier.native_flavor),
+        tags={DIGEST_TAG: files_digest(model_dir)},
     )
 
 

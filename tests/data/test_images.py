@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from glomx.data.images import METHODS, ImageError, decode, homogenise, load_image
 from glomx.models.base import Preprocessing
@@ -29,9 +29,11 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _raw_png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
+def _raw_png(
+    width: int, height: int, depth: int, colour: int, rows: bytes, interlace: int = 0
+) -> bytes:
     """A hand-built PNG (PIL cannot write every bit depth/colour type we must read)."""
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
@@ -167,6 +169,45 @@ def test_corrupt_png_data(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ImageError, match=r"bad\.png"):
         decode(path, 3)
+
+
+def test_png_cut_short_is_refused_though_pil_accepts_it(
+    cut_short_png: bytes, tmp_path: Path
+) -> None:
+    with Image.open(io.BytesIO(cut_short_png)) as im:  # the hole: PIL alone says nothing
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels[:10].any() and not pixels[10:].any()
+    path = tmp_path / "cut.png"
+    path.write_bytes(cut_short_png)
+    for source in (path, cut_short_png):
+        with pytest.raises(ImageError) as err:
+            decode(source, 3, name="cut.png")
+        assert str(err.value).startswith("cut.png: corrupt or truncated image")
+        assert "ends after 1930 of 12352 bytes" in err.value.problem  # 10 of 64 rows of 193 B
+        assert "cut.png" not in err.value.problem  # the name once, for reports that list it
+
+
+def _adam7_rows(pixels: np.ndarray) -> bytes:
+    """The scanlines of an interlaced PNG of ``pixels``: the seven Adam7 sub-images in turn."""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+              (0, 1, 1, 2))  # fmt: skip
+    sub_images = (pixels[y0::dy, x0::dx] for x0, y0, dx, dy in passes)
+    return b"".join(b"\0" + row.tobytes() for sub in sub_images for row in sub if row.size)
+
+
+def test_interlaced_png_is_complete_or_refused() -> None:
+    pixels = _rgb(11, 13, seed=9)
+    rows = _adam7_rows(pixels)
+    np.testing.assert_array_equal(decode(_raw_png(13, 11, 8, 2, rows, interlace=1), 3), pixels)
+    short = rows[: -(1 + 13 * 3)]  # the last pass without its last row: a clean early end
+    with pytest.raises(ImageError, match="pixel data ends after"):
+        decode(_raw_png(13, 11, 8, 2, short, interlace=1), 3)
+
+
+def test_pil_load_truncated_images_flag_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(RuntimeError, match="LOAD_TRUNCATED_IMAGES is set"):
+        decode(_encode(Image.fromarray(_rgb())), 3)
 
 
 def test_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ def test_predict_writes_rows_errors_and_slide_summary(
     assert "not a readable image" in rows["VUHSK_7-8.png"]["error"]
     assert rows["notes.txt"]["error"] and rows["notes.txt"]["slide"] == ""
     good = [rows[n] for n in GOOD]
-    assert all(r["error"] == "" and r["model"] == str(lr_dir) for r in good)
+    assert all(r["error"] == "" and r["model"] == f"{lr_dir} (unregistered)" for r in good)
     proba = np.array([float(r["probability"]) for r in good])
     labels = [int(r["label"]) for r in good]
     assert labels == (proba >= model.classifier.meta.threshold).astype(int).tolist()
@@ -99,3 +101,36 @@ def test_registry_uri_without_a_registry_is_a_clear_error(
     assert _cli(png_folder, "--out", tmp_path / "p.csv") == 2  # default models:/glomx@champion
     assert "no MLflow registry at" in capsys.readouterr().err
     assert not Path(isolated_mlflow.removeprefix("sqlite:///")).exists()  # nothing created
+
+
+def test_png_cut_short_gets_an_error_row(
+    cut_short_png: bytes, lr_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "SAS_1-cut.png"
+    path.write_bytes(cut_short_png)
+    out = tmp_path / "p.csv"
+    assert _cli(path, "--model", lr_dir, "--out", out, "--workers", "1", "-q") == 1
+    (row,) = _rows(out)
+    assert row["probability"] == row["label"] == ""
+    assert row["error"].startswith(f"{path}: corrupt or truncated image (pixel data ends after")
+
+
+def test_model_column_says_whether_a_model_folder_was_registered(
+    lr_dir: Path,
+    tmp_path: Path,
+    isolated_mlflow: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    copy = tmp_path / "elsewhere" / "lr"
+    shutil.copytree(lr_dir, copy)
+    assert load_model(copy).source == f"{copy} (unregistered)"  # no registry at all
+    assert not Path(isolated_mlflow.removeprefix("sqlite:///")).exists()  # nothing created
+    version = request.getfixturevalue("registered_lr")  # lr_dir's files, registered
+    assert load_model(copy).source == f"{copy} (models:/glomx/{version})"
+    (copy / "glomx.json").write_text((copy / "glomx.json").read_text() + "\n")
+    assert load_model(copy).source == f"{copy} (unregistered)"  # other files: not that version
+    with socket.socket() as closed:  # a port nobody listens on: a tracking server that is down
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        assert load_model(copy).source == f"{copy} (registry unreachable)"

@@ -1,4 +1,6 @@
-"""The champion through the registry: pyfunc round trip, predict by URI, and a real REST server."""
+"""The champion through the registry: pyfunc round trip, predict by URI, and one real REST
+server (``mlflow models serve``, started once for this module) answering every HTTP check:
+strict JSON with null for failed rows, no file paths, a PNG cut short, and README's command."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import base64
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,19 +18,24 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 
 from glomx.cli_predict import add_champion_parser
 from glomx.data.images import load_image
+from glomx.data.store import ArrayStore
 from glomx.models import load_classifier
 from glomx.predict import load_model, predict_files
+from glomx.tracking import stage_run
+from glomx.tracking.pyfunc import INPUT_REFUSAL
 from glomx.tracking.registry import promote
 
+REPO = Path(__file__).resolve().parents[2]
 SERVE_TIMEOUT_S = 180
 
 
@@ -51,7 +60,7 @@ def test_pyfunc_round_trip_and_predict_by_uri(
     expected = local.predict_proba(load_image(good, local.meta.preprocessing)[None])[0]
     assert out["probability"][0] == pytest.approx(expected, abs=1e-6)
     assert out["label"][0] == int(expected >= local.meta.threshold)
-    assert np.isnan(out["probability"][1]) and "not a readable image" in out["error"][1]
+    assert out["probability"][1] is None and "not a readable image" in out["error"][1]
 
     model = load_model("models:/glomx@champion")
     assert model.source == f"models:/glomx/{champion}"
@@ -73,46 +82,144 @@ def _get(url: str, timeout: float) -> int:
         return response.status
 
 
-def test_served_champion_answers_a_rest_request(
-    champion: str, png_folder: Path, tmp_path: Path
-) -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    # mlflow execs `uvicorn` from PATH: the one installed beside this interpreter
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/glomx@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + SERVE_TIMEOUT_S
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if _get(f"{base}/ping", 2) == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "server did not answer /ping in time"
-            time.sleep(0.5)
-        body = {
-            "dataframe_split": {"columns": ["image"], "data": [[_b64(png_folder / "SAS_1-0.png")]]}
+def strict_json(text: str) -> Any:
+    """``json.loads`` that refuses NaN and Infinity, as JavaScript's ``JSON.parse`` does."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: bare {constant} in the response")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def server(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``lr_dir`` registered and promoted in a store of its own, served by ``mlflow models
+    serve`` for the whole module; yields the base URL."""
+    root = tmp_path_factory.mktemp("served")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        images = ArrayStore(prepared / "val").read([0])
+        with stage_run("train-lr", {}, "synthetic") as run:
+            version = run.log_and_register(lr_dir, load_classifier(lr_dir), images)
+        promote([version])
+        port = _free_port()
+        # mlflow execs `uvicorn` from PATH: the one installed beside this interpreter
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
-        request = urllib.request.Request(
-            f"{base}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
+    log_path = root / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/glomx@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + SERVE_TIMEOUT_S
+            while True:
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    if _get(f"{base}/ping", 2) == 200:
+                        break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+                assert time.monotonic() < deadline, "server did not answer /ping in time"
+                time.sleep(0.5)
+            yield base
+        finally:
+            _stop(server)
+
+
+def _post(base: str, columns: list[str], rows: list[list[str | None]]) -> tuple[int, str]:
+    """POST a ``dataframe_split`` request → (HTTP status, response text), errors included."""
+    body = {"dataframe_split": {"columns": columns, "data": rows}}
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
-        (prediction,) = answer["predictions"]
-        assert 0.0 <= prediction["probability"] <= 1.0
-        assert prediction["label"] in (0, 1) and not prediction.get("error")
-    finally:
-        _stop(server)
-        log.close()
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_served_champion_answers_in_strict_json_with_null_for_failed_rows(
+    server: str, lr_dir: Path, png_folder: Path, cut_short_png: bytes
+) -> None:
+    good = png_folder / "SAS_1-0.png"
+    rows = [
+        [_b64(good)],
+        [_b64(png_folder / "VUHSK_7-8.png")],  # text, not an image
+        [_b64(png_folder / "SAS_1-9.png")],  # truncated mid-file
+        [base64.b64encode(cut_short_png).decode()],  # pixel data ends cleanly after 10 rows
+    ]
+    status, text = _post(server, ["image"], rows)
+    assert status == 200, text
+    ok, *failed = strict_json(text)["predictions"]
+    local = load_classifier(lr_dir)
+    expected = local.predict_proba(load_image(good, local.meta.preprocessing)[None])[0]
+    assert ok["probability"] == pytest.approx(expected, abs=1e-6)
+    assert ok["label"] == int(expected >= local.meta.threshold) and ok["error"] is None
+    assert [(r["probability"], r["label"]) for r in failed] == [(None, None)] * 3
+    assert failed[0]["error"].startswith("row 1: not a readable image")
+    assert failed[1]["error"].startswith("row 2: corrupt or truncated image")
+    assert "row 3: corrupt or truncated image (pixel data ends after" in failed[2]["error"]
+
+
+def test_served_model_never_opens_a_path(server: str, png_folder: Path, tmp_path: Path) -> None:
+    """Naming a file, existing or not, gets one fixed refusal; nothing tells them apart."""
+    good = str(png_folder / "SAS_1-0.png")
+    paths = ["/etc/passwd", str(tmp_path / "no-such-file.png"), str(tmp_path), good]
+    answers = set()
+    for path in paths:
+        status, text = _post(server, ["path"], [[path]])
+        answer = strict_json(text)
+        # MLflow's message echoes the request ("Failed to predict data '<frame>'. Error: ...")
+        echo, error = answer["message"].split("\nError: ")
+        assert (
+            status == 400 and echo.startswith("Failed to predict data") and error == INPUT_REFUSAL
+        )
+        assert not re.search("exist|directory|readable", text), text
+        answers.add((status, answer["error_code"], error, tuple(answer.keys())))
+    assert len(answers) == 1  # beyond the echo of the request, nothing differs
+    # beside an image column the path is dropped unread: a row without image bytes fails
+    status, text = _post(server, ["image", "path"], [[None, good]])
+    assert status == 200, text
+    (row,) = strict_json(text)["predictions"]
+    assert row["probability"] is None and row["error"].startswith("row 0: no image")
+
+
+def readme_serve_command() -> str:
+    """The ```bash block of README's **Serve** bullet, as written."""
+    readme = (REPO / "README.md").read_text()
+    serve = readme[readme.index("- **Serve**") :]
+    match = re.search(r"```bash\n(.*?)```", serve, re.DOTALL)
+    assert match, "README's Serve bullet has no bash block"
+    return match.group(1)
+
+
+def test_readme_serve_command_on_the_largest_real_patch(
+    server: str, lr_dir: Path, real_data: Path, tmp_path: Path
+) -> None:
+    largest = max(real_data.rglob("*.png"), key=lambda p: p.stat().st_size)
+    assert largest.stat().st_size > 120_000  # well above the ~98 KB that broke inlining
+    shutil.copy(largest, tmp_path / "patch.png")
+    command = readme_serve_command()
+    assert "http://127.0.0.1:5001/" in command and "patch.png" in command
+    command = command.replace("http://127.0.0.1:5001/", f"{server}/")  # this test's server
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail\n{command}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    (row,) = strict_json(done.stdout)["predictions"]
+    local = load_classifier(lr_dir)
+    expected = local.predict_proba(load_image(largest, local.meta.preprocessing)[None])[0]
+    assert row["error"] is None and row["probability"] == pytest.approx(expected, abs=1e-6)
 
 
 def _stop(server: subprocess.Popen) -> None:

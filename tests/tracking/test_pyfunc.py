@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from PIL import Image
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
@@ -21,7 +22,7 @@ from glomx.data.images import load_image
 from glomx.models.base import ModelMeta, Preprocessing
 from glomx.models.logistic import LogisticClassifier, LRFit
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL, stage_run
-from glomx.tracking.pyfunc import input_example
+from glomx.tracking.pyfunc import DIGEST_TAG, files_digest, input_example
 
 PRE = Preprocessing(size=24, channels=3, method="pad", fill="white")
 
@@ -54,7 +55,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_registered_pyfunc_predicts_from_base64_bytes_and_paths(
+def test_registered_pyfunc_predicts_from_base64_bytes_only(
     lr_model: tuple[LogisticClassifier, Path], tmp_path: Path, isolated_mlflow: str
 ) -> None:
     clf, model_dir = lr_model
@@ -65,34 +66,39 @@ def test_registered_pyfunc_predicts_from_base64_bytes_and_paths(
 
     # raw files as a client has them: a 40 px RGBA PNG (challenge format) and a 30 px RGB file
     dark = np.dstack([centre(True, 40, rng), np.full((40, 40), 255, np.uint8)])
-    bright_path = tmp_path / "bright.png"
-    Image.fromarray(centre(False, 30, rng)).save(bright_path)
+    bright = centre(False, 30, rng)
     frame = pd.DataFrame(
         {
-            "image": [base64.b64encode(png_bytes(dark)).decode(), None, "bm90IGFuIGltYWdl", None],
-            "path": [None, str(bright_path), None, None],
+            "image": [
+                base64.b64encode(png_bytes(dark)).decode(),
+                base64.b64encode(png_bytes(bright)).decode(),
+                "bm90IGFuIGltYWdl",  # "not an image"
+                None,
+                "not base64!",
+            ]
         }
     )
     served = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{version}")
     out = served.predict(frame)
 
     assert list(out.columns) == ["probability", "label", "error"]
-    expected = [
-        clf.predict_proba(load_image(png_bytes(dark), PRE)[None])[0],
-        clf.predict_proba(load_image(bright_path, PRE)[None])[0],
-    ]
+    expected = [clf.predict_proba(load_image(png_bytes(x), PRE)[None])[0] for x in (dark, bright)]
     assert out["probability"][:2].tolist() == pytest.approx(expected, abs=1e-6)
     assert out["label"][:2].tolist() == [1, 0] and out["error"][:2].isna().all()
-    assert np.isnan(out["probability"][2]) and "not a readable image" in out["error"][2]
-    assert out["label"][2:].isna().all() and "neither" in out["error"][3]
-    with pytest.raises(ValueError, match="column 'image'"):
-        served.predict(pd.DataFrame({"file": ["x.png"]}))
+    # failed rows: None (JSON null), never NaN
+    assert out["probability"][2:].tolist() == out["label"][2:].tolist() == [None] * 3
+    assert out["error"][2].startswith("row 2: not a readable image")
+    assert "row 3: no image" in out["error"][3] and "not valid base64" in out["error"][4]
+    # a request without its image (a file path instead, any other column) is refused
+    for columns in ({"path": [str(tmp_path)]}, {"file": ["x.png"]}):
+        with pytest.raises(MlflowException, match=r"exactly one column, 'image'.*no file paths"):
+            served.predict(pd.DataFrame(columns))
 
     client = MlflowClient(isolated_mlflow)
     mv = client.get_model_version(REGISTERED_MODEL, version)
     assert mv.tags["family"] == "lr" and mv.tags["val_roc_auc"] == "1"
     info = mlflow.models.get_model_info(f"models:/{REGISTERED_MODEL}/{version}")
-    assert info.signature.inputs.input_names() == ["image", "path"]
+    assert info.signature.inputs.input_names() == ["image"]
     requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
     assert "scikit-learn==" in requirements and "mlflow==" in requirements
 
@@ -100,6 +106,7 @@ def test_registered_pyfunc_predicts_from_base64_bytes_and_paths(
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     logged = {m.name: m for m in mlflow.search_logged_models([exp], output_format="list")}
     assert set(logged) == {"glomx", "sklearn"}
+    assert logged["glomx"].tags[DIGEST_TAG] == files_digest(model_dir)  # traces folder copies
     native = mlflow.models.get_model_info(logged["sklearn"].model_uri)
     assert native.signature is not None and native.flavors.keys() >= {"sklearn"}
     assert len(client.search_model_versions(f"name='{REGISTERED_MODEL}'")) == 1
