@@ -25,12 +25,13 @@ from glomx.data.images import ImageError, decode, homogenise
 from glomx.data.split import assign_splits, write_split_csv
 from glomx.data.store import StoreWriter
 from glomx.data.synth import data_kind
+from glomx.errors import GlomxError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(GlomxError, RuntimeError):
     """Images that cannot be prepared under an `error` policy."""
 
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glomx.errors import GlomxError
+
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+?)(?:_PAS_.*|-\d+)\.png$"
 NAME_COLUMN = "name"
 LABEL_COLUMN = "ground truth"
@@ -70,7 +72,7 @@ class Catalogue:
     problems: list[Problem] = field(default_factory=list)
 
 
-class CatalogueError(ValueError):
+class CatalogueError(GlomxError, ValueError):
     """The data folder cannot be catalogued; ``problems`` lists the per-file causes, if any."""
 
     def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:

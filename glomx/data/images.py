@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from glomx.errors import GlomxError
+
 if TYPE_CHECKING:
     from glomx.models.base import Preprocessing
 
@@ -44,7 +46,7 @@ RESAMPLE = Image.Resampling.BILINEAR
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-class ImageError(ValueError):
+class ImageError(GlomxError, ValueError):
     """An image that cannot be decoded; the message names the file and the fix."""
 
 
