@@ -9,7 +9,21 @@ layer of glomx may use it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class GlomxError(Exception):
     """A problem with the user's data, params, files or environment; the message says which
     file, what is wrong and how to fix it."""
+
+
+class CorruptModelError(GlomxError, RuntimeError):
+    """A saved model's weights file exists but cannot be loaded (truncated, overwritten); a
+    RuntimeError too, which `glomx predict` reports as a message."""
+
+    def __init__(self, path: Path, family: str, reason: str) -> None:
+        super().__init__(
+            f"{path} exists but cannot be loaded ({reason}): the {family} model file is corrupt "
+            f"or incomplete. Rebuild it with `dvc repro train-{family}`, or restore the tracked "
+            f"copy with `dvc checkout {path.parent}`"
+        )
