@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from glomx.data.catalogue import Problem, Record, read_catalogue, write_problem_report
+from glomx.data.catalogue import (
+    CatalogueError,
+    Problem,
+    Record,
+    read_catalogue,
+    write_problem_report,
+)
 from glomx.data.images import ImageError, decode, homogenise
 from glomx.data.split import assign_splits, write_split_csv
 from glomx.data.store import StoreWriter
@@ -29,6 +35,8 @@ from glomx.errors import GlomxError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+PROBLEMS_FILE = "problems.csv"
+SPLIT_FILE = "split.csv"
 
 
 class PrepareError(GlomxError, RuntimeError):
@@ -154,7 +162,14 @@ def _counts(records: list[Record], splits: list[str]) -> dict[str, Any]:
 
 def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str, Any]) -> dict:
     """Run the whole prepare stage; returns the counts written to ``metrics_file``."""
-    catalogue = read_catalogue(data_dir, params["csv"], params["slide_regex"], params["policy"])
+    report = out_dir / PROBLEMS_FILE
+    try:
+        catalogue = read_catalogue(data_dir, params["csv"], params["slide_regex"], params["policy"])
+    except CatalogueError as err:
+        if err.problems:
+            write_problem_report(err.problems, report)
+            err.add_note(f"All {len(err.problems)} problem(s) are listed in {report}.")
+        raise
     records = catalogue.records
     split = params["split"]
     splits = assign_splits(records, split["val"], split["test"], split["seed"], split["strategy"])
@@ -186,16 +201,20 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
             kept += written
             kept_splits += [name] * len(written)
             problems += bad
-    write_problem_report(problems, out_dir / "problems.csv")
+    write_problem_report(problems, report)
     unreadable = [p for p in problems if p.kind == "unreadable_image"]
     if unreadable and params["policy"].get("unreadable_image", "error") == "error":
         listing = "\n".join(f"  {p.name}: {p.detail}" for p in unreadable[:20])
         raise PrepareError(
             f"{len(unreadable)} image(s) could not be read (all listed in "
-            f"{out_dir / 'problems.csv'}):\n{listing}\nFix or remove them, or set "
+            f"{report}):\n{listing}\nFix or remove them, or set "
             "prepare.policy.unreadable_image: skip to leave them out."
         )
-    write_split_csv(out_dir / "split.csv", kept, kept_splits)
+    if problems:
+        kinds = Counter(p.kind for p in problems)
+        listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        log.warning("%d skipped under prepare.policy (%s), see %s", len(problems), listed, report)
+    write_split_csv(out_dir / SPLIT_FILE, kept, kept_splits)
     counts = {**_counts(kept, kept_splits), "data_kind": kind, "skipped": len(problems)}
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(counts, indent=2) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from glomx.data.catalogue import CatalogueError
 from glomx.data.split import read_split_csv
 from glomx.data.store import ArrayStore
 from glomx.data.synth import make_dataset
@@ -77,7 +78,9 @@ def test_prepare_is_deterministic_and_worker_independent(
         assert (a == b).all()
 
 
-def test_unreadable_image_policy(synth_data: Path, params: dict, tmp_path: Path) -> None:
+def test_unreadable_image_policy(
+    synth_data: Path, params: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_data, data)
     victim = sorted((data / "globally_sclerotic_glomeruli").glob("*.png"))[0]
@@ -92,6 +95,22 @@ def test_unreadable_image_policy(synth_data: Path, params: dict, tmp_path: Path)
     counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
     assert counts["total"] == 59 and counts["skipped"] == 1
     assert victim.name not in (tmp_path / "q" / "split.csv").read_text()
+    report = tmp_path / "q" / "problems.csv"
+    assert f"1 skipped under prepare.policy (1 unreadable_image), see {report}" in caplog.text
+
+
+def test_catalogue_errors_are_all_written_to_the_problem_report(
+    synth_data: Path, params: dict, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    csv = data / "public.csv"
+    csv.write_text("\n".join(csv.read_text().splitlines()[:-30]) + "\n")  # 30 rows fewer
+    with pytest.raises(CatalogueError, match=r"30 problem\(s\)") as err:
+        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+    report = tmp_path / "p" / "problems.csv"
+    assert err.value.__notes__ == [f"All 30 problem(s) are listed in {report}."]
+    assert len(report.read_text().splitlines()) == 1 + 30
 
 
 def test_prepare_real_shared_data(real_data: Path, params: dict, tmp_path: Path) -> None:

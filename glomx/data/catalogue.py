@@ -85,7 +85,7 @@ class CatalogueError(GlomxError, ValueError):
         lines = [f"{len(problems)} problem(s) in {where} under policy 'error':"]
         lines += [f"  [{p.kind}] {p.name}: {p.detail}. Fix: {p.fix}" for p in problems[:MAX_LISTED]]
         if len(problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED} more (see the problem report)")
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
         lines.append("Fix the data, or set prepare.policy.<kind>: skip to drop those files.")
         return cls("\n".join(lines), problems)
 
