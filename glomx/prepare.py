@@ -2,7 +2,7 @@
 
 Images are decoded by a process pool (both cores) and written to the stores in chunks, so
 resident memory is one chunk per split plus the pool's in-flight images, whatever the
-dataset size.
+dataset size. :func:`log_prepare_run` records the result as the stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from glomx.data.catalogue import (
 )
 from glomx.data.images import ImageError, decode, homogenise
 from glomx.data.split import assign_splits, write_split_csv
-from glomx.data.store import StoreWriter
+from glomx.data.store import ArrayStore, StoreWriter
 from glomx.data.synth import data_kind
 from glomx.errors import GlomxError
+from glomx.tracking import stage_run
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -219,3 +220,25 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(counts, indent=2) + "\n")
     return counts
+
+
+def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any]) -> str:
+    """Record a finished prepare in its own MLflow run; returns the run id.
+
+    Metrics: images in all and per split, class and slide counts per split, problems skipped.
+    Artifacts: the counts with the split of every slide (``prepare.json``), the split table
+    and, when something was skipped, the problem report. Each split store is logged as a
+    dataset. Nothing under ``out_dir`` is written.
+    """
+    metrics = {"images": counts["total"], "skipped": counts["skipped"]}
+    for split, c in counts["splits"].items():
+        metrics |= {f"{split}_{key}": value for key, value in c.items()}
+    with stage_run("prepare", params, counts["data_kind"]) as run:
+        run.log_metrics(metrics)
+        run.log_dict(counts, "prepare.json")
+        run.log_artifact(out_dir / SPLIT_FILE)
+        if counts["skipped"]:
+            run.log_artifact(out_dir / PROBLEMS_FILE)
+        for split in SPLITS:
+            run.log_dataset(ArrayStore(out_dir / split), split)
+        return run.run_id

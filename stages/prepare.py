@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from glomx.params import load_params
-from glomx.prepare import prepare
+from glomx.prepare import log_prepare_run, prepare
 from glomx.stage_main import stage_main
 
 with stage_main("prepare"):
@@ -11,6 +11,7 @@ with stage_main("prepare"):
     paths, config = params["paths"], params["prepare"]
     out = Path(paths["prepared"])
     counts = prepare(Path(paths["data"]), out, Path(paths["metrics"]) / "prepare.json", config)
+    log_prepare_run(counts, out, config)  # the run starts once the decode workers are gone
     for split, c in counts["splits"].items():
         print(
             f"{split:>5}: {c['images']} images ({c['class_1']} sclerotic) from {c['slides']} slides"
