@@ -32,6 +32,7 @@ from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import AffineTransform, warp
 
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.errors import GlomxError
 
 OPS: dict[str, tuple[str, ...]] = {
     "dihedral": (),
@@ -49,7 +50,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class AugmentError(ValueError):
+class AugmentError(GlomxError, ValueError):
     """Invalid augment params or an input store that cannot be augmented."""
 
 

@@ -37,13 +37,14 @@ from imblearn.under_sampling import RandomUnderSampler
 from sklearn.utils.class_weight import compute_class_weight
 
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.errors import GlomxError
 
 STRATEGIES = ("none", "oversample", "undersample", "smote")
 CLASS_WEIGHTS = "class_weights.json"
 CLASSES = np.array([0, 1])
 
 
-class BalanceError(ValueError):
+class BalanceError(GlomxError, ValueError):
     """Invalid balance params or a store that cannot be balanced."""
 
 

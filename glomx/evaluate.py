@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from glomx.data.store import ArrayStore
+from glomx.errors import GlomxError
 from glomx.evaluation.baseline import NAME as BASELINE
 from glomx.evaluation.baseline import ColourBaseline
 from glomx.evaluation.bootstrap import bootstrap_metrics
@@ -36,7 +37,7 @@ from glomx.tracking.registry import promote, set_run_tags, version_of
 log = logging.getLogger(__name__)
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(GlomxError, RuntimeError):
     """Nothing to evaluate, or inputs that do not fit together."""
 
 

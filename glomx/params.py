@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from glomx.errors import GlomxError
+
 PARAMS_FILE = Path("params.yaml")
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(GlomxError, ValueError):
     """params.yaml is missing, malformed or lacks a required key."""
 
 

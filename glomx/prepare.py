@@ -2,7 +2,7 @@
 
 Images are decoded by a process pool (both cores) and written to the stores in chunks, so
 resident memory is one chunk per split plus the pool's in-flight images, whatever the
-dataset size.
+dataset size. :func:`log_prepare_run` records the result as the stage's MLflow run.
 """
 
 from __future__ import annotations
@@ -20,17 +20,27 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from glomx.data.catalogue import Problem, Record, read_catalogue, write_problem_report
+from glomx.data.catalogue import (
+    CatalogueError,
+    Problem,
+    Record,
+    read_catalogue,
+    write_problem_report,
+)
 from glomx.data.images import ImageError, decode, homogenise
 from glomx.data.split import assign_splits, write_split_csv
-from glomx.data.store import StoreWriter
+from glomx.data.store import ArrayStore, StoreWriter
 from glomx.data.synth import data_kind
+from glomx.errors import GlomxError
+from glomx.tracking import stage_run
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+PROBLEMS_FILE = "problems.csv"
+SPLIT_FILE = "split.csv"
 
 
-class PrepareError(RuntimeError):
+class PrepareError(GlomxError, RuntimeError):
     """Images that cannot be prepared under an `error` policy."""
 
 
@@ -154,7 +164,14 @@ def _counts(records: list[Record], splits: list[str]) -> dict[str, Any]:
 
 def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str, Any]) -> dict:
     """Run the whole prepare stage; returns the counts written to ``metrics_file``."""
-    catalogue = read_catalogue(data_dir, params["csv"], params["slide_regex"], params["policy"])
+    report = out_dir / PROBLEMS_FILE
+    try:
+        catalogue = read_catalogue(data_dir, params["csv"], params["slide_regex"], params["policy"])
+    except CatalogueError as err:
+        if err.problems:
+            write_problem_report(err.problems, report)
+            err.add_note(f"All {len(err.problems)} problem(s) are listed in {report}.")
+        raise
     records = catalogue.records
     split = params["split"]
     splits = assign_splits(records, split["val"], split["test"], split["seed"], split["strategy"])
@@ -186,18 +203,43 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
             kept += written
             kept_splits += [name] * len(written)
             problems += bad
-    write_problem_report(problems, out_dir / "problems.csv")
+    write_problem_report(problems, report)
     unreadable = [p for p in problems if p.kind == "unreadable_image"]
     if unreadable and params["policy"].get("unreadable_image", "error") == "error":
         listing = "\n".join(f"  {p.name}: {p.detail}" for p in unreadable[:20])
         raise PrepareError(
             f"{len(unreadable)} image(s) could not be read (every image was decoded first; "
-            f"all problems are listed together in {out_dir / 'problems.csv'}):\n{listing}\n"
-            "Fix or remove them, or set "
+            f"all problems are listed together in {report}):\n{listing}\nFix or remove them, or set "
             "prepare.policy.unreadable_image: skip to leave them out."
         )
-    write_split_csv(out_dir / "split.csv", kept, kept_splits)
+    if problems:
+        kinds = Counter(p.kind for p in problems)
+        listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        log.warning("%d skipped under prepare.policy (%s), see %s", len(problems), listed, report)
+    write_split_csv(out_dir / SPLIT_FILE, kept, kept_splits)
     counts = {**_counts(kept, kept_splits), "data_kind": kind, "skipped": len(problems)}
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(counts, indent=2) + "\n")
     return counts
+
+
+def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any]) -> str:
+    """Record a finished prepare in its own MLflow run; returns the run id.
+
+    Metrics: images in all and per split, class and slide counts per split, problems skipped.
+    Artifacts: the counts with the split of every slide (``prepare.json``), the split table
+    and, when something was skipped, the problem report. Each split store is logged as a
+    dataset. Nothing under ``out_dir`` is written.
+    """
+    metrics = {"images": counts["total"], "skipped": counts["skipped"]}
+    for split, c in counts["splits"].items():
+        metrics |= {f"{split}_{key}": value for key, value in c.items()}
+    with stage_run("prepare", params, counts["data_kind"]) as run:
+        run.log_metrics(metrics)
+        run.log_dict(counts, "prepare.json")
+        run.log_artifact(out_dir / SPLIT_FILE)
+        if counts["skipped"]:
+            run.log_artifact(out_dir / PROBLEMS_FILE)
+        for split in SPLITS:
+            run.log_dataset(ArrayStore(out_dir / split), split)
+        return run.run_id

@@ -1,19 +1,18 @@
 """DVC stage: catalogue, split and homogenise the raw patches into array stores."""
 
-import logging
 from pathlib import Path
 
 from glomx.params import load_params
-from glomx.prepare import prepare
+from glomx.prepare import log_prepare_run, prepare
+from glomx.stage_main import stage_main
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-params = load_params()
-paths = params["paths"]
-counts = prepare(
-    Path(paths["data"]),
-    Path(paths["prepared"]),
-    Path(paths["metrics"]) / "prepare.json",
-    params["prepare"],
-)
-for split, c in counts["splits"].items():
-    print(f"{split:>5}: {c['images']} images ({c['class_1']} sclerotic) from {c['slides']} slides")
+with stage_main("prepare"):
+    params = load_params()
+    paths, config = params["paths"], params["prepare"]
+    out = Path(paths["prepared"])
+    counts = prepare(Path(paths["data"]), out, Path(paths["metrics"]) / "prepare.json", config)
+    log_prepare_run(counts, out, config)  # the run starts once the decode workers are gone
+    for split, c in counts["splits"].items():
+        print(
+            f"{split:>5}: {c['images']} images ({c['class_1']} sclerotic) from {c['slides']} slides"
+        )

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import runpy
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from mlflow import MlflowClient
 
+from glomx.data.catalogue import FOLDERS, CatalogueError
 from glomx.data.split import read_split_csv
 from glomx.data.store import ArrayStore
 from glomx.data.synth import make_dataset
 from glomx.params import load_params
 from glomx.prepare import PrepareError, prepare
+from glomx.tracking import EXPERIMENT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +82,9 @@ def test_prepare_is_deterministic_and_worker_independent(
         assert (a == b).all()
 
 
-def test_unreadable_image_policy(synth_data: Path, params: dict, tmp_path: Path) -> None:
+def test_unreadable_image_policy(
+    synth_data: Path, params: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_data, data)
     victim = sorted((data / "globally_sclerotic_glomeruli").glob("*.png"))[0]
@@ -92,6 +99,71 @@ def test_unreadable_image_policy(synth_data: Path, params: dict, tmp_path: Path)
     counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
     assert counts["total"] == 59 and counts["skipped"] == 1
     assert victim.name not in (tmp_path / "q" / "split.csv").read_text()
+    report = tmp_path / "q" / "problems.csv"
+    assert f"1 skipped under prepare.policy (1 unreadable_image), see {report}" in caplog.text
+
+
+def test_catalogue_errors_are_all_written_to_the_problem_report(
+    synth_data: Path, params: dict, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    csv = data / "public.csv"
+    csv.write_text("\n".join(csv.read_text().splitlines()[:-30]) + "\n")  # 30 rows fewer
+    with pytest.raises(CatalogueError, match=r"30 problem\(s\)") as err:
+        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+    report = tmp_path / "p" / "problems.csv"
+    assert err.value.__notes__ == [f"All 30 problem(s) are listed in {report}."]
+    assert len(report.read_text().splitlines()) == 1 + 30
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_prepare_stage_logs_its_run_and_writes_what_prepare_alone_writes(
+    synth_data: Path,
+    params: dict,
+    tmp_path: Path,
+    isolated_mlflow: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    (data / FOLDERS[0] / "stray-1.png").write_bytes(b"")
+    params["policy"] = {**params["policy"], "unlisted_file": "skip"}
+    paths = {"data": str(data), "prepared": "prep", "metrics": "metrics"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": paths, "prepare": params}))
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(REPO / "stages" / "prepare.py"), run_name="__main__")  # as DVC runs it
+    assert "train: " in capsys.readouterr().out
+
+    counts = prepare(data, tmp_path / "alone", tmp_path / "alone.json", params)
+    assert _tree(tmp_path / "prep") == _tree(tmp_path / "alone")  # MLflow adds no output
+    assert (tmp_path / "metrics" / "prepare.json").read_bytes() == (
+        tmp_path / "alone.json"
+    ).read_bytes()
+    client = MlflowClient(isolated_mlflow)
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    run_id = run.info.run_id
+    assert run.info.run_name == "prepare" and run.info.status == "FINISHED"
+    assert run.data.tags["glomx.stage"] == "prepare" and run.data.tags["data.kind"] == "synthetic"
+    assert run.data.params["split.strategy"] == "grouped"
+    metrics = run.data.metrics
+    assert metrics["images"] == counts["total"] == 60 and metrics["skipped"] == 1
+    for split, c in counts["splits"].items():
+        for key in ("images", "class_0", "class_1", "slides"):
+            assert metrics[f"{split}_{key}"] == c[key] > 0
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert artifacts == {"prepare.json", "split.csv", "problems.csv"}
+    split_csv = Path(client.download_artifacts(run_id, "split.csv", str(tmp_path / "dl")))
+    assert split_csv.read_bytes() == (tmp_path / "alone" / "split.csv").read_bytes()
+    contexts = [
+        next(tag.value for tag in d.tags if tag.key == "mlflow.data.context")
+        for d in client.get_run(run_id).inputs.dataset_inputs
+    ]
+    assert sorted(contexts) == ["test", "train", "val"]
 
 
 def test_prepare_real_shared_data(real_data: Path, params: dict, tmp_path: Path) -> None:

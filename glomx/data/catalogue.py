@@ -18,9 +18,12 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from glomx.errors import GlomxError
 
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+?)(?:_PAS_.*|-\d+)\.png$"
 NAME_COLUMN = "name"
@@ -69,7 +72,7 @@ class Catalogue:
     problems: list[Problem] = field(default_factory=list)
 
 
-class CatalogueError(ValueError):
+class CatalogueError(GlomxError, ValueError):
     """The data folder cannot be catalogued; ``problems`` lists the per-file causes, if any."""
 
     def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
@@ -82,7 +85,7 @@ class CatalogueError(ValueError):
         lines = [f"{len(problems)} problem(s) in {where} under policy 'error':"]
         lines += [f"  [{p.kind}] {p.name}: {p.detail}. Fix: {p.fix}" for p in problems[:MAX_LISTED]]
         if len(problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED} more (see the problem report)")
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
         lines.append("Fix the data, or set prepare.policy.<kind>: skip to drop those files.")
         return cls("\n".join(lines), problems)
 
@@ -167,6 +170,36 @@ def _read_rows(csv_path: Path) -> list[tuple[int, str, str | None]]:
             return rows
     except UnicodeDecodeError as err:
         raise CatalogueError(f"{csv_path} is not UTF-8 text ({err}); save it as UTF-8") from err
+
+
+def _check_not_empty(
+    data_dir: Path,
+    csv_name: str,
+    rows: list[tuple[int, str, str | None]],
+    folders: dict[int, dict[str, Path]],
+) -> None:
+    """Say so first when the CSV has no rows or the class folders hold nothing, rather than
+    report every file without a row, or every row without a file, one by one."""
+    files = sorted(name for entries in folders.values() for name in entries if name[0] != ".")
+    if rows and files:
+        return
+    both = f"{FOLDERS[1]}/ and {FOLDERS[0]}/"
+    if not rows and not files:
+        raise CatalogueError(
+            f"{data_dir} holds no images: {csv_name} has a header but no rows and {both} are "
+            "empty. Run `dvc pull` to fetch the data (or `glomx synth` for a synthetic set), "
+            "or point paths.data at a data folder"
+        )
+    if not rows:
+        raise CatalogueError(
+            f"{data_dir / csv_name} has a header but no rows, while {both} hold "
+            f"{len(files)} file(s). Add one row per image, e.g. '{files[0]},<0 or 1>' "
+            f"under the header '{NAME_COLUMN},{LABEL_COLUMN}'"
+        )
+    raise CatalogueError(
+        f"{both} in {data_dir} are empty, while {csv_name} lists {len(rows)} image(s). Put "
+        "each image into the folder of its label, or run `dvc pull` to fetch them"
+    )
 
 
 def _unsafe(name: str) -> str | None:
@@ -306,6 +339,7 @@ def read_catalogue(
     pattern = slide_pattern(slide_regex)
     rows = _read_rows(data_dir / csv_name)
     folders = {label: _scan(data_dir / folder) for label, folder in FOLDERS.items()}
+    _check_not_empty(data_dir, csv_name, rows, folders)
 
     checker = _Checker(csv_name, pattern)
     by_name: dict[str, list[tuple[int, str | None]]] = {}
@@ -341,4 +375,12 @@ def read_catalogue(
     errors = [p for p in checker.problems if policies[p.kind] == "error"]
     if errors:
         raise CatalogueError.from_problems(str(data_dir), errors)
+    if not records:
+        kinds = Counter(p.kind for p in checker.problems)
+        raise CatalogueError(
+            f"no usable image left in {data_dir}: prepare.policy 'skip' dropped every one "
+            f"({', '.join(f'{n} {kind}' for kind, n in sorted(kinds.items()))}). Fix the data, "
+            "or set those kinds to 'error' to see each problem",
+            checker.problems,
+        )
     return Catalogue(records, checker.problems)

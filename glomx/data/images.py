@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from glomx.errors import GlomxError
+
 if TYPE_CHECKING:
     from glomx.models.base import Preprocessing
 
@@ -63,7 +65,7 @@ _ADAM7 = (
 _INFLATE_STEP = 1 << 20  # bytes inflated at a time when checking a PNG
 
 
-class ImageError(ValueError):
+class ImageError(GlomxError, ValueError):
     """An image that cannot be decoded. ``str()`` is ``"<name>: <problem>"``; ``problem`` alone
     (what is wrong and the fix) suits a report that lists the name in a column of its own."""
 

@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from glomx.data.catalogue import Record
+from glomx.errors import GlomxError
 
 SPLITS = ("train", "val", "test")
 STRATEGIES = ("grouped", "random")
@@ -33,7 +34,7 @@ _PENALTY = 1e3  # per split that lacks a class: dominates any share deviation
 Strategy = Literal["grouped", "random"]
 
 
-class SplitError(ValueError):
+class SplitError(GlomxError, ValueError):
     """No honest split exists for these records and fractions, or a split file is malformed."""
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from glomx.errors import GlomxError
+
 IMAGES = "images.npy"
 LABELS = "labels.npy"
 INDEX = "index.csv"
@@ -31,7 +33,7 @@ MANIFEST = "manifest.json"
 _HEADER_BYTES = 128  # fixed, so the header can be rewritten in place once N is known
 
 
-class StoreError(RuntimeError):
+class StoreError(GlomxError, RuntimeError):
     """A store directory is missing, incomplete or inconsistent."""
 
 

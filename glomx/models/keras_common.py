@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zipfile
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ import numpy as np
 from glomx.data.adapt import adapt
 from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
+from glomx.errors import CorruptModelError
 from glomx.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
 from glomx.params import dataclass_from
@@ -386,7 +388,12 @@ class KerasClassifier(Classifier):
         path = directory / MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: not a saved {cls.family} model")
-        model = keras.saving.load_model(path, compile=False)
+        if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+            raise CorruptModelError(path, cls.family, "not a .keras zip archive")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise CorruptModelError(path, cls.family, f"{type(err).__name__}: {err}") from err
         config = dataclass_from(cls.config_class, meta.extra["model"], f"{path} model")
         fit_config = dataclass_from(cls.fit_config_class, meta.extra["fit"], f"{path} fit")
         return cls(meta, fit_config, config, model)

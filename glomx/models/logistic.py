@@ -48,6 +48,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from glomx.data.store import ArrayStore
+from glomx.errors import CorruptModelError
 from glomx.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
 from glomx.params import dataclass_from
@@ -225,4 +226,8 @@ class LogisticClassifier(Classifier):
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: not a saved lr model")
         fit = dataclass_from(LRFit, meta.extra.get("fit"), f"{directory / 'glomx.json'} fit")
-        return cls(meta, fit, joblib.load(path))
+        try:
+            pipeline = joblib.load(path)
+        except Exception as err:  # unpickling damaged bytes can fail with any exception type
+            raise CorruptModelError(path, cls.family, f"{type(err).__name__}: {err}") from err
+        return cls(meta, fit, pipeline)

@@ -227,6 +227,37 @@ def test_empty_csv_is_an_error(tmp_path: Path) -> None:
         read_catalogue(data)
 
 
+def test_header_only_csv_says_it_has_no_rows_not_one_problem_per_file(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    (data / "public.csv").write_text("name,ground truth\n\n")
+    with pytest.raises(CatalogueError) as err:
+        read_catalogue(data)
+    message = str(err.value)
+    assert message.startswith(f"{data / 'public.csv'} has a header but no rows")
+    assert f"hold {len(GOOD)} file(s)" in message and "unlisted" not in message
+    assert err.value.problems == []
+
+
+def test_empty_class_folders_are_named_before_any_row(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    for folder in FOLDERS.values():
+        for png in (data / folder).iterdir():
+            png.unlink()
+    (data / FOLDERS[0] / ".DS_Store").write_bytes(b"")  # hidden: still empty
+    with pytest.raises(CatalogueError, match=f"are empty, while public.csv lists {len(GOOD)}"):
+        read_catalogue(data)
+    (data / "public.csv").write_text("name,ground truth\n")
+    with pytest.raises(CatalogueError, match=rf"^{tmp_path} holds no images: .*`dvc pull`"):
+        read_catalogue(data)
+
+
+def test_skipping_every_image_says_none_is_left(tmp_path: Path) -> None:
+    data = make_data(tmp_path)
+    (data / "public.csv").write_text("name,ground truth\nSESCAM_9_0-1.png,1\n")
+    with pytest.raises(CatalogueError, match=r"no usable image left .*\(1 missing_file, 3 unl"):
+        read_catalogue(data, policy={"missing_file": "skip", "unlisted_file": "skip"})
+
+
 @pytest.mark.parametrize(
     ("policy", "message"),
     [
