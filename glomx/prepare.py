@@ -209,8 +209,8 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
         listing = "\n".join(f"  {p.name}: {p.detail}" for p in unreadable[:20])
         raise PrepareError(
             f"{len(unreadable)} image(s) could not be read (every image was decoded first; "
-            f"all problems are listed together in {report}):\n{listing}\nFix or remove them, or set "
-            "prepare.policy.unreadable_image: skip to leave them out."
+            f"all problems are listed together in {report}):\n{listing}\n"
+            "Fix or remove them, or set prepare.policy.unreadable_image: skip to leave them out."
         )
     if problems:
         kinds = Counter(p.kind for p in problems)

@@ -21,12 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from glomx.errors import GlomxError
-from glomx.tracking import TrackingError
 
 DEBUG_ENV = "GLOMX_DEBUG"
 DEBUG_FLAG = "--debug"
-# TrackingError lives in glomx.tracking, which does not derive from GlomxError (yet).
-USER_ERRORS: tuple[type[Exception], ...] = (GlomxError, TrackingError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (GlomxError, FileNotFoundError)
 
 
 def debug_requested() -> bool:

@@ -1,8 +1,7 @@
 """DVC stage train-mobilenet: MobileNetV2 (ImageNet weights) fine-tuned in two phases."""
 
-import logging
-
+from glomx.stage_main import stage_main
 from glomx.training import train_stage
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-train_stage("mobilenet")
+with stage_main("train-mobilenet"):
+    train_stage("mobilenet")

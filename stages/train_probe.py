@@ -1,8 +1,7 @@
 """DVC stage train-probe: logistic regression on frozen pretrained ImageNet features."""
 
-import logging
-
+from glomx.stage_main import stage_main
 from glomx.training import train_stage
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-train_stage("probe")
+with stage_main("train-probe"):
+    train_stage("probe")

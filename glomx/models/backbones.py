@@ -45,6 +45,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from glomx.errors import GlomxError
 from glomx.models.torch_legacy import TorchFileError, load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +55,7 @@ RESNET50_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 RESNET50_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(GlomxError, RuntimeError):
     """Pretrained weights cannot be had; the message says how to install them."""
 
 

@@ -22,6 +22,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from glomx.errors import GlomxError
+
 MAGIC = 0x1950A86A20F9469CFC6C
 PROTOCOL = 1001
 STORAGE_DTYPES = {
@@ -37,7 +39,7 @@ STORAGE_DTYPES = {
 }
 
 
-class TorchFileError(ValueError):
+class TorchFileError(GlomxError, ValueError):
     """The file is not a legacy PyTorch state dict this reader understands."""
 
 

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.types import Schema, TensorSpec
 
 from glomx.data.store import INDEX, MANIFEST, ArrayStore
+from glomx.errors import GlomxError
 from glomx.params import PARAMS_FILE, file_hash, flatten
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_T
 _QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc", "mlflow.models.model")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(GlomxError, RuntimeError):
     """MLflow cannot be used (unreachable server, unusable store); the message names the URI."""
 
 

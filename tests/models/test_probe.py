@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 from sklearn.metrics import log_loss
 
+from glomx.cli import main
 from glomx.data.store import ArrayStore
 from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
@@ -66,7 +72,10 @@ def test_probe_params_are_checked() -> None:
 
 
 def test_train_probe_stage_with_stain_normalisation_end_to_end(
-    run_stage: Callable[[str, str, dict], str], training_paths: dict[str, str], isolated_mlflow: str
+    run_stage: Callable[[str, str, dict], str],
+    training_paths: dict[str, str],
+    isolated_mlflow: str,
+    tmp_path: Path,
 ) -> None:
     params = {**PARAMS, "model": {"size": 64}, "class_weight": "balanced", "stain": "reinhard"}
     stdout = run_stage("train_probe.py", "train_probe", params)
@@ -85,3 +94,17 @@ def test_train_probe_stage_with_stain_normalisation_end_to_end(
     assert [h.value for h in client.get_metric_history(run.info.run_id, "epoch/C")] == [0.01, 1.0]
     (version,) = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
     assert version.run_id == run.info.run_id and version.tags["family"] == "probe"
+
+    # the served model and `glomx predict` give the same probability for the same PNG
+    png = tmp_path / "SAS_1-3.png"
+    pink = np.random.default_rng(5).integers(150, 230, (40, 40, 3)).astype(np.uint8)
+    pink[12:28, 12:28] //= 3  # a dark centre, as class 1 of the training blobs
+    Image.fromarray(pink).save(png)
+    served = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{version.version}")
+    answer = served.predict(pd.DataFrame({"image": [base64.b64encode(png.read_bytes()).decode()]}))
+    out = tmp_path / "predictions.csv"
+    model_dir = Path(training_paths["models"]) / "probe"
+    assert main(["predict", str(png), "--model", str(model_dir), "--out", str(out), "-q"]) == 0
+    (row,) = csv.DictReader(out.open())
+    assert answer["error"][0] is None
+    assert float(row["probability"]) == pytest.approx(float(answer["probability"][0]), abs=1e-6)
