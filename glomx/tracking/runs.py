@@ -8,6 +8,7 @@ directory. ``MLFLOW_TRACKING_URI`` overrides it, e.g. with a shared tracking ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -44,6 +45,9 @@ REGISTERED_MODEL = "glomx"
 PROBE_TIMEOUT_S = 3.0
 UNKNOWN = "unknown"
 NOTE_TAG = "mlflow.note.content"  # the run/experiment description the MLflow UI shows
+# MLflow 3.17's UI shows every experiment in its GenAI view (traces) unless the address asks
+# for "Model training"; the experiment kind tag below does not change that default.
+ML_VIEW = "?workflowType=machine_learning"
 # MLflow 3's experiment type: model training, not the GenAI (traces) view
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 EXPERIMENT_NOTE = """\
@@ -281,12 +285,28 @@ def _model_id(version: str) -> str | None:
 def run_link(run_id: str) -> str:
     """A markdown link to a run's page in the MLflow UI, named after the run."""
     run = MlflowClient().get_run(run_id)
-    return f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+    return f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run_id}{ML_VIEW})"
 
 
 def version_link(version: str) -> str:
     """A markdown link to a version of :data:`REGISTERED_MODEL` in the MLflow UI."""
-    return f"[{REGISTERED_MODEL} v{version}](#/models/{REGISTERED_MODEL}/versions/{version})"
+    return (
+        f"[{REGISTERED_MODEL} v{version}](#/models/{REGISTERED_MODEL}/versions/{version}{ML_VIEW})"
+    )
+
+
+def ui_url(base: str) -> str:
+    """The address of the project experiment in the MLflow UI served at ``base`` over the
+    local store, opened on "Model training"; the experiment list when there is no such
+    experiment yet (or the store is a tracking server, whose ids are not looked up here)."""
+    uri = tracking_uri()
+    db = _sqlite_path(uri)
+    exp = None
+    if db is not None and db.is_file():
+        with contextlib.suppress(MlflowException, OSError):
+            exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+    path = f"experiments/{exp.experiment_id}" if exp else "experiments"
+    return f"{base.rstrip('/')}/#/{path}{ML_VIEW}"
 
 
 @dataclass

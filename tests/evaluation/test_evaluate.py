@@ -133,10 +133,11 @@ def _check_mlflow_shape(result: dict[str, Any], version: str) -> None:
     # links: the version and its training run, as MLflow UI routes, in tags and notes
     mv = client.get_model_version("glomx", version)
     assert client.get_registered_model("glomx").description == MODEL_DESCRIPTION
-    train_link = f"#/experiments/{exp}/runs/{mv.run_id}"
+    train_link = f"(#/experiments/{exp}/runs/{mv.run_id}?workflowType=machine_learning)"
+    version_link = f"(#/models/glomx/versions/{version}?workflowType=machine_learning)"
     assert lr.data.tags["evaluated.run_id"] == mv.run_id
     for note in (lr.data.tags["mlflow.note.content"], parent.data.tags["mlflow.note.content"]):
-        assert f"(#/models/glomx/versions/{version})" in note and f"({train_link})" in note
+        assert version_link in note and train_link in note
     # the test scores also sit on the version's logged model, tied to the test dataset
     logged = client.get_logged_model(mv.source.removeprefix("models:/"))
     scores = {m.key: m for m in logged.metrics if m.run_id == lr.info.run_id}

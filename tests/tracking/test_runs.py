@@ -14,7 +14,7 @@ import yaml
 from mlflow import MlflowClient
 
 from glomx.tracking import EXPERIMENT, TrackingError, provenance_tags, stage_run, tracking_uri
-from glomx.tracking.runs import HOST_TAG, PID_TAG, pipeline_outputs
+from glomx.tracking.runs import HOST_TAG, PID_TAG, pipeline_outputs, ui_url
 
 
 def _runs(uri: str) -> list:
@@ -193,6 +193,22 @@ def test_experiment_opens_as_model_training_and_is_described(isolated_mlflow: st
     with stage_run("train-lr", {}, "real"):
         pass
     assert client.get_experiment(exp).tags["mlflow.note.content"] == "written in the UI"
+
+
+def test_ui_address_opens_the_experiment_on_model_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert ui_url("http://127.0.0.1:5000/") == (
+        "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )
+    assert not (tmp_path / "mlruns").exists()  # asking does not create a store
+    with stage_run("train-lr", {}, "real"):
+        pass
+    exp = MlflowClient(tracking_uri()).get_experiment_by_name(EXPERIMENT).experiment_id
+    assert ui_url("http://h:1") == f"http://h:1/#/experiments/{exp}?workflowType=machine_learning"
 
 
 def test_failed_block_ends_the_run_failed_and_logging_outside_is_refused(
