@@ -53,6 +53,7 @@ SERVE_PORT ?= 5001
 DIR ?= data
 
 ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
+	@echo "open $$(python -c 'from glomx.tracking.runs import ui_url; print(ui_url("http://127.0.0.1:$(PORT)"))')"
 	mlflow ui --backend-store-uri "$(TRACKING)" -h 127.0.0.1 -p $(PORT)
 
 serve: setup ## serve the champion model on http://127.0.0.1:$(SERVE_PORT)/invocations

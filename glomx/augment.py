@@ -33,6 +33,7 @@ from skimage.transform import AffineTransform, warp
 
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import GlomxError
+from glomx.metrics import CLASS_NAMES
 
 OPS: dict[str, tuple[str, ...]] = {
     "dihedral": (),
@@ -256,32 +257,67 @@ def augment_store(src: ArrayStore, out: str | Path, params: dict[str, Any]) -> A
         return writer.close({"data_kind": kind, "originals": len(src)})
 
 
-def grid_figure(store: ArrayStore, per_class: int = 3, copies: int = 4) -> Figure:
-    """Per class, the originals with the most copies (first column) next to up to ``copies``."""
+def describe_ops(ops: dict[str, dict[str, float]]) -> str:
+    """``dihedral, rotate ±15°, zoom ±0.08, stain scale ±0.05 shift ±0.005`` for the
+    enabled operations from :func:`parse_ops`, in the order of :data:`OPS`."""
+    parts = []
+    for name, values in sorted(ops.items(), key=lambda item: list(OPS).index(item[0])):
+        words = [name]
+        for key, value in values.items():
+            if key == "degrees":
+                words.append(f"±{value:g}°")
+            else:
+                words += [f"±{value:g}"] if len(values) == 1 else [key, f"±{value:g}"]
+        parts.append(" ".join(words))
+    return ", ".join(parts)
+
+
+def _grid_rows(store: ArrayStore, per_class: int, copies: int) -> dict[int, list[list[int]]]:
+    """Per class, rows of store indices (original first) for the ``per_class`` originals with
+    the most copies; every row shows as many copies as all of them have (at most ``copies``),
+    so no cell is left empty."""
     position = {name: i for i, name in enumerate(store.names)}
     made = Counter(name.split("#aug")[0] for name in store.names if "#aug" in name)
-    rows: list[list[int]] = []
+    chosen = {}
     for label in (0, 1):
         originals = [
             i
             for i, name in enumerate(store.names)
             if store.labels[i] == label and "#aug" not in name and made[name]
         ]
-        for i in sorted(originals, key=lambda i: -made[store.names[i]])[:per_class]:
-            name = store.names[i]
-            rows.append(
-                [i, *(position[f"{name}#aug{k}"] for k in range(1, min(made[name], copies) + 1))]
-            )
-    if not rows:
+        if originals:
+            chosen[label] = sorted(originals, key=lambda i: -made[store.names[i]])[:per_class]
+    shown = min([copies, *(made[store.names[i]] for rows in chosen.values() for i in rows)])
+    return {
+        label: [
+            [i, *(position[f"{store.names[i]}#aug{k}"] for k in range(1, shown + 1))] for i in rows
+        ]
+        for label, rows in chosen.items()
+    }
+
+
+def grid_figure(store: ArrayStore, per_class: int = 3, copies: int = 4) -> Figure:
+    """Per class, the originals with the most copies, each followed by up to ``copies`` of its
+    augmented copies (as many as every shown original has); the operations in the title."""
+    ops = parse_ops(store.params.get("augment", {}).get("ops", {}))
+    blocks = _grid_rows(store, per_class, copies)
+    if not blocks:
         raise AugmentError(f"{store.path} holds no augmented copies to show")
-    cols = max(map(len, rows))
-    fig = Figure(figsize=(1.6 * cols, 1.7 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), cols, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for r, indices in enumerate(rows):
-        for c, img in enumerate(store.read(indices)):
-            axes[r, c].imshow(img[..., :3])
-            title = f"class {store.labels[indices[0]]}" if c == 0 else f"#aug{c}"
-            axes[r, c].set_title(title, fontsize=8)
+    cols = len(next(iter(blocks.values()))[0])
+    rows_max = max(len(rows) for rows in blocks.values())
+    fig = Figure(figsize=(2.1 * cols * len(blocks), 2.1 * rows_max + 1.2), layout="constrained")
+    fig.suptitle(f"Training augmentation: {describe_ops(ops)}", fontsize=11, wrap=True)
+    subfigs = fig.subfigures(1, len(blocks), squeeze=False)[0]
+    for subfig, (label, rows) in zip(subfigs, blocks.items(), strict=True):
+        subfig.suptitle(f"{CLASS_NAMES[label]} (class {label})", fontsize=11, fontweight="bold")
+        axes = subfig.subplots(len(rows), cols, squeeze=False)
+        for r, indices in enumerate(rows):
+            for c, img in enumerate(store.read(indices)):
+                ax = axes[r, c]
+                ax.imshow(img[..., :3])
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title("original" if c == 0 else f"copy {c}", fontsize=10)
+            axes[r, 0].set_ylabel(store.slides[indices[0]], fontsize=9)
     return fig

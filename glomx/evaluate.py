@@ -4,8 +4,10 @@ This is the only code that reads ``prepared/test``. For each saved model (and a 
 baseline) it computes test probabilities (optionally averaged over the 8 dihedral
 transforms), metrics with slide-bootstrap intervals overall and per site, DVC plot data,
 figures, Grad-CAM overlays and ``reports/summary.md``; promotes the registry alias
-``champion`` by *validation* metrics; and logs it all to an MLflow evaluation run that names
-the runs and versions it evaluated.
+``champion`` by *validation* metrics; and logs it all to one MLflow ``evaluate`` run with one
+child run per model: the same ``test_<metric>`` names in every child (so the UI compares them
+like training runs), the intervals in a ``test_metrics.json`` table, the test store as input,
+and links to the scored version and its training run.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from glomx.evaluation.baseline import NAME as BASELINE
 from glomx.evaluation.baseline import ColourBaseline
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.calibration import reliability_figure
-from glomx.evaluation.report import DataSummary, summary_markdown
+from glomx.evaluation.report import DataSummary, summary_markdown, with_interval
 from glomx.evaluation.scoring import score_store
 from glomx.metrics import confusion_figure, pr_figure, roc_figure, write_plot_data
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.tracking import StageRun, stage_run
-from glomx.tracking.registry import promote, set_run_tags, version_of
+from glomx.tracking.registry import promote, version_of
+from glomx.tracking.runs import run_link, version_link
 
 log = logging.getLogger(__name__)
+TABLE = "test_metrics.json"  # the intervals, as an MLflow table, in every evaluation run
 
 
 class EvaluateError(GlomxError, RuntimeError):
@@ -124,18 +128,21 @@ def _gradcam_figures(
     trained: list[Trained],
     scored: Mapping[str, Scored],
     test: ArrayStore,
+    sites: np.ndarray,
     per_case: int,
     out: Path,
-) -> list[Path]:
-    """Grad-CAM overlays for the Keras models on their most confident TP, FP and FN."""
+) -> tuple[list[Path], str | None]:
+    """Grad-CAM overlays for the Keras models on their most confident TP, TN, FP and FN,
+    each tile captioned with its slide and site → (figures, why there are none or None)."""
     keras_models = {t.family: t.classifier for t in trained if hasattr(t.classifier, "keras_model")}
     if not keras_models or per_case < 1:
-        return []
+        return [], None
     from glomx.evaluation import gradcam  # imports Keras: only when a Keras model is evaluated
 
-    if not gradcam.available():
-        log.warning("Grad-CAM skipped: it needs the TensorFlow Keras backend")
-        return []
+    if reason := gradcam.unavailable_reason():
+        log.warning(reason)
+        return [], reason
+    slides = np.array(test.slides)
     written = []
     for family, clf in keras_models.items():
         s = scored[family]
@@ -147,11 +154,15 @@ def _gradcam_figures(
             if len(imgs)
         }
         proba = {case: s.proba[idx] for case, idx in cases.items()}
-        fig = gradcam.overlay_figure(family, images, maps, proba)
+        captions = {
+            case: [f"{slide} ({site})" for slide, site in zip(slides[idx], sites[idx], strict=True)]
+            for case, idx in cases.items()
+        }
+        fig = gradcam.overlay_figure(family, images, maps, proba, captions)
         path = out / f"gradcam_{family}.png"
         fig.savefig(path)
         written.append(path)
-    return written
+    return written, None
 
 
 def _clean(value: Any) -> Any:
@@ -241,29 +252,111 @@ def choose_champion(scored: Mapping[str, Scored], rules: Mapping[str, Any]) -> d
     return promote(versions, **rules).as_dict()
 
 
+def interval_rows(
+    model: str, metrics: Mapping[str, Any], per_site: Mapping[str, Any], data: DataSummary
+) -> list[dict[str, Any]]:
+    """One row per (scope, metric): the whole test split, then each site, with its slide
+    count, point value and interval (None where there is none)."""
+    scopes = {"test": (metrics, data.splits["test"]["slides"])}
+    scopes |= {f"site {site}": (m, data.sites[site]["slides"]) for site, m in per_site.items()}
+    return [
+        {
+            "model": model,
+            "scope": scope,
+            "slides": slides,
+            "metric": metric,
+            **{part: None if np.isnan(v) else v for part, v in values.items()},
+        }
+        for scope, (intervals, slides) in scopes.items()
+        for metric, values in intervals.items()
+    ]
+
+
+def _model_note(name: str, s: Scored, parent: str) -> str:
+    """The child run's description: what was scored, with links to it."""
+    if s.version:
+        source = f"registered version {version_link(s.version)}"
+        source += f", trained by run {run_link(s.run_id)}" if s.run_id else ""
+    elif name == BASELINE:
+        source = "the colour-only baseline (fitted on train, threshold from val, not registered)"
+    else:
+        source = "a saved model that no registered version holds (not a promotion candidate)"
+    return (
+        f"Test scores of **{name}**: {source}. Part of evaluation {run_link(parent)}. "
+        f"Metrics `test_<metric>` on the test split; 95 % slide-bootstrap intervals, overall "
+        f"and per site, in `{TABLE}`."
+    )
+
+
+def _evaluation_note(
+    metrics: Mapping[str, Any], scored: Mapping[str, Scored], decision: Mapping[str, Any]
+) -> str:
+    """The parent run's description: one line per model with links, and the champion."""
+    rows = [
+        "| model | version | trained by | test bal. acc. | test ROC-AUC |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in scored.items():
+        version = version_link(s.version) if s.version else "—"
+        trained = run_link(s.run_id) if s.run_id else "—"
+        m = metrics[name]
+        rows.append(
+            f"| {name} | {version} | {trained} | {with_interval(m['balanced_accuracy'])} | "
+            f"{with_interval(m['roc_auc'])} |"
+        )
+    champion = (
+        f"Champion: {version_link(str(decision['version']))} ({decision['family']}), chosen "
+        "on validation metrics only."
+        if decision.get("version")
+        else f"No champion: {decision.get('reason')}."
+    )
+    return "\n".join(
+        [
+            "Held-out test split; one child run per model (same `test_<metric>` names).",
+            "",
+            *rows,
+            "",
+            champion,
+        ]
+    )
+
+
 def _log_run(
     run: StageRun,
+    data: DataSummary,
+    test: ArrayStore,
     metrics: Mapping[str, Any],
+    per_site: Mapping[str, Any],
     scored: Mapping[str, Scored],
     decision: Mapping[str, Any],
     artifacts: list[Path],
 ) -> None:
-    """Test metrics (``test.<model>.<metric>[.ci_low|.ci_high]``), files, and tags linking
-    the runs and versions evaluated."""
-    run.log_metrics(
-        {
-            f"test.{n}.{metric}{'' if part == 'value' else '.' + part}": v
-            for n, m in metrics.items()
-            for metric, values in m.items()
-            for part, v in values.items()
-            if not np.isnan(v)
-        }
-    )
+    """The evaluation run: the test store as input, files, the intervals table, links to the
+    runs and versions evaluated; and one child run per model with its ``test_<metric>``
+    scores (linked to the version's logged model), its rows of the table and its links."""
+    run.log_dataset(test, "test")
     for path in artifacts:
         run.log_artifact(path)
+    rows = []
+    for name, s in scored.items():
+        table = interval_rows(name, metrics[name], per_site.get(name, {}), data)
+        rows += table
+        tags = {"glomx.model": name}
+        tags |= {"evaluated.version": s.version} if s.version else {}
+        tags |= {"evaluated.run_id": s.run_id} if s.run_id else {}
+        with run.child(name, tags) as child:
+            child.log_dataset(test, "test")
+            values = {f"test_{k}": m["value"] for k, m in metrics[name].items()}
+            child.log_scores(
+                {k: v for k, v in values.items() if not np.isnan(v)}, s.version, "test"
+            )
+            child.log_table(table, TABLE)
+            child.set_note(_model_note(name, s, run.run_id))
+    run.log_table(rows, TABLE)
     tags = {f"evaluated.{n}.version": s.version for n, s in scored.items() if s.version}
     tags |= {f"evaluated.{n}.run_id": s.run_id for n, s in scored.items() if s.run_id}
-    set_run_tags(run.run_id, {**tags, "champion.version": str(decision["version"])})
+    run.set_tags({**tags, "champion.version": str(decision["version"])})
+    run.set_note(_evaluation_note(metrics, scored, decision))
 
 
 def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -289,10 +382,13 @@ def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
         for name, s in scored.items():
             write_plot_data(plots / name, y, s.proba, s.threshold)
         artifacts = _figures(y, scored, cfg["calibration_bins"], reports)
-        artifacts += _gradcam_figures(trained, scored, test, cfg["gradcam_per_case"], reports)
+        gradcams, no_gradcam = _gradcam_figures(
+            trained, scored, test, sites, cfg["gradcam_per_case"], reports
+        )
+        artifacts += gradcams
         info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
         settings = {**cfg["bootstrap"], "tta": cfg["tta"]}
-        summary = summary_markdown(data, metrics, per_site, info, decision, settings)
+        summary = summary_markdown(data, metrics, per_site, info, decision, settings, no_gradcam)
         (reports / "summary.md").write_text(summary)
         _write_json(reports / "sites.json", per_site)
         result = {
@@ -303,5 +399,5 @@ def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
         }
         _write_json(Path(paths["metrics"]) / "evaluate.json", result)
         files = [*artifacts, reports / "summary.md", reports / "sites.json"]
-        _log_run(run, metrics, scored, decision, files)
+        _log_run(run, data, test, metrics, per_site, scored, decision, files)
     return result

@@ -34,6 +34,7 @@ METRICS = (
     "pr_auc",
 )
 THRESHOLD_METRICS = METRICS[:6]  # the ones that depend on the threshold
+CLASS_NAMES = {0: "non-sclerotic", 1: "sclerotic"}  # labels as figures name them
 
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
@@ -189,7 +190,7 @@ def confusion_figure(
     for (i, j), v in np.ndenumerate(matrix):
         dark = v > matrix.max() / 2
         ax.text(j, i, str(v), ha="center", va="center", color="white" if dark else "black")
-    ticks = ["0 non-sclerotic", "1 sclerotic"]
+    ticks = [f"{k} {name}" for k, name in CLASS_NAMES.items()]
     ax.set(xticks=[0, 1], yticks=[0, 1], xlabel="predicted", ylabel="actual", title=title)
     ax.set_xticklabels(ticks)
     ax.set_yticklabels(ticks, rotation=90, va="center")

@@ -155,7 +155,7 @@ def run_training(
         m.write_plot_data(Path(paths["plots"]) / family, val.labels, proba, report["threshold"])
 
         final = {f"val_{k}": v for k, v in scores.items()}
-        run.log_metrics({**final, "threshold": classifier.meta.threshold})
+        run.log_selected({**final, "threshold": classifier.meta.threshold})
         _log_evaluation(run, classifier, val.labels, proba)
         run.set_tags(classifier.tags())
         for figure in classifier.write_figures(train, Path(paths["plots"]) / family):

@@ -174,6 +174,27 @@ def test_grid_shows_originals_next_to_copies(src: ArrayStore, tmp_path: Path) ->
     assert sum(bool(ax.images) for ax in fig.axes) == 4 * 3
 
 
+def test_grid_names_classes_and_operations_and_leaves_no_cell_empty(
+    src: ArrayStore, tmp_path: Path
+) -> None:
+    # ×1.5 gives non-sclerotic originals at most 1 copy, ×2.5 sclerotic ones up to 2: every
+    # row shows one copy, the most all shown originals have
+    out = augment_store(src, tmp_path / "aug", params())
+    fig = grid_figure(out, per_class=2, copies=4)
+    assert all(ax.images for ax in fig.axes)
+    non_sclerotic, sclerotic = fig.subfigs
+    assert non_sclerotic._suptitle.get_text() == "non-sclerotic (class 0)"
+    assert sclerotic._suptitle.get_text() == "sclerotic (class 1)"
+    for block in (non_sclerotic, sclerotic):
+        assert len(block.axes) == 2 * 2
+        assert [ax.get_title() for ax in block.axes] == ["original", "copy 1", "", ""]
+    assert non_sclerotic.axes[0].get_ylabel() in {"s0", "s1", "s2"}  # the slide
+    assert fig._suptitle.get_text() == (
+        "Training augmentation: dihedral, rotate ±15°, shear ±5°, zoom ±0.1, brightness ±0.05, "
+        "contrast ±0.1, stain scale ±0.05 shift ±0.005"
+    )
+
+
 def test_dvc_augment_stage_depends_on_the_training_store_only() -> None:
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["augment"]
     data_deps = [d for d in stage["deps"] if d.startswith("${paths.")]

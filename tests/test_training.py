@@ -81,7 +81,8 @@ def test_run_training_writes_outputs_and_logs_a_registered_run(
     assert params["train_lr.fit.alpha"] == "0.1" and params["train_lr.class_weight"] == "balanced"
     assert params["data.val.image.method"] == "pad"
     metrics = run.data.metrics
-    assert metrics["val_roc_auc"] == 1.0 and metrics["threshold"] == report["threshold"]
+    assert metrics["selected/val_roc_auc"] == 1.0
+    assert metrics["selected/threshold"] == report["threshold"]
     history = client.get_metric_history(run.info.run_id, "epoch/val_auc")
     assert [h.step for h in history] == [0, 1, 2]
 

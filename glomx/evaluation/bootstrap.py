@@ -32,6 +32,9 @@ METRICS = (
     "ece",
 )
 _BLOCK = 250  # replicates per matrix product: bounds memory at _BLOCK × columns
+# Fewer slides than this give no interval: resampling 2-4 clusters yields a handful of distinct
+# replicates, and the "interval" is an artefact of which slides happened to be drawn.
+MIN_SLIDES = 5
 
 
 @dataclass(frozen=True)
@@ -143,11 +146,12 @@ def bootstrap_metrics(
     confidence: float = 0.95,
     seed: int = 0,
     n_bins: int = 10,
+    min_slides: int = MIN_SLIDES,
 ) -> dict[str, dict[str, float]]:
     """``{metric: {"value", "ci_low", "ci_high"}}``: point estimate and percentile interval.
 
     Replicates where a metric is undefined are left out of its interval; the interval is NaN
-    when none is defined.
+    when none is defined, and for every metric when there are fewer than ``min_slides`` slides.
     """
     s = slide_sums(y_true, proba, slides, threshold, n_bins)
     point = point_metrics(s)
@@ -155,7 +159,7 @@ def bootstrap_metrics(
     tail = (1 - confidence) / 2 * 100
     out: dict[str, dict[str, float]] = {}
     for name in METRICS:
-        valid = dist[name][~np.isnan(dist[name])]
+        valid = dist[name][~np.isnan(dist[name])] if s.n_slides >= min_slides else np.empty(0)
         low, high = np.percentile(valid, [tail, 100 - tail]) if len(valid) else (np.nan, np.nan)
         out[name] = {"value": point[name], "ci_low": float(low), "ci_high": float(high)}
     return out

@@ -5,27 +5,39 @@ the spatially averaged gradients of the class-1 logit, the map is the ReLU of th
 of that layer's activations, scaled to [0, 1] per image and resized to the input.
 
 Keras 3 has no backend-neutral gradient, so the gradient is taken with the active backend's
-own autodiff; only the TensorFlow backend is implemented (:func:`available` says whether Grad-
-CAM can run, and evaluate skips the overlays with a warning when it cannot).
+own autodiff; only the TensorFlow backend is implemented. Under another backend
+:func:`unavailable_reason` says so, and evaluate writes that sentence into the report instead
+of the overlays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
 from glomx.data.adapt import adapt
 
-CASES = ("true positive", "false positive", "false negative")
+CASES = ("true positive", "true negative", "false positive", "false negative")
+CMAP = "inferno"
+MAX_ALPHA = 0.6  # overlay opacity where the map is 1; it fades out where there is no evidence
 
 
-def available() -> bool:
-    """Whether Grad-CAM runs on the active Keras backend."""
-    return keras.backend.backend() == "tensorflow"
+def unavailable_reason(backend: str | None = None) -> str | None:
+    """Why Grad-CAM cannot run under ``backend`` (default: the active Keras backend); None
+    when it can."""
+    backend = backend or keras.backend.backend()
+    if backend == "tensorflow":
+        return None
+    return (
+        f"Grad-CAM needs the TensorFlow backend (KERAS_BACKEND={backend} here); rerun evaluate "
+        "with KERAS_BACKEND=tensorflow for the Grad-CAM figures."
+    )
 
 
 def feature_map(model: keras.Model) -> keras.KerasTensor:
@@ -43,10 +55,8 @@ def feature_map(model: keras.Model) -> keras.KerasTensor:
 
 def gradcam(model: keras.Model, images: np.ndarray, size: int, channels: int) -> np.ndarray:
     """``(N, H, W, C)`` uint8 → ``(N, H, W)`` float maps in [0, 1] at the images' own size."""
-    if not available():
-        raise RuntimeError(
-            f"Grad-CAM needs the TensorFlow backend, not {keras.backend.backend()!r}"
-        )
+    if reason := unavailable_reason():
+        raise RuntimeError(reason)
     import tensorflow as tf
 
     probe = keras.Model(model.inputs, [feature_map(model), model.outputs[0]])
@@ -69,18 +79,20 @@ def gradcam(model: keras.Model, images: np.ndarray, size: int, channels: int) ->
 def pick_cases(
     y_true: np.ndarray, proba: np.ndarray, threshold: float, per_case: int
 ) -> dict[str, np.ndarray]:
-    """Indices of the most confident true positives, false positives and false negatives."""
+    """Indices of the most confident examples of each of :data:`CASES` (highest probability
+    among predicted positives, lowest among predicted negatives)."""
     y = np.asarray(y_true)
     pred = proba >= threshold
     masks = {
         "true positive": (y == 1) & pred,
+        "true negative": (y == 0) & ~pred,
         "false positive": (y == 0) & pred,
         "false negative": (y == 1) & ~pred,
     }
     out = {}
     for case, mask in masks.items():
         idx = np.flatnonzero(mask)
-        confidence = proba[idx] if case != "false negative" else -proba[idx]
+        confidence = proba[idx] if case.endswith("positive") else -proba[idx]
         out[case] = idx[np.argsort(-confidence, kind="stable")[:per_case]]
     return out
 
@@ -90,22 +102,36 @@ def overlay_figure(
     images: Mapping[str, np.ndarray],
     maps: Mapping[str, np.ndarray],
     proba: Mapping[str, np.ndarray],
+    captions: Mapping[str, Sequence[str]],
 ) -> Figure:
-    """Rows of cases, columns of examples: each patch with its Grad-CAM map over it."""
+    """One row per case of :data:`CASES`; each example as the original tile (captioned, e.g.
+    with its slide and site, and P(sclerotic)) beside the same tile under its Grad-CAM map,
+    which is more opaque where the evidence is stronger; one colour bar for all."""
     cases = [c for c in CASES if len(images.get(c, ()))]
     cols = max((len(images[c]) for c in cases), default=1)
-    fig = Figure(figsize=(2.2 * cols, 2.4 * max(len(cases), 1)), dpi=100, layout="constrained")
-    fig.suptitle(f"Grad-CAM, {title}: evidence for 'sclerotic'")
-    axes = fig.subplots(max(len(cases), 1), cols, squeeze=False)
+    rows = max(len(cases), 1)
+    fig = Figure(figsize=(2.0 * 2 * cols + 1.2, 2.3 * rows + 0.6), dpi=100, layout="constrained")
+    fig.suptitle(f"Grad-CAM, {title}: where the model found evidence for 'sclerotic'")
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.ravel():
-        ax.axis("off")
+        ax.set_axis_off()
+    norm = Normalize(0, 1)
     for row, case in enumerate(cases):
-        examples = zip(images[case], maps[case], proba[case], strict=True)
-        for col, (image, cam, p) in enumerate(examples):
-            ax = axes[row, col]
-            ax.imshow(image[..., :3])
-            ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            ax.set_title(f"{case}\np={p:.2f}", fontsize="small")
-    if not cases:
+        axes[row, 0].annotate(
+            case, (-0.08, 0.5), xycoords="axes fraction", rotation=90, ha="right", va="center",
+            fontweight="bold",
+        )  # fmt: skip
+        examples = zip(images[case], maps[case], proba[case], captions[case], strict=True)
+        for col, (image, cam, p, caption) in enumerate(examples):
+            tile, overlay = axes[row, 2 * col], axes[row, 2 * col + 1]
+            tile.imshow(image[..., :3])
+            tile.set_title(f"{caption}\np(sclerotic) = {p:.2f}", fontsize="small")
+            overlay.imshow(image[..., :3])
+            overlay.imshow(cam, cmap=CMAP, norm=norm, alpha=MAX_ALPHA * np.clip(cam, 0, 1))
+            overlay.set_title("Grad-CAM", fontsize="small")
+    if cases:
+        bar = fig.colorbar(ScalarMappable(norm, CMAP), ax=axes, shrink=0.6, pad=0.01)
+        bar.set_label("evidence for 'sclerotic' (relative per tile; fades out towards 0)")
+    else:
         axes[0, 0].text(0.5, 0.5, "no examples", ha="center", va="center")
     return fig

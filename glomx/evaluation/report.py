@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from glomx.evaluation.bootstrap import MIN_SLIDES
+
 Intervals = Mapping[str, Mapping[str, float]]  # metric -> {"value", "ci_low", "ci_high"}
 
 COLUMNS = {
@@ -23,6 +25,11 @@ COLUMNS = {
     "ece": "ECE ↓",
 }
 FEW_SLIDES = 10  # below this many test slides, warn that the intervals are unreliable
+NO_INTERVAL = "†"
+NO_INTERVAL_NOTE = (
+    f"{NO_INTERVAL} No interval: fewer than {MIN_SLIDES} test slides, too few to resample "
+    "(a bootstrap over 2-4 slides gives a degenerate interval)."
+)
 SITE_COLUMNS = ("balanced_accuracy", "recall", "specificity", "roc_auc")
 
 
@@ -39,8 +46,10 @@ def _num(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:.3f}"
 
 
-def with_interval(m: Mapping[str, float]) -> str:
-    """``0.812 [0.751, 0.866]``."""
+def with_interval(m: Mapping[str, float], slides: int | None = None) -> str:
+    """``0.812 [0.751, 0.866]``; ``0.495 †`` when ``slides`` are too few for an interval."""
+    if slides is not None and slides < MIN_SLIDES:
+        return f"{_num(m['value'])} {NO_INTERVAL}"
     if math.isnan(m["ci_low"]):
         return _num(m["value"])
     return f"{_num(m['value'])} [{_num(m['ci_low'])}, {_num(m['ci_high'])}]"
@@ -80,12 +89,14 @@ def summary_markdown(
     models: Mapping[str, Mapping[str, Any]],
     champion: Mapping[str, Any],
     settings: Mapping[str, Any],
+    gradcam_note: str | None = None,
 ) -> str:
     """The whole report.
 
     ``metrics``: model -> intervals on the full test split; ``sites``: model -> site ->
     intervals; ``models``: model -> {"version", "run_id", "threshold"} (absent for the
-    baseline); ``champion``: the promotion decision; ``settings``: bootstrap and TTA params.
+    baseline); ``champion``: the promotion decision; ``settings``: bootstrap and TTA params;
+    ``gradcam_note``: why there are no Grad-CAM figures, when there are none.
     """
     lines = ["# glomx evaluation (held-out test split)", "", *_data_lines(data), ""]
     test_slides = data.splits["test"]["slides"]
@@ -112,9 +123,11 @@ def summary_markdown(
         info = models.get(name, {})
         rows.append(
             [name, str(info.get("version") or "—"), f"{info.get('threshold', math.nan):.3f}"]
-            + [with_interval(intervals[k]) for k in COLUMNS]
+            + [with_interval(intervals[k], test_slides) for k in COLUMNS]
         )
     lines += [*_table(header, rows), ""]
+    if test_slides < MIN_SLIDES:
+        lines += [NO_INTERVAL_NOTE, ""]
     lines += [
         "## Champion",
         "",
@@ -129,18 +142,21 @@ def summary_markdown(
         counts = data.sites
         rows = [
             [site, name, *(str(counts[site][k]) for k in ("images", "class_1", "slides"))]
-            + [with_interval(per_site[site][k]) for k in SITE_COLUMNS]
+            + [with_interval(per_site[site][k], counts[site]["slides"]) for k in SITE_COLUMNS]
             for name, per_site in sites.items()
             for site in per_site
         ]
         header = ["site", "model", "images", "sclerotic", "slides"]
         header += [COLUMNS[k] for k in SITE_COLUMNS]
         lines += [*_table(header, rows), ""]
+        if any(c["slides"] < MIN_SLIDES for c in counts.values()):
+            lines += [NO_INTERVAL_NOTE, ""]
+    gradcam = f"not drawn: {gradcam_note}" if gradcam_note else "`gradcam_<model>.png`"
     lines += [
         "## Figures",
         "",
         "ROC: `roc.png` · precision-recall: `pr.png` · reliability: `reliability.png` · "
-        "confusion matrices: `confusion_<model>.png` · Grad-CAM: `gradcam_<model>.png`",
+        f"confusion matrices: `confusion_<model>.png` · Grad-CAM: {gradcam}",
         "",
     ]
     return "\n".join(lines)

@@ -321,10 +321,3 @@ def champion_report(name: str = REGISTERED_MODEL) -> str:
         f"why: {mv.tags.get(REASON_TAG, mv.description or '?')}",
     ]
     return "\n".join(lines)
-
-
-def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
-    """Tag a run (the evaluation run's links to the runs and versions it evaluated)."""
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)

@@ -31,10 +31,10 @@ def images_for(labels: np.ndarray, seed: int, size: int = SIZE) -> np.ndarray:
     return (base - 60 * labels[:, None, None, None]).astype(np.uint8)
 
 
-def write_split(path: Path, n: int, seed: int, first_slide: int) -> ArrayStore:
-    """``n`` images over four slides (two per site), every third one sclerotic."""
+def write_split(path: Path, n: int, seed: int, first_slide: int, n_slides: int = 4) -> ArrayStore:
+    """``n`` images over ``n_slides`` slides (half per site), every third one sclerotic."""
     labels = (np.arange(n) % 3 == 0).astype(np.uint8)
-    slides = [f"{SITES[i % 2]}_{first_slide + i % 4}" for i in range(n)]
+    slides = [f"{SITES[i % 2]}_{first_slide + i % n_slides}" for i in range(n)]
     names = [f"{s}-{i}.png" for i, s in enumerate(slides)]
     with StoreWriter(path, (SIZE, SIZE, 3), {"image": asdict(PRE)}) as writer:
         writer.append(images_for(labels, seed), labels, names, slides)
@@ -43,10 +43,11 @@ def write_split(path: Path, n: int, seed: int, first_slide: int) -> ArrayStore:
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``prepared/{train,val,test}`` stores (slides differ between splits)."""
+    """``prepared/{train,val,test}`` stores (slides differ between splits); test has six
+    slides, three per site, like the real test split (intervals overall, none per site)."""
     root = tmp_path_factory.mktemp("prepared")
-    for split, n, seed in (("train", 48, 0), ("val", 24, 1), ("test", 32, 2)):
-        write_split(root / split, n, seed, first_slide=10 * seed)
+    for split, n, seed, slides in (("train", 48, 0, 4), ("val", 24, 1, 4), ("test", 32, 2, 6)):
+        write_split(root / split, n, seed, first_slide=10 * seed, n_slides=slides)
     return root
 
 

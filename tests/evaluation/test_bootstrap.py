@@ -12,6 +12,7 @@ from sklearn.metrics import (
 from glomx import metrics as glomx_metrics
 from glomx.evaluation.bootstrap import (
     METRICS,
+    MIN_SLIDES,
     bootstrap_distribution,
     bootstrap_metrics,
     point_metrics,
@@ -85,3 +86,14 @@ def test_undefined_metrics_are_nan_not_a_crash():
     m = bootstrap_metrics(y, np.linspace(0, 1, 6), np.arange(6) % 2, 0.5, n_resamples=50)
     assert math.isnan(m["roc_auc"]["value"]) and math.isnan(m["roc_auc"]["ci_low"])
     assert m["specificity"]["value"] == pytest.approx(0.5)
+
+
+def test_too_few_slides_give_no_interval():
+    # 4 slides allow at most 35 distinct replicates: no interval, only the point value
+    y, p, slides = _data(n_slides=4)
+    few = bootstrap_metrics(y, p, slides, 0.5, n_resamples=100)
+    assert all(math.isnan(m["ci_low"]) and math.isnan(m["ci_high"]) for m in few.values())
+    assert few["accuracy"]["value"] == pytest.approx(np.mean((p >= 0.5) == y))
+    y, p, slides = _data(n_slides=MIN_SLIDES)
+    enough = bootstrap_metrics(y, p, slides, 0.5, n_resamples=100)
+    assert enough["accuracy"]["ci_low"] < enough["accuracy"]["ci_high"]

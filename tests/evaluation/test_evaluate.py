@@ -15,7 +15,7 @@ from glomx.evaluate import EvaluateError, evaluate, sites_of
 from glomx.evaluation.bootstrap import METRICS
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
-from glomx.tracking.runs import REGISTERED_MODEL
+from glomx.tracking.runs import MODEL_DESCRIPTION, REGISTERED_MODEL
 
 
 def _params(root: Path, prepared: Path) -> dict[str, Any]:
@@ -71,15 +71,20 @@ def test_evaluate_writes_everything_and_promotes_on_validation(
     assert result["models"]["lr"]["roc_auc"]["value"] > 0.9  # the dark cue is learnable
     # only lr is registered, so it is the champion; the unregistered cnn is no candidate
     assert result["champion"] == {"version": registered_lr, "family": "lr"}
-    assert result["test"] == {"images": 32, "class_1": 11, "slides": 4}
+    assert result["test"] == {"images": 32, "class_1": 11, "slides": 6}
 
     on_disk = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert on_disk["data_kind"] == "synthetic" and "lr" in on_disk["models"]
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert "SYNTHETIC DATA" in summary and f"version {registered_lr} (lr)" in summary
-    assert "| test | 32 | 11 | 4 |" in summary and "| SAS | lr |" in summary
+    assert "| test | 32 | 11 | 6 |" in summary and "| SAS | lr | 16 | 6 | 3 |" in summary
+    # three slides per site: point values only, marked, and the report says why
+    assert "No interval: fewer than 5 test slides" in summary
+    sas_row = next(line for line in summary.splitlines() if line.startswith("| SAS | lr |"))
+    assert sas_row.count("†") == 4 and "[" not in sas_row
     sites = json.loads((tmp_path / "reports" / "sites.json").read_text())
     assert set(sites["lr"]) == {"SAS", "VUHSK"}
+    assert sites["lr"]["SAS"]["roc_auc"]["ci_low"] is None
     for name in ("lr", "cnn", "colour_baseline"):
         header = (tmp_path / "plots" / "evaluate" / name / "confusion.csv").read_text()
         assert header.startswith("actual,predicted") and len(header.splitlines()) == 33
@@ -87,25 +92,65 @@ def test_evaluate_writes_everything_and_promotes_on_validation(
     for figure in ("roc.png", "pr.png", "reliability.png", "gradcam_cnn.png"):
         assert (tmp_path / "reports" / figure).stat().st_size > 1000, figure
 
-    client = MlflowClient()
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("glomx").experiment_id],
-        "tags.`glomx.stage` = 'evaluate'",
-    )
-    assert run.data.tags["evaluated.lr.version"] == registered_lr
-    assert run.data.tags["champion.version"] == registered_lr
-    assert "evaluated.cnn.version" not in run.data.tags
-    assert run.data.metrics["test.lr.roc_auc"] == pytest.approx(
-        result["models"]["lr"]["roc_auc"]["value"]
-    )
+    _check_mlflow_shape(result, registered_lr)
 
     # rerun with nothing changed: same numbers, no new version, no alias move
     again = evaluate(params)
     assert json.loads((tmp_path / "metrics" / "evaluate.json").read_text()) == on_disk
     assert again["champion"] == result["champion"]
+    client = MlflowClient()
     assert len(client.search_model_versions(f"name='{REGISTERED_MODEL}'")) == 1
     aliases = client.get_registered_model(REGISTERED_MODEL).aliases
     assert {k: str(v) for k, v in aliases.items()} == {"champion": registered_lr}
+
+
+def _check_mlflow_shape(result: dict[str, Any], version: str) -> None:
+    """One evaluate run with one child per model: the same test_<metric> names, intervals in
+    a table, the test store as input, links to the scored version and its training run."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("glomx").experiment_id
+    runs = client.search_runs([exp], "tags.`glomx.stage` = 'evaluate'")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r is not parent}
+    assert set(children) == {"lr", "cnn", "colour_baseline"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parent.info.run_id}
+    assert parent.data.metrics == {}  # no flat test.<model>.<metric>.ci_low metrics any more
+    assert parent.data.tags["evaluated.lr.version"] == version
+    assert parent.data.tags["champion.version"] == version
+    assert "evaluated.cnn.version" not in parent.data.tags
+
+    lr = children["lr"]
+    assert set(lr.data.metrics) == {f"test_{m}" for m in METRICS}
+    assert lr.data.metrics["test_roc_auc"] == pytest.approx(
+        result["models"]["lr"]["roc_auc"]["value"]
+    )
+    for run in (*children.values(), parent):
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "test"
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "test"
+    assert set(children["colour_baseline"].data.metrics) <= set(lr.data.metrics)
+
+    # links: the version and its training run, as MLflow UI routes, in tags and notes
+    mv = client.get_model_version("glomx", version)
+    assert client.get_registered_model("glomx").description == MODEL_DESCRIPTION
+    train_link = f"(#/experiments/{exp}/runs/{mv.run_id}?workflowType=machine_learning)"
+    version_link = f"(#/models/glomx/versions/{version}?workflowType=machine_learning)"
+    assert lr.data.tags["evaluated.run_id"] == mv.run_id
+    for note in (lr.data.tags["mlflow.note.content"], parent.data.tags["mlflow.note.content"]):
+        assert version_link in note and train_link in note
+    # the test scores also sit on the version's logged model, tied to the test dataset
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+    scores = {m.key: m for m in logged.metrics if m.run_id == lr.info.run_id}
+    assert scores["test_roc_auc"].value == lr.data.metrics["test_roc_auc"]
+    assert scores["test_roc_auc"].dataset_name == "test"
+
+    table = client.load_table(exp, "test_metrics.json", run_ids=[lr.info.run_id])
+    overall = table[(table.scope == "test") & (table.metric == "roc_auc")].iloc[0]
+    assert overall.slides == 6 and overall.ci_low <= overall.value <= overall.ci_high
+    site = table[(table.scope == "site SAS") & (table.metric == "roc_auc")].iloc[0]
+    assert site.slides == 3 and np.isnan(site.ci_low)
+    both = client.load_table(exp, "test_metrics.json", run_ids=[parent.info.run_id])
+    assert set(both.model) == set(children)
 
 
 def test_nothing_to_evaluate_and_bad_site_regex(params: dict[str, Any], tmp_path: Path) -> None:

@@ -16,14 +16,34 @@ def test_real_data_is_cited_and_synthetic_is_flagged() -> None:
     champion = {"version": "3", "family": "lr", "changed": True, "reason": "first champion."}
     real = summary_markdown(DataSummary("real", SPLITS, SITES), metrics, {}, {}, champion, SETTINGS)
     assert "Bueno et al." in real and "Weishaupt et al." in real and "SYNTHETIC" not in real
-    assert "moved to version 3 (lr)" in real and "0.800 [0.700, 0.900]" in real
+    assert "moved to version 3 (lr)" in real and "| 0.800 † |" in real  # 2 slides
     assert "Only 2 test slide(s)" in real
     sites = {"lr": {"SAS": _intervals(0.5)}}
     data = DataSummary("synthetic", SPLITS, SITES)
     fake = summary_markdown(data, metrics, sites, {}, {"reason": "none"}, SETTINGS)
     assert "SYNTHETIC DATA" in fake and "Bueno" not in fake
-    assert "| SAS | lr | 10 | 3 | 2 | 0.500 [0.400, 0.600]" in fake
+    assert "| SAS | lr | 10 | 3 | 2 | 0.500 † | 0.500 † |" in fake  # 2 slides: no interval
+    assert "† No interval: fewer than 5 test slides" in fake
     assert "No champion: none." in fake
+    assert "Grad-CAM: `gradcam_<model>.png`" in fake
+
+
+def test_enough_slides_get_intervals_and_a_missing_gradcam_is_explained() -> None:
+    splits = {"test": {"images": 60, "class_1": 20, "slides": 6}}
+    sites = {"SAS": {"images": 50, "class_1": 15, "slides": 5}}
+    reason = "Grad-CAM needs the TensorFlow backend (KERAS_BACKEND=jax here)"
+    report = summary_markdown(
+        DataSummary("real", splits, sites),
+        {"cnn": _intervals(0.8)},
+        {"cnn": {"SAS": _intervals(0.7)}},
+        {},
+        {"reason": "none"},
+        SETTINGS,
+        gradcam_note=reason,
+    )
+    assert "| SAS | cnn | 50 | 15 | 5 | 0.700 [0.600, 0.800]" in report
+    assert "†" not in report
+    assert f"Grad-CAM: not drawn: {reason}" in report
 
 
 def test_undefined_values_read_n_a() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from glomx.tracking import EXPERIMENT, TrackingError, stage_run, tracking_uri
+from glomx.tracking import EXPERIMENT, TrackingError, provenance_tags, stage_run, tracking_uri
+from glomx.tracking.runs import HOST_TAG, PID_TAG, pipeline_outputs, ui_url
 
 
 def _runs(uri: str) -> list:
@@ -64,20 +67,148 @@ def test_embedded_store_run_with_provenance_outside_git(
     ]
 
 
-def test_git_commit_and_dirty_flag_inside_a_repo(tmp_path: Path) -> None:
-    from glomx.tracking import provenance_tags
+def _git_repo(root: Path, files: dict[str, str]) -> None:
+    """A git repository at ``root`` with ``files`` committed."""
 
     def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
 
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     git("init", "-q")
-    (tmp_path / "a.txt").write_text("1")
-    git("add", "a.txt")
+    git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+
+
+def test_git_commit_and_dirty_flag_inside_a_repo(tmp_path: Path) -> None:
+    _git_repo(tmp_path, {"a.txt": "1"})
     clean = provenance_tags("s", "real", tmp_path)
     assert len(clean["git.commit"]) == 40 and clean["git.dirty"] == "false"
+    assert "git.changed" not in clean
     (tmp_path / "a.txt").write_text("2")
-    assert provenance_tags("s", "real", tmp_path)["git.dirty"] == "true"
+    dirty = provenance_tags("s", "real", tmp_path)
+    assert dirty["git.dirty"] == "true" and dirty["git.changed"] == "a.txt"
+
+
+def test_the_pipelines_own_outputs_do_not_make_the_tree_dirty(tmp_path: Path) -> None:
+    """`dvc repro` rewrites dvc.lock and the cache: false metrics/plots git tracks; a clean
+    clone that ran the pipeline is still clean, and a source edit is named. The DVC project
+    sits in a sub-folder of the git repository (git paths are relative to the git root)."""
+    dvc_yaml = {
+        "stages": {
+            "train": {
+                "cmd": "python train.py",
+                "outs": ["${paths.models}/lr"],
+                "metrics": [{"${paths.metrics}/lr.json": {"cache": False}}],
+                "plots": [{"${paths.plots}/lr/roc.csv": {"x": "fpr"}}, "plots/grid.png"],
+            }
+        },
+        "plots": [{"summary": {"y": {"src/train.py": "x"}}}],  # top level: not an output
+    }
+    params = {"paths": {"models": "models", "metrics": "metrics", "plots": "plots"}}
+    files = {
+        "dvc.yaml": yaml.safe_dump(dvc_yaml),
+        "params.yaml": yaml.safe_dump(params),
+        "dvc.lock": "schema: '2.0'\n",
+        "metrics/lr.json": "{}",
+        "plots/lr/roc.csv": "fpr\n",
+        "src/train.py": "print(1)\n",
+    }
+    _git_repo(tmp_path, {f"project/{name}": text for name, text in files.items()})
+    project = tmp_path / "project"
+    assert pipeline_outputs(project) == [
+        "dvc.lock",
+        "metrics/lr.json",
+        "models/lr",
+        "plots/grid.png",
+        "plots/lr/roc.csv",
+    ]
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (project / "metrics" / "lr.json").write_text('{"auc": 1}')
+    (project / "plots" / "lr" / "roc.csv").write_text("fpr\n0\n")
+    (project / "plots" / "grid.png").write_bytes(b"new, untracked")
+    assert provenance_tags("s", "real", project)["git.dirty"] == "false"
+
+    (project / "src" / "train.py").write_text("print(2)\n")
+    (project / "src" / "new file.py").write_text("")
+    tags = provenance_tags("s", "real", project)
+    assert tags["git.dirty"] == "true"
+    assert tags["git.changed"] == "project/src/new file.py, project/src/train.py"
+
+
+def test_keras_backend_is_recorded_once_keras_is_loaded(isolated_mlflow: str) -> None:
+    keras = pytest.importorskip("keras")
+    assert provenance_tags("s", "real")["keras.backend"] == keras.backend.backend()
+
+
+def test_a_killed_stages_run_is_closed_by_its_next_run(isolated_mlflow: str) -> None:
+    """A stage killed with SIGKILL leaves its run RUNNING; the next run of the stage marks it
+    KILLED. Runs of live processes (a parallel experiment, this process) stay open."""
+    with stage_run("train-cnn", {}, "real"):
+        pass  # creates the experiment
+    client = MlflowClient(isolated_mlflow)
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        host = socket.gethostname()
+        stale = {}
+        for name, pid in (("dead", dead.pid), ("alive", alive.pid), ("mine", os.getpid())):
+            tags = {"glomx.stage": "train-cnn", HOST_TAG: host, PID_TAG: str(pid)}
+            stale[name] = client.create_run(exp, tags=tags, run_name=name).info.run_id
+        other_stage = {"glomx.stage": "train-lr", HOST_TAG: host, PID_TAG: str(dead.pid)}
+        stale["other stage"] = client.create_run(exp, tags=other_stage).info.run_id
+        with stage_run("train-cnn", {}, "real") as run:
+            status = {k: client.get_run(v).info.status for k, v in stale.items()}
+    finally:
+        alive.kill()
+        alive.wait()
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "mine": "RUNNING",
+        "other stage": "RUNNING",
+    }
+    killed = client.get_run(stale["dead"])
+    assert (
+        killed.info.end_time is not None
+        and "ended without closing" in killed.data.tags["glomx.closed"]
+    )
+    tags = client.get_run(run.run_id).data.tags
+    assert tags[HOST_TAG] == host and tags[PID_TAG] == str(os.getpid())
+
+
+def test_experiment_opens_as_model_training_and_is_described(isolated_mlflow: str) -> None:
+    client = MlflowClient(isolated_mlflow)
+    client.create_experiment(EXPERIMENT)  # made before these tags existed
+    with stage_run("train-lr", {}, "real"):
+        pass
+    tags = client.get_experiment_by_name(EXPERIMENT).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "One run per DVC stage" in tags["mlflow.note.content"]
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    client.set_experiment_tag(exp, "mlflow.note.content", "written in the UI")
+    with stage_run("train-lr", {}, "real"):
+        pass
+    assert client.get_experiment(exp).tags["mlflow.note.content"] == "written in the UI"
+
+
+def test_ui_address_opens_the_experiment_on_model_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert ui_url("http://127.0.0.1:5000/") == (
+        "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )
+    assert not (tmp_path / "mlruns").exists()  # asking does not create a store
+    with stage_run("train-lr", {}, "real"):
+        pass
+    exp = MlflowClient(tracking_uri()).get_experiment_by_name(EXPERIMENT).experiment_id
+    assert ui_url("http://h:1") == f"http://h:1/#/experiments/{exp}?workflowType=machine_learning"
 
 
 def test_failed_block_ends_the_run_failed_and_logging_outside_is_refused(

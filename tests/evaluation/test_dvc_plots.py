@@ -1,0 +1,70 @@
+"""The top-level DVC plots of dvc.yaml, rendered through DVC and Vega-Lite as `make plots` does:
+one colour per model, counts and class names in every confusion matrix."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from glomx.metrics import write_plot_data
+
+vl_convert = pytest.importorskip("vl_convert")
+REPO = Path(__file__).resolve().parents[2]
+# 7 negatives (one scored high), 4 positives (one scored low): tn 6, fp 1, fn 1, tp 3
+LABELS = np.array([0] * 7 + [1] * 4)
+PROBA = np.array([0.1, 0.2, 0.3, 0.15, 0.25, 0.05, 0.7, 0.8, 0.9, 0.6, 0.4])
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """``dvc plots show --json`` in a DVC project holding this repository's top-level plots
+    (image plots left out), its templates and plot data for every model they name."""
+    root = tmp_path_factory.mktemp("project")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=root, check=True)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    plots = [p for p in plots if not (isinstance(p, str) and p.endswith(".png"))]
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
+    rng = np.random.default_rng(0)
+    for model in ("lr", "cnn", "resnet", "colour_baseline"):
+        proba = PROBA if model == "cnn" else rng.random(len(LABELS))
+        write_plot_data(root / "plots" / "evaluate" / model, LABELS, proba, 0.5)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "--json"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    data = json.loads(shown.stdout)["data"]
+    return {k.split("::")[-1]: v[0]["content"] for k, v in data.items()}
+
+
+def _svg(spec: dict) -> str:
+    return vl_convert.vegalite_to_svg(spec, vl_version="5.21")
+
+
+def test_curves_have_one_colour_per_model(specs: dict[str, dict]) -> None:
+    for plot in ("test_roc", "test_pr"):
+        svg = _svg(specs[plot])
+        legend = set(re.findall(r">(lr|cnn|resnet|colour_baseline)</text>", svg))
+        assert legend == {"lr", "cnn", "resnet", "colour_baseline"}, plot
+        lines = re.findall(r'aria-roledescription="line mark".*?stroke="(#[0-9a-f]{6})"', svg)
+        assert len(set(lines)) == 4, plot
+
+
+def test_confusion_matrices_print_counts_and_class_names(specs: dict[str, dict]) -> None:
+    spec = specs["plots/evaluate/cnn/confusion.csv"]
+    assert spec["title"]["text"] == "cnn: confusion matrix, test split"
+    svg = _svg(spec)
+    counts = re.findall(r'aria-roledescription="text mark".*?>(\d+)</text>', svg)
+    assert sorted(map(int, counts)) == [1, 1, 3, 6]
+    assert ">non-sclerotic</text>" in svg and ">sclerotic</text>" in svg
