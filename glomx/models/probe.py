@@ -17,12 +17,11 @@ logistic fits take seconds.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import keras
 import numpy as np
@@ -34,9 +33,7 @@ from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
 from glomx.metrics import epoch_scores
 from glomx.models.backbones import BACKBONES, load_backbone
-from glomx.models.base import ModelMeta, Preprocessing
 from glomx.models.keras_common import KerasClassifier
-from glomx.params import dataclass_from
 
 SELECT = ("log_loss", "auc", "balanced_accuracy")
 log = logging.getLogger(__name__)
@@ -111,20 +108,6 @@ class ProbeClassifier(KerasClassifier):
     fit_config_class = ProbeFit
     channels = 3
     live_history: ClassVar[bool] = False
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
-        """From ``model:`` (:class:`ProbeConfig`) and ``fit:`` (:class:`ProbeFit`)."""
-        config = dataclass_from(ProbeConfig, params.get("model"), "train_probe.model")
-        fit = dataclass_from(ProbeFit, params.get("fit"), "train_probe.fit")
-        meta = ModelMeta(
-            family=cls.family,
-            size=config.size,
-            channels=3,
-            preprocessing=preprocessing,
-            extra=json.loads(json.dumps({"model": asdict(config), "fit": asdict(fit)})),
-        )
-        return cls(meta, fit, config)
 
     def build_model(self) -> keras.Model:
         cfg = self.config
