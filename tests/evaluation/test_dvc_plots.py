@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 # 7 negatives (one scored high), 4 positives (one scored low): tn 6, fp 1, fn 1, tp 3
 LABELS = np.array([0] * 7 + [1] * 4)
 PROBA = np.array([0.1, 0.2, 0.3, 0.15, 0.25, 0.05, 0.7, 0.8, 0.9, 0.6, 0.4])
+# every model the top-level plots name (plots/evaluate/<model>/...)
+MODELS = sorted(set(re.findall(r"plots/evaluate/(\w+)/", (REPO / "dvc.yaml").read_text())))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     plots = [p for p in plots if not (isinstance(p, str) and p.endswith(".png"))]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
     rng = np.random.default_rng(0)
-    for model in ("lr", "cnn", "resnet", "colour_baseline"):
+    for model in MODELS:
         proba = PROBA if model == "cnn" else rng.random(len(LABELS))
         write_plot_data(root / "plots" / "evaluate" / model, LABELS, proba, 0.5)
     shown = subprocess.run(
@@ -55,10 +57,10 @@ def _svg(spec: dict) -> str:
 def test_curves_have_one_colour_per_model(specs: dict[str, dict]) -> None:
     for plot in ("test_roc", "test_pr"):
         svg = _svg(specs[plot])
-        legend = set(re.findall(r">(lr|cnn|resnet|colour_baseline)</text>", svg))
-        assert legend == {"lr", "cnn", "resnet", "colour_baseline"}, plot
+        legend = set(re.findall(rf">({'|'.join(MODELS)})</text>", svg))
+        assert legend == set(MODELS), plot
         lines = re.findall(r'aria-roledescription="line mark".*?stroke="(#[0-9a-f]{6})"', svg)
-        assert len(set(lines)) == 4, plot
+        assert len(set(lines)) == len(MODELS), plot
 
 
 def test_confusion_matrices_print_counts_and_class_names(specs: dict[str, dict]) -> None:
