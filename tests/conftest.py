@@ -19,9 +19,17 @@ SHARED_REMOTE = REPO.parent / "shared" / "glomeruli" / "dvc-remote"
 
 @pytest.fixture(autouse=True)
 def isolated_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test logs to its own SQLite store, never to the project's mlruns/."""
+    """Every test logs to its own SQLite store, never to the project's mlruns/.
+
+    Besides the environment, MLflow's process-wide URI (``mlflow.set_tracking_uri``, which
+    ``glomx.tracking.connect`` calls and which wins over the environment) is pointed at it:
+    otherwise a ``models:/`` URI would resolve in the store of an earlier test.
+    """
+    import mlflow
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     return uri
 
 

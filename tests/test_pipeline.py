@@ -1,7 +1,8 @@
 """End to end: `dvc repro` of the whole pipeline with tiny params on synthetic data.
 
 Runs in a temporary git copy of this working tree, so the project's own outputs and MLflow
-store are never touched. Slowest test of the suite (builds ResNet-50 once).
+store are never touched. Slowest test of the suite (builds ResNet-50 once, and the pretrained
+MobileNetV2 of the probe and mobilenet families).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from glomx.data.synth import make_dataset
+from glomx.models import FAMILIES
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("artifacts/", "models/", "metrics/", "plots/", "reports/", "mlruns/", "dvc.lock")
@@ -33,6 +35,12 @@ TINY = {
     "train_resnet": {
         "model": {"size": 32, "weights": "none", "finetune_epochs": 0},
         "fit": {"epochs": 1, "batch_size": 16},
+    },
+    "train_probe": {"model": {"size": 32}, "fit": {"C": [0.1], "batch_size": 16}, "stain": "none"},
+    "train_mobilenet": {
+        "model": {"size": 32, "finetune_epochs": 1},
+        "fit": {"epochs": 1, "batch_size": 16},
+        "stain": "none",
     },
     "evaluate": {"bootstrap": {"n_resamples": 50}, "gradcam_per_case": 1},
 }
@@ -97,18 +105,24 @@ def test_repro_builds_every_output(project: tuple[Path, dict[str, str]]) -> None
         "models/lr/glomx.json",
         "models/cnn/glomx.json",
         "models/resnet/glomx.json",
+        "models/probe/glomx.json",
+        "models/mobilenet/glomx.json",
         "plots/cnn/filters.png",
         "plots/augment/grid.png",
         "reports/summary.md",
     ):
         assert (root / path).is_file(), path
     evaluated = json.loads((root / "metrics" / "evaluate.json").read_text())
-    assert {"lr", "cnn", "resnet"} <= set(json.dumps(evaluated).split('"'))
+    assert set(FAMILIES) <= set(json.dumps(evaluated).split('"'))
     assert "synthetic" in (root / "reports" / "summary.md").read_text().lower()
     resnet = json.loads((root / "metrics" / "resnet.json").read_text())
     assert "none" in json.dumps(resnet) or "random" in json.dumps(resnet)
     versions, aliases = _registry(root)
-    assert len(versions) == 3 and "champion" in aliases
+    assert len(versions) == len(FAMILIES) and "champion" in aliases
+    for family in ("probe", "mobilenet"):  # pretrained, never a silent random init
+        assert (
+            json.loads((root / "metrics" / f"{family}.json").read_text())["weights"] == "imagenet"
+        )
 
 
 def test_rerun_changes_nothing(project: tuple[Path, dict[str, str]]) -> None:
