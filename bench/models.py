@@ -41,9 +41,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # glomx is imported lazily: the parent process never loads Keras
+    from glomx.data.store import ArrayStore
+    from glomx.models.base import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -114,18 +118,18 @@ def _params() -> dict[str, Any]:
     return load_params(ROOT / "params.yaml")
 
 
-def _preprocessing(params: dict[str, Any]):
+def _preprocessing(params: dict[str, Any]) -> Preprocessing:
     from glomx.models.base import Preprocessing
 
     image = params["prepare"]["image"]
     return Preprocessing(image["size"], image["channels"], image["method"], image["fill"])
 
 
-def image_store(params: dict[str, Any]):
+def image_store(params: dict[str, Any]) -> ArrayStore:
     """Every image of ``data/`` decoded as prepare does, in one store (reused while current)."""
     from glomx.data.catalogue import read_catalogue
     from glomx.data.images import load_image
-    from glomx.data.store import ArrayStore, StoreWriter
+    from glomx.data.store import ArrayStore, StoreError, StoreWriter
     from glomx.data.synth import data_kind
     from glomx.prepare import source_hash
 
@@ -139,7 +143,7 @@ def image_store(params: dict[str, Any]):
         store = ArrayStore(path)
         if store.manifest["source_hash"] == digest and store.params == {"image": image}:
             return store
-    except Exception:  # absent or torn: write it again
+    except (StoreError, KeyError):  # absent, torn or from another version: write it again
         pass
     pre = _preprocessing(params)
     print(f"decoding {len(records)} images of {data} into {path}", flush=True)
@@ -178,7 +182,7 @@ def fold_indices(
     return pairs
 
 
-def _copy(store, indices: np.ndarray, path: Path, extra: dict[str, Any]) -> None:
+def _copy(store: ArrayStore, indices: np.ndarray, path: Path, extra: dict[str, Any]) -> None:
     from glomx.data.store import StoreWriter
 
     names, slides = np.array(store.names), np.array(store.slides)
@@ -189,7 +193,9 @@ def _copy(store, indices: np.ndarray, path: Path, extra: dict[str, Any]) -> None
         w.close({**extra, "data_kind": store.data_kind})
 
 
-def write_folds(store, subset: np.ndarray, protocol: str, folds: int) -> list[dict[str, Any]]:
+def write_folds(
+    store: ArrayStore, subset: np.ndarray, protocol: str, folds: int
+) -> list[dict[str, Any]]:
     """Train/test stores of every fold under ``folds/<protocol>-<k>/``; returns their sizes."""
     labels, slides = store.labels[subset], np.array(store.slides)[subset]
     sizes = []
@@ -202,6 +208,7 @@ def write_folds(store, subset: np.ndarray, protocol: str, folds: int) -> list[di
                 "test": len(test),
                 "test_sclerotic": int(labels[test].sum()),
                 "test_slides": len(set(slides[test])),
+                "test_from_training_slides": float(np.isin(slides[test], slides[train]).mean()),
             }
         )
     return sizes
@@ -264,21 +271,26 @@ def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None) 
 
 
 def _spawn(key: str, folds: int, max_epochs: int | None) -> dict[str, Any]:
-    """Run one contender in a fresh subprocess; its output goes to ``logs/<key>.log``."""
-    command = [sys.executable, __file__, "--child", key, "--folds", str(folds)]
+    """Run one contender in a fresh subprocess; its output streams to ``logs/<key>.log``
+    (follow it with ``tail -f``), its result comes back in ``logs/<key>.json``."""
+    logs = WORK / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    result = logs / f"{key}.json"
+    result.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--child", key, "--folds", str(folds), "--result", result]
     if max_epochs is not None:
         command += ["--epochs", str(max_epochs)]
-    log = WORK / "logs" / f"{key}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    log.write_text(done.stdout + done.stderr)
-    if done.returncode:
-        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-1500:]}"}
-    return {
-        **json.loads(done.stdout.strip().splitlines()[-1]),
-        "wall_s": time.perf_counter() - start,
-    }
+    with open(logs / f"{key}.log", "w") as log:
+        code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        tail = (logs / f"{key}.log").read_text().strip()[-1500:]
+        return {"error": f"exit {code}: {tail}"}
+    return {**json.loads(result.read_text()), "wall_s": time.perf_counter() - start}
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -307,7 +319,7 @@ def table(results: dict[str, Any]) -> str:
                 f"| {contender.name} | {protocol} "
                 f"| {_mean_sd([f['balanced_accuracy'] for f in folds])} "
                 f"| {_mean_sd([f['roc_auc'] for f in folds])} "
-                f"| {np.mean([f['train_s'] for f in folds]):.3g} | {rate:.3g} "
+                f"| {_number(np.mean([f['train_s'] for f in folds]))} | {_number(rate)} "
                 f"| {result['peak_rss_mib']:.0f} |"
             )
     return "\n".join(lines)
@@ -315,12 +327,16 @@ def table(results: dict[str, Any]) -> str:
 
 def notes(config: dict[str, Any], results: dict[str, Any]) -> str:
     """What the table measured and under which settings."""
-    sizes = config["fold_sizes"]["grouped"]
     lines = [
         f"{config['images']} real crops ({config['slides']} slides) from `data/`, "
         f"{config['folds']} folds; grouped = StratifiedGroupKFold on slides, random = "
-        f"StratifiedKFold per image (leaky), both shuffle=True, random_state={SEED}. "
-        f"Held-out images per grouped fold: {[s['test'] for s in sizes]}.",
+        f"StratifiedKFold per image (leaky), both shuffle=True, random_state={SEED}.",
+        *(
+            f"{protocol}: held-out images per fold {[f['test'] for f in folds]}, of which "
+            f"{np.mean([f['test_from_training_slides'] for f in folds]):.0%} come from slides "
+            "also in the training folds."
+            for protocol, folds in config["fold_sizes"].items()
+        ),
         "Each fold: fit on the other folds with balanced class weights n/(2·n_c); the held-out "
         "fold is also the validation store the fit selects on (probe C, best epoch, early "
         "stopping): a mild optimism shared by every row. No offline augmentation; the Keras "
@@ -361,10 +377,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="use only N images (a seeded sample)")
     parser.add_argument("--epochs", type=int, help="cap every training schedule (smoke runs)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, protocol = args.child.split("@")
-        print(json.dumps(run_contender(name, protocol, args.folds, args.epochs)))
+        result = run_contender(name, protocol, args.folds, args.epochs)
+        args.result.write_text(json.dumps(result) + "\n")
         return
 
     selected = _selected(args.only)
