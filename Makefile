@@ -47,6 +47,9 @@ bench: setup ## benchmarks vs in-run baselines (bench/out/); slow, needs `make r
 	python bench/prepare.py
 	python bench/stages.py
 
+bench-models: setup data ## 5-fold CV of every model family on data/ (bench/out/models.md); ~1.5–2 h on 2 cores
+	python bench/models.py
+
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000
 SERVE_PORT ?= 5001
