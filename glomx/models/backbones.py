@@ -23,7 +23,8 @@ sha256, read by :mod:`glomx.models.torch_legacy` and converted once into a Keras
 ``.weights.h5`` under :func:`cache_dir`, which later builds load directly. torch pads stride-2
 convolutions by one pixel on every side where TF's "same" pads only bottom/right, and uses BN
 epsilon 1e-5: the MobileNetV2 here is built with explicit symmetric padding and torch's
-epsilon, so it reproduces torchvision's outputs (the ImageNet cat/espresso test checks this).
+epsilon, so it follows torchvision's numerics (the tests check the top-1 ImageNet classes
+torchvision gives for scikit-image's cat and espresso: 285 and 967).
 A missing or corrupt weights file is a :class:`BackboneWeightsError` naming the install
 command; nothing here ever falls back to random weights silently.
 """
