@@ -12,8 +12,8 @@ Why: ImageNet features transfer to histology with no training of the network: on
 shared crops a MobileNetV2 probe reached slide-grouped 5-fold CV balanced accuracy 0.92 ± 0.08
 and ROC AUC 0.98 ± 0.03 (``make bench-models``; the small CNN 0.93 / 0.98 there), and on the
 held-out test slides 0.905 / 0.963 against the CNN's 0.81 / 0.89. Cost on a 2-core CPU at
-224 px: feature extraction ≈ 10–20 images/s per view for MobileNetV2, the logistic fits take
-seconds.
+224 px: feature extraction 9–13 images/s per view for MobileNetV2 (bench-models); the
+logistic fits take seconds.
 """
 
 from __future__ import annotations
