@@ -131,7 +131,7 @@ def image_store(params: dict[str, Any]) -> ArrayStore:
     from glomx.data.images import load_image
     from glomx.data.store import ArrayStore, StoreError, StoreWriter
     from glomx.data.synth import data_kind
-    from glomx.prepare import source_hash
+    from glomx.pipeline.prepare import source_hash
 
     data, prep = ROOT / params["paths"]["data"], params["prepare"]
     if not (data / prep["csv"]).is_file():
@@ -223,7 +223,7 @@ def balanced_weights(labels: np.ndarray) -> dict[int, float]:
 def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None) -> dict:
     """In the child process: fit and score every fold; per-fold numbers and peak RSS."""
     from glomx.data.store import ArrayStore
-    from glomx.metrics import classification_metrics
+    from glomx.evaluation.metrics import classification_metrics
     from glomx.models import family_class
 
     params = _params()

@@ -41,7 +41,7 @@ def _naive(data: Path) -> int:
 
 def _prepare(data: Path) -> int:
     from glomx.params import load_params
-    from glomx.prepare import prepare  # imported before timing starts, see _measure_one
+    from glomx.pipeline.prepare import prepare  # imported before timing starts, see _measure_one
 
     params = load_params(ROOT / "params.yaml")["prepare"]
     params["image"] = {**params["image"], "size": SIZE, "channels": 3, "method": "resize"}
@@ -53,7 +53,7 @@ def _prepare(data: Path) -> int:
 def _measure_one(kind: str, data: Path) -> None:
     """Child process: run one contender and print its figures as JSON."""
     if kind == "prepare":
-        import glomx.prepare  # noqa: F401 - library import time is not image throughput
+        import glomx.pipeline.prepare  # noqa: F401 - library import time is not image throughput
     start = time.perf_counter()
     n = {"naive": _naive, "prepare": _prepare}[kind](data)
     seconds = time.perf_counter() - start

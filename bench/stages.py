@@ -47,15 +47,15 @@ def _paths() -> dict[str, str]:
 
 
 def _child_prepare() -> dict[str, Any]:
-    from glomx.prepare import prepare
+    from glomx.pipeline.prepare import prepare
 
     counts = prepare(SYNTH, WORK / "prepared", WORK / "prepare.json", _params()["prepare"])
     return {"images": counts["total"]}
 
 
 def _child_augment() -> dict[str, Any]:
-    from glomx.augment import augment_store
     from glomx.data.store import ArrayStore
+    from glomx.pipeline.augment import augment_store
 
     config = _params()["augment"]
     src = ArrayStore(WORK / "prepared" / "train")
@@ -66,8 +66,8 @@ def _child_augment() -> dict[str, Any]:
 
 
 def _child_balance() -> dict[str, Any]:
-    from glomx.balance import balance_store
     from glomx.data.store import ArrayStore
+    from glomx.pipeline.balance import balance_store
 
     summary = balance_store(ArrayStore(WORK / "augmented"), WORK / "balanced", _params()["balance"])
     return {"images": sum(summary["after"].values())}
@@ -77,7 +77,7 @@ def _child_train_lr() -> dict[str, Any]:
     import os
 
     from glomx.models.logistic import LogisticClassifier
-    from glomx.training import prepared_preprocessing, run_training
+    from glomx.pipeline.train import prepared_preprocessing, run_training
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
     paths = _paths()

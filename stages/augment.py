@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from glomx.augment import augment_store, grid_figure
 from glomx.data.store import ArrayStore
 from glomx.params import load_params
+from glomx.pipeline.augment import augment_store, grid_figure
 from glomx.stage_main import stage_main
 from glomx.tracking import stage_run
 

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from glomx.balance import balance_store
 from glomx.data.store import ArrayStore
 from glomx.params import flatten, load_params
+from glomx.pipeline.balance import balance_store
 from glomx.stage_main import stage_main
 from glomx.tracking import stage_run
 

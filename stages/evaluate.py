@@ -1,8 +1,8 @@
 """DVC stage: score the trained models on the test split, report, promote the champion."""
 
-from glomx.evaluate import evaluate
 from glomx.evaluation.report import with_interval
 from glomx.params import load_params
+from glomx.pipeline.evaluate import evaluate
 from glomx.stage_main import stage_main
 
 with stage_main("evaluate"):

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from glomx.params import load_params
-from glomx.prepare import log_prepare_run, prepare
+from glomx.pipeline.prepare import log_prepare_run, prepare
 from glomx.stage_main import stage_main
 
 with stage_main("prepare"):

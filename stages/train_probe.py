@@ -1,7 +1,7 @@
 """DVC stage train-probe: logistic regression on frozen pretrained ImageNet features."""
 
+from glomx.pipeline.train import train_stage
 from glomx.stage_main import stage_main
-from glomx.training import train_stage
 
 with stage_main("train-probe"):
     train_stage("probe")

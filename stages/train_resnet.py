@@ -1,7 +1,7 @@
 """DVC stage train-resnet: ResNet-50 transfer learning (ImageNet weights, or random init)."""
 
+from glomx.pipeline.train import train_stage
 from glomx.stage_main import stage_main
-from glomx.training import train_stage
 
 with stage_main("train-resnet"):
     train_stage("resnet")

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from skimage.color import hed2rgb
 
-from glomx.augment import (
+from glomx.data.store import ArrayStore, StoreWriter
+from glomx.pipeline.augment import (
     OPS,
     AugmentError,
     augment_image,
@@ -22,7 +23,6 @@ from glomx.augment import (
     parse_ops,
     stain_jitter,
 )
-from glomx.data.store import ArrayStore, StoreWriter
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = [0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1]  # 8 : 4

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from glomx.balance import CLASS_WEIGHTS, BalanceError, balance_store, smote_chunks
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.pipeline.balance import CLASS_WEIGHTS, BalanceError, balance_store, smote_chunks
 
 LABELS = [0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # 10 : 4
 

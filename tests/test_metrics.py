@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from glomx import metrics
+from glomx.evaluation import metrics
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 0])
 P = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.9, 0.55])

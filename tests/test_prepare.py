@@ -18,7 +18,7 @@ from glomx.data.split import read_split_csv
 from glomx.data.store import ArrayStore
 from glomx.data.synth import make_dataset
 from glomx.params import load_params
-from glomx.prepare import PrepareError, prepare
+from glomx.pipeline.prepare import PrepareError, prepare
 from glomx.tracking import EXPERIMENT
 
 REPO = Path(__file__).resolve().parents[1]

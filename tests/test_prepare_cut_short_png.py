@@ -11,7 +11,7 @@ import pytest
 
 from glomx.data.synth import make_dataset
 from glomx.params import load_params
-from glomx.prepare import PrepareError, prepare
+from glomx.pipeline.prepare import PrepareError, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 

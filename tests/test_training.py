@@ -15,8 +15,8 @@ from glomx.data.store import StoreWriter
 from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
 from glomx.models.logistic import LogisticClassifier
+from glomx.pipeline.train import class_weights, prepared_preprocessing, run_training
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
-from glomx.training import class_weights, prepared_preprocessing, run_training
 
 PRE = Preprocessing(size=24, channels=3, method="pad", fill="white")
 PARAMS = {

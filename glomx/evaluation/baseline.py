@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from glomx.data.store import ArrayStore
-from glomx.metrics import choose_threshold
+from glomx.evaluation.metrics import choose_threshold
 
 NAME = "colour_baseline"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glomx.metrics import _from_counts, _ratio
+from glomx.evaluation.metrics import _from_counts, _ratio
 
 METRICS = (
     "accuracy",
@@ -106,7 +106,7 @@ def metrics_from_totals(totals: np.ndarray, n_bins: int, n_scores: int) -> dict[
     tp_at = np.cumsum(pos[:, ::-1], axis=1)  # thresholds from the highest score down
     precision = np.nan_to_num(_ratio(tp_at, tp_at + np.cumsum(neg[:, ::-1], axis=1)))
     out["pr_auc"] = _ratio((pos[:, ::-1] * precision).sum(axis=1), n_pos)
-    out["pr_auc"][n_neg == 0] = np.nan  # one class: undefined, as in glomx.metrics
+    out["pr_auc"][n_neg == 0] = np.nan  # one class: undefined, as in glomx.evaluation.metrics
     return {name: out[name] for name in METRICS}
 
 

@@ -49,7 +49,7 @@ from sklearn.preprocessing import StandardScaler
 
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
-from glomx.metrics import epoch_scores
+from glomx.evaluation.metrics import epoch_scores
 from glomx.models.base import Classifier, ModelMeta, Preprocessing
 from glomx.params import dataclass_from
 

@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 
 from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
-from glomx.metrics import epoch_scores
+from glomx.evaluation.metrics import epoch_scores
 from glomx.models.backbones import BACKBONES, load_backbone
 from glomx.models.keras_common import KerasClassifier
 

@@ -9,7 +9,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from glomx import metrics as glomx_metrics
+from glomx.evaluation import metrics as glomx_metrics
 from glomx.evaluation.bootstrap import (
     METRICS,
     MIN_SLIDES,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from glomx.metrics import write_plot_data
+from glomx.evaluation.metrics import write_plot_data
 
 vl_convert = pytest.importorskip("vl_convert")
 REPO = Path(__file__).resolve().parents[2]

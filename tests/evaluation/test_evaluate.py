@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from glomx.evaluate import EvaluateError, evaluate, sites_of
 from glomx.evaluation.bootstrap import METRICS
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
+from glomx.pipeline.evaluate import EvaluateError, evaluate, sites_of
 from glomx.tracking.runs import MODEL_DESCRIPTION, REGISTERED_MODEL
 
 

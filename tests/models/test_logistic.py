@@ -11,7 +11,7 @@ import pytest
 
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
-from glomx.metrics import classification_metrics
+from glomx.evaluation.metrics import classification_metrics
 from glomx.models import load_classifier, logistic
 from glomx.models.base import Preprocessing
 from glomx.models.logistic import LogisticClassifier

@@ -251,7 +251,7 @@ def test_keras_callback_logs_each_epoch_as_it_ends(isolated_mlflow: str) -> None
 
 def test_lr_training_path_never_imports_tensorflow() -> None:
     code = (
-        "import sys, glomx.training, glomx.models.logistic, glomx.tracking.pyfunc;"
+        "import sys, glomx.pipeline.train, glomx.models.logistic, glomx.tracking.pyfunc;"
         "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -28,9 +28,9 @@ from glomx.evaluation.baseline import NAME as BASELINE
 from glomx.evaluation.baseline import ColourBaseline
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.calibration import reliability_figure
+from glomx.evaluation.metrics import confusion_figure, pr_figure, roc_figure, write_plot_data
 from glomx.evaluation.report import DataSummary, summary_markdown, with_interval
 from glomx.evaluation.scoring import score_store
-from glomx.metrics import confusion_figure, pr_figure, roc_figure, write_plot_data
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.tracking import StageRun, stage_run

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from glomx import metrics as m
 from glomx.data.store import ArrayStore
+from glomx.evaluation import metrics as m
 from glomx.models import family_class
 from glomx.models.base import META_FILE, Classifier, Preprocessing
 from glomx.params import load_params
@@ -119,7 +119,7 @@ def run_training(
     if classifier.meta.preprocessing != prepared_preprocessing(paths):
         raise ValueError(
             f"{stage}: the model's preprocessing {classifier.meta.preprocessing} differs from "
-            f"the prepared data's; build it with glomx.training.prepared_preprocessing(paths)"
+            f"the prepared data's; build it with glomx.pipeline.train.prepared_preprocessing(paths)"
         )
     family = classifier.meta.family
     kind = val.data_kind

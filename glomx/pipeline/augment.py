@@ -33,7 +33,7 @@ from skimage.transform import AffineTransform, warp
 
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import GlomxError
-from glomx.metrics import CLASS_NAMES
+from glomx.evaluation.metrics import CLASS_NAMES
 
 OPS: dict[str, tuple[str, ...]] = {
     "dihedral": (),
