@@ -1,5 +1,11 @@
-"""Shared fixtures: an isolated MLflow store per test, the real data from ../shared, and a
-PNG cut short that every image entry point must refuse."""
+"""Shared fixtures: an isolated MLflow store per test, the real data from ../shared, a PNG cut
+short that every image entry point must refuse, and, for the evaluate, predict and serving
+tests, tiny prepared stores and a fitted LR model.
+
+The tiny stores hold 16 px images; class 1 is darker (a cue LR learns in two epochs). Slides
+carry site prefixes like the real data (``SAS_1``, ``VUHSK_2``) so per-site metrics have two
+sites.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,24 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from glomx.data.store import ArrayStore, StoreWriter
+from glomx.models import load_classifier
+from glomx.models.base import Preprocessing
+from glomx.models.logistic import LogisticClassifier
+from glomx.tracking import stage_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REMOTE = REPO.parent / "shared" / "glomeruli" / "dvc-remote"
+SIZE = 16
+PRE = Preprocessing(size=SIZE, channels=3, method="pad", fill="white")
+SITES = ("SAS", "VUHSK")
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +88,75 @@ def cut_short_png() -> bytes:
         + chunk(b"IDAT", zlib.compress(pixels))
         + chunk(b"IEND", b"")
     )
+
+
+def images_for(labels: np.ndarray, seed: int, size: int = SIZE) -> np.ndarray:
+    """Noisy tiles, class 1 about 60 grey levels darker."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(140, 220, (len(labels), size, size, 3))
+    return (base - 60 * labels[:, None, None, None]).astype(np.uint8)
+
+
+def write_split(path: Path, n: int, seed: int, first_slide: int, n_slides: int = 4) -> ArrayStore:
+    """``n`` images over ``n_slides`` slides (half per site), every third one sclerotic."""
+    labels = (np.arange(n) % 3 == 0).astype(np.uint8)
+    slides = [f"{SITES[i % 2]}_{first_slide + i % n_slides}" for i in range(n)]
+    names = [f"{s}-{i}.png" for i, s in enumerate(slides)]
+    with StoreWriter(path, (SIZE, SIZE, 3), {"image": asdict(PRE)}) as writer:
+        writer.append(images_for(labels, seed), labels, names, slides)
+        return writer.close({"data_kind": "synthetic"})
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``prepared/{train,val,test}`` stores (slides differ between splits); test has six
+    slides, three per site, like the real test split (intervals overall, none per site)."""
+    root = tmp_path_factory.mktemp("prepared")
+    for split, n, seed, slides in (("train", 48, 0, 4), ("val", 24, 1, 4), ("test", 32, 2, 6)):
+        write_split(root / split, n, seed, first_slide=10 * seed, n_slides=slides)
+    return root
+
+
+@pytest.fixture(scope="session")
+def lr_dir(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fitted, saved LR model (8 px input, 2 epochs)."""
+    clf = LogisticClassifier.from_params({"model": {"size": 8}, "fit": {"epochs": 2}}, PRE)
+    clf.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
+    out = tmp_path_factory.mktemp("models") / "lr"
+    clf.save(out)
+    return out
+
+
+@pytest.fixture
+def registered_lr(lr_dir: Path, prepared: Path) -> str:
+    """``lr_dir`` logged and registered as the training stage does (in this test's store)."""
+    clf = load_classifier(lr_dir)
+    images = ArrayStore(prepared / "val").read([0])
+    with stage_run("train-lr", {}, "synthetic") as run:
+        return run.log_and_register(lr_dir, clf, images, {"val_balanced_accuracy": 0.9})
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def png_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder to predict: 3 good PNGs of two slides (one in a sub-folder, 24 px RGBA), a
+    truncated PNG, a text file named .png, and files a folder scan ignores (notes.txt,
+    .hidden.png). ``SAS_1-0.png`` is sclerotic-like (dark), ``SAS_1-1.png`` is not."""
+    folder = tmp_path_factory.mktemp("patches")
+    good = images_for(np.array([1, 0], dtype=np.uint8), seed=5)
+    write_png(folder / "SAS_1-0.png", good[0])
+    write_png(folder / "SAS_1-1.png", good[1])
+    rgb = images_for(np.array([0], dtype=np.uint8), seed=6, size=24)[0]
+    write_png(
+        folder / "deeper" / "VUHSK_7-3.png", np.dstack([rgb, np.full((24, 24), 255, np.uint8)])
+    )
+    (folder / "SAS_1-9.png").write_bytes((folder / "SAS_1-0.png").read_bytes()[:60])
+    (folder / "VUHSK_7-8.png").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored by a folder scan")
+    write_png(folder / ".hidden.png", good[0])
+    return folder

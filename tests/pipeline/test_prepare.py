@@ -21,7 +21,7 @@ from glomx.params import load_params
 from glomx.pipeline.prepare import PrepareError, prepare
 from glomx.tracking import EXPERIMENT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

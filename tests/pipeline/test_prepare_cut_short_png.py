@@ -13,7 +13,7 @@ from glomx.data.synth import make_dataset
 from glomx.params import load_params
 from glomx.pipeline.prepare import PrepareError, prepare
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_png_cut_short_is_refused_or_skipped(cut_short_png: bytes, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from glomx.pipeline.augment import (
     stain_jitter,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LABELS = [0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1]  # 8 : 4
 ALL_ON = {
     "dihedral": {"enabled": True},

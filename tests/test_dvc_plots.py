@@ -17,7 +17,7 @@ import yaml
 from glomx.evaluation.metrics import write_plot_data
 
 vl_convert = pytest.importorskip("vl_convert")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # 7 negatives (one scored high), 4 positives (one scored low): tn 6, fp 1, fn 1, tp 3
 LABELS = np.array([0] * 7 + [1] * 4)
 PROBA = np.array([0.1, 0.2, 0.3, 0.15, 0.25, 0.05, 0.7, 0.8, 0.9, 0.6, 0.4])
