@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -99,3 +100,13 @@ def test_prepare_script_on_a_header_only_csv(tmp_path: Path, debug: bool) -> Non
     assert "data/public.csv has a header but no rows" in done.stderr
     assert ("Traceback (most recent call last)" in done.stderr) is debug
     assert "prepare failed: " in done.stderr or debug
+
+
+def test_success_logs_wall_time_and_peak_memory(caplog: pytest.LogCaptureFixture) -> None:
+    ballast = bytearray(64 * 2**20)  # touch 64 MiB, so the peak is at least that
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    with caplog.at_level("INFO", logger="glomx"), stage_main("demo"):
+        pass
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("demo done")]
+    match = re.fullmatch(r"demo done in \d+ s, peak RSS (\d+) MiB", line)
+    assert match and int(match[1]) >= 64
