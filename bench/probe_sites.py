@@ -1,15 +1,17 @@
-"""Does the linear probe's threshold transfer across labs? Leave-one-site-out on train + val.
+"""Which backbone and stain for the probe, and does its threshold transfer across labs?
 
-For each stain normalisation, the probe's features (MobileNetV2 at 224 px, as train-probe
-computes them) of the prepared train and val stores — never test — are pooled; each of the
-sites with both classes is held out in turn, the probe (standardise + balanced logistic
-regression, C = 0.01) is fitted on the other sites and scored on it at threshold 0.5 and at a
-threshold chosen on the held-in sites' out-of-fold predictions (slide-grouped 5-fold CV): the
-"threshold chosen on validation" remedy. The per-site oracle threshold shows how far apart
-the sites' best thresholds lie.
+Train + val only, never test. For each backbone and stain normalisation, the probe's features
+(at 224 px, as train-probe computes them) of the prepared train and val stores are pooled and
+scored two ways: slide-grouped 6-fold CV (the pooled out-of-fold balanced accuracy and
+ROC-AUC), and leave-one-site-out: each of the sites with both classes is held out in turn,
+the probe (standardise + balanced logistic regression, C = 0.01) is fitted on the other sites
+and scored on it at threshold 0.5 and at a threshold chosen on the held-in sites' out-of-fold
+predictions (slide-grouped 5-fold CV): the "threshold chosen on validation" remedy. The
+per-site oracle threshold shows how far apart the sites' best thresholds lie.
 
-Usage: ``python bench/probe_sites.py [--stains none,macenko,reinhard]`` after ``dvc repro
-prepare``; prints a markdown table and writes ``bench/out/probe_sites.md``.
+Usage: ``python bench/probe_sites.py [--backbones mobilenet_v2,efficientnet_lite0]
+[--stains none,macenko,reinhard]`` after ``dvc repro prepare``; prints markdown tables and
+writes ``bench/out/probe_sites.md``.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE, C = 224, 0.01
 
 
-def features(stores: list[ArrayStore], stain: StainNormalizer) -> np.ndarray:
-    """Global-pooled MobileNetV2 features of every image of ``stores``."""
+def features(stores: list[ArrayStore], backbone: str, stain: StainNormalizer) -> np.ndarray:
+    """Global-pooled ``backbone`` features of every image of ``stores``."""
     import keras
 
     from glomx.models.backbones import pretrained_model
 
-    net = pretrained_model("mobilenet_v2", SIZE)
+    net = pretrained_model(backbone, SIZE)
     pooled = keras.Model(net.inputs, keras.layers.GlobalAveragePooling2D()(net.outputs[0]))
     parts = [
         pooled.predict(stain.transform(adapt(chunk, SIZE, 3)).astype(np.float32), verbose=0)
@@ -54,14 +56,22 @@ def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
     return float(max(np.unique(proba), key=lambda t: balanced_accuracy_score(labels, proba >= t)))
 
 
+def probe() -> Pipeline:
+    """Standardise + balanced logistic regression, as train-probe fits it."""
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
+    )
+
+
+def grouped_cv(x: np.ndarray, y: np.ndarray, slides: np.ndarray) -> tuple[float, float]:
+    """Pooled out-of-fold (balanced accuracy @ 0.5, ROC-AUC) of slide-grouped 6-fold CV."""
+    cv = StratifiedGroupKFold(6, shuffle=True, random_state=0)
+    oof = cross_val_predict(probe(), x, y, groups=slides, cv=cv, method="predict_proba")[:, 1]
+    return balanced_accuracy_score(y, oof >= 0.5), roc_auc_score(y, oof)
+
+
 def leave_one_site_out(x: np.ndarray, y: np.ndarray, slides: np.ndarray, sites: np.ndarray):
     """Rows ``(site, AUC, bal. acc. @0.5, chosen t, bal. acc. @t, oracle t)``."""
-
-    def probe() -> Pipeline:
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
-        )
-
     cv = StratifiedGroupKFold(5, shuffle=True, random_state=0)
     for site in sorted(set(sites)):
         held, rest = sites == site, sites != site
@@ -84,6 +94,7 @@ def leave_one_site_out(x: np.ndarray, y: np.ndarray, slides: np.ndarray, sites: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", default="mobilenet_v2,efficientnet_lite0")
     parser.add_argument("--stains", default="none,macenko,reinhard")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -94,25 +105,39 @@ def main() -> None:
     sites = np.array([s.split("_")[0].split("-")[0] for s in slides])
     train = stores[0]
     sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), FIT_SAMPLE)).astype(int))
-    lines = [
-        f"Leave-one-site-out on train + val ({len(y)} crops, {len(set(slides))} slides), "
-        f"MobileNetV2 probe, C = {C}",
+    head = f"train + val: {len(y)} crops, {len(set(slides))} slides; probe C = {C}"
+    summary = [
+        f"Probe choice on {head}",
         "",
-        "| stain | held-out site | ROC-AUC | bal. acc. @ 0.5 | t chosen on held-in | "
-        "bal. acc. @ t | oracle t |",
+        "| backbone | stain | grouped CV bal. acc. | grouped CV ROC-AUC | "
+        "leave-one-site-out: mean ROC-AUC | mean bal. acc. @ 0.5 | mean bal. acc. @ t |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for method in args.stains.split(","):
-        stain = StainNormalizer("none")
-        if method != "none":
-            stain = StainNormalizer.fit(method, adapt(train.read(sample), SIZE, 3))
-        x = features(stores, stain)
-        rows = list(leave_one_site_out(x, y, slides, sites))
-        for site, auc, bal, t, bal_t, oracle in rows:
-            cells = f"{auc:.3f} | {bal:.3f} | {t:.2f} | {bal_t:.3f} | {oracle:.2f}"
-            lines.append(f"| {method} | {site} | {cells} |")
-        mean = np.mean([[r[1], r[2], r[4]] for r in rows], axis=0)
-        lines.append(f"| {method} | **mean** | {mean[0]:.3f} | {mean[1]:.3f} | | {mean[2]:.3f} | |")
+    sites_table = [
+        f"Leave-one-site-out per site on {head}",
+        "",
+        "| backbone | stain | held-out site | ROC-AUC | bal. acc. @ 0.5 | t chosen on held-in | "
+        "bal. acc. @ t | oracle t |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for backbone in args.backbones.split(","):
+        for method in args.stains.split(","):
+            stain = StainNormalizer("none")
+            if method != "none":
+                stain = StainNormalizer.fit(method, adapt(train.read(sample), SIZE, 3))
+            x = features(stores, backbone, stain)
+            rows = list(leave_one_site_out(x, y, slides, sites))
+            for site, auc, bal, t, bal_t, oracle in rows:
+                cells = f"{auc:.3f} | {bal:.3f} | {t:.2f} | {bal_t:.3f} | {oracle:.2f}"
+                sites_table.append(f"| {backbone} | {method} | {site} | {cells} |")
+            mean = np.mean([[r[1], r[2], r[4]] for r in rows], axis=0)
+            cv_bal, cv_auc = grouped_cv(x, y, slides)
+            summary.append(
+                f"| {backbone} | {method} | {cv_bal:.3f} | {cv_auc:.3f} | {mean[0]:.3f} | "
+                f"{mean[1]:.3f} | {mean[2]:.3f} |"
+            )
+            print(summary[-1], flush=True)
+    lines = [*summary, "", *sites_table]
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "bench" / "out"
