@@ -75,7 +75,8 @@ def serve(
     artifacts = (artifacts or folder / "artifacts").resolve()
     postgres = Postgres(folder, server_user(pg_user))
     postgres.init()
-    signal.signal(signal.SIGTERM, _stop_on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too where a shell ignored it
+        signal.signal(signum, _stop_on_signal)
     postgres.start()
     process = None
     try:
