@@ -77,9 +77,9 @@ def serve(
     postgres.init()
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too where a shell ignored it
         signal.signal(signum, _stop_on_signal)
-    postgres.start()
     process = None
     try:
+        postgres.start()
         postgres.ensure_database(DATABASE)
         env = {
             **os.environ,
