@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models plots ui \
-        serve predict clean
+        server serve predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -54,10 +54,16 @@ TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking
 PORT ?= 5000
 SERVE_PORT ?= 5001
 DIR ?= data
+HOST ?= 127.0.0.1
+SERVER_DIR ?= mlflow-server
+ARTIFACTS ?= $(SERVER_DIR)/artifacts
 
 ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
 	@echo "open $$(python -c 'from glomx.tracking.runs import ui_url; print(ui_url("http://127.0.0.1:$(PORT)"))')"
 	mlflow ui --backend-store-uri "$(TRACKING)" -h 127.0.0.1 -p $(PORT)
+
+server: setup ## team MLflow server on http://$(HOST):$(PORT): PostgreSQL store in $(SERVER_DIR), artifacts in $(ARTIFACTS)
+	glomx server --dir "$(SERVER_DIR)" --artifacts "$(ARTIFACTS)" --host $(HOST) --port $(PORT)
 
 serve: setup ## serve the champion model on http://127.0.0.1:$(SERVE_PORT)/invocations
 	MLFLOW_TRACKING_URI="$(TRACKING)" mlflow models serve -m models:/glomx@champion \

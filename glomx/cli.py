@@ -1,4 +1,5 @@
-"""The ``glomx`` command: synthetic demo data, predictions and the current champion."""
+"""The ``glomx`` command: synthetic demo data, predictions, the current champion and the team's
+tracking server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from glomx.cli_predict import add_champion_parser, add_predict_parser
+from glomx.server.main import add_server_parser
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
     add_predict_parser(sub)
     add_champion_parser(sub)
+    add_server_parser(sub)
     return parser
 
 

@@ -9,82 +9,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from pipeline_copy import make_copy, run
 
-from glomx.data.synth import make_dataset
 from glomx.models import FAMILIES
-
-REPO = Path(__file__).resolve().parents[1]
-OUTPUTS = ("artifacts/", "models/", "metrics/", "plots/", "reports/", "mlruns/", "dvc.lock")
-
-TINY = {
-    "prepare": {"image": {"size": 32}},
-    "augment": {"workers": 1},
-    "train_lr": {"model": {"size": 16}, "fit": {"epochs": 2}},
-    "train_cnn": {
-        "model": {"size": 32, "filters": [8, 16]},
-        "fit": {"epochs": 1, "batch_size": 16, "jit_compile": False},
-    },
-    "train_resnet": {
-        "model": {"size": 32, "weights": "none", "finetune_epochs": 0},
-        "fit": {"epochs": 1, "batch_size": 16},
-    },
-    "train_probe": {"model": {"size": 32}, "fit": {"C": [0.1], "batch_size": 16}, "stain": "none"},
-    "train_mobilenet": {
-        "model": {"size": 32, "finetune_epochs": 1},
-        "fit": {"epochs": 1, "batch_size": 16},
-        "stain": "none",
-    },
-    "evaluate": {"bootstrap": {"n_resamples": 50}, "gradcam_per_case": 1},
-}
-
-
-def _merge(base: dict, override: dict) -> dict:
-    for key, value in override.items():
-        base[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return base
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, (
-        f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    )
-    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A git copy of the working tree's sources, synthetic data, tiny params; after `dvc repro`."""
     root = tmp_path_factory.mktemp("e2e") / "glomx"
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(OUTPUTS):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    make_dataset(root / "data", 90, seed=5, size_range=(40, 80), n_slides=12, workers=1)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own mlruns/, as a user gets it
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    _run(["git", "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "e2e"], root, env)
-    _run(["dvc", "repro"], root, env)
+    env = make_copy(root)
+    run(["dvc", "repro"], root, env)
     return root, env
 
 
@@ -128,16 +66,16 @@ def test_repro_builds_every_output(project: tuple[Path, dict[str, str]]) -> None
 def test_rerun_changes_nothing(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     before = _registry(root)
-    out = _run(["dvc", "repro"], root, env)
+    out = run(["dvc", "repro"], root, env)
     assert "Running stage" not in out
-    _run(["dvc", "repro", "-f", "-s", "evaluate"], root, env)
+    run(["dvc", "repro", "-f", "-s", "evaluate"], root, env)
     assert _registry(root) == before
 
 
 def test_predict_with_the_champion(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     folder = root / "data" / "globally_sclerotic_glomeruli"
-    _run(["glomx", "predict", str(folder), "--out", "pred.csv"], root, env)
+    run(["glomx", "predict", str(folder), "--out", "pred.csv"], root, env)
     with open(root / "pred.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(list(folder.glob("*.png")))

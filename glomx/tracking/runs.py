@@ -82,6 +82,14 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_T
 _QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.pyfunc", "mlflow.models.model")
 
 
+SQLITE_LOCKED = (
+    "MLflow store {uri} stayed locked by another process: SQLite lets one process write at a "
+    "time and MLflow waits 20 s for the lock, so parallel jobs (`dvc queue start -j N`) can "
+    "fail this way. Run parallel experiments against the team's tracking server: `make server`, "
+    "then MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (README: Working as a team)"
+)
+
+
 class TrackingError(GlomxError, RuntimeError):
     """MLflow cannot be used (unreachable server, unusable store); the message names the URI."""
 
@@ -507,23 +515,37 @@ def close_stale_runs(client: MlflowClient, exp_id: str, stage: str) -> list[str]
 
 
 @contextmanager
+def _lock_explained(uri: str) -> Iterator[None]:
+    """SQLite's ``database is locked`` as a :class:`TrackingError` that says why and what to do."""
+    try:
+        yield
+    except Exception as err:
+        if _sqlite_path(uri) is None or "database is locked" not in str(err):
+            raise
+        raise TrackingError(SQLITE_LOCKED.format(uri=uri)) from err
+
+
+@contextmanager
 def stage_run(
     stage: str, params: dict[str, Any], data_kind: str, root: str | Path | None = None
 ) -> Iterator[StageRun]:
     """One MLflow run named after ``stage``, tagged with provenance, ``params`` logged.
 
     The run ends FAILED if the block raises. Raises :class:`TrackingError` within seconds when
-    the tracking server is unreachable.
+    the tracking server is unreachable, and one saying why when a SQLite store is locked.
     """
-    uri = connect(root)
-    exp = experiment_id(uri)
-    for stale in close_stale_runs(MlflowClient(uri), exp, stage):
-        log.warning("%s: run %s was left RUNNING by a killed process; marked KILLED", stage, stale)
-    process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    tags = {**provenance_tags(stage, data_kind), **process}
-    with mlflow.start_run(experiment_id=exp, run_name=stage, tags=tags) as active:
-        run = StageRun(active.info.run_id, stage, data_kind, exp, tags)
-        run.log_params(params)
-        yield run
-        if "keras.backend" not in tags and (backend := keras_backend()):
-            run.set_tags({"keras.backend": backend})  # Keras was loaded inside the block
+    with _lock_explained(tracking_uri(root)):
+        uri = connect(root)
+        exp = experiment_id(uri)
+        for stale in close_stale_runs(MlflowClient(uri), exp, stage):
+            log.warning(
+                "%s: run %s was left RUNNING by a killed process; marked KILLED", stage, stale
+            )
+        process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        tags = {**provenance_tags(stage, data_kind), **process}
+        with mlflow.start_run(experiment_id=exp, run_name=stage, tags=tags) as active:
+            run = StageRun(active.info.run_id, stage, data_kind, exp, tags)
+            run.log_params(params)
+            yield run
+            if "keras.backend" not in tags and (backend := keras_backend()):
+                run.set_tags({"keras.backend": backend})  # Keras was loaded inside the block

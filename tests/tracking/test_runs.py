@@ -222,6 +222,21 @@ def test_failed_block_ends_the_run_failed_and_logging_outside_is_refused(
         run.log_metrics({"x": 1.0})
 
 
+def test_a_locked_sqlite_store_says_why_and_points_to_the_server(isolated_mlflow: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    locked = MlflowException("(sqlite3.OperationalError) database is locked")  # as MLflow raises
+    with (
+        pytest.raises(TrackingError, match="make server") as caught,
+        stage_run("train-lr", {}, "real"),
+    ):
+        raise locked
+    assert isolated_mlflow in str(caught.value) and caught.value.__cause__ is locked
+    assert "one process write at a time" in str(caught.value)
+    (logged,) = _runs(isolated_mlflow)
+    assert logged.info.status == "FAILED"
+
+
 def test_unreachable_server_is_a_clear_error_naming_the_uri(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
