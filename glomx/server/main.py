@@ -55,8 +55,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> No
     raise ServerError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's process group (its workers too), SIGKILL after a grace time."""
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to a server's process group (its workers too), SIGKILL after a grace time."""
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)
@@ -115,7 +115,7 @@ def serve(
         return 0
     finally:
         if process is not None:
-            _terminate(process)
+            terminate(process)
         postgres.stop()
 
 

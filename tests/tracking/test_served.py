@@ -11,11 +11,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +28,8 @@ from glomx.data.images import load_image
 from glomx.data.store import ArrayStore
 from glomx.models import load_classifier
 from glomx.predict import load_model, predict_files
+from glomx.server.main import ServerError, terminate, wait_ready
+from glomx.server.postgres import free_port
 from glomx.tracking import stage_run
 from glomx.tracking.pyfunc import INPUT_REFUSAL
 from glomx.tracking.registry import promote
@@ -71,17 +70,6 @@ def test_pyfunc_round_trip_and_predict_by_uri(
     assert row["model"] == f"models:/glomx/{champion}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float) -> int:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.status
-
-
 def strict_json(text: str) -> Any:
     """``json.loads`` that refuses NaN and Infinity, as JavaScript's ``JSON.parse`` does."""
 
@@ -102,7 +90,7 @@ def server(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactor
         with stage_run("train-lr", {}, "synthetic") as run:
             version = run.log_and_register(lr_dir, load_classifier(lr_dir), images)
         promote([version])
-        port = _free_port()
+        port = free_port()
         # mlflow execs `uvicorn` from PATH: the one installed beside this interpreter
         env = {
             **os.environ,
@@ -117,19 +105,13 @@ def server(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactor
         )  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + SERVE_TIMEOUT_S
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    if _get(f"{base}/ping", 2) == 200:
-                        break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                assert time.monotonic() < deadline, "server did not answer /ping in time"
-                time.sleep(0.5)
+            try:
+                wait_ready(base, server, SERVE_TIMEOUT_S)
+            except ServerError as err:
+                pytest.fail(f"{err}\n{log_path.read_text()[-3000:]}")
             yield base
         finally:
-            _stop(server)
+            terminate(server)
 
 
 def _post(base: str, columns: list[str], rows: list[list[str | None]]) -> tuple[int, str]:
@@ -220,20 +202,6 @@ def test_readme_serve_command_on_the_largest_real_patch(
     local = load_classifier(lr_dir)
     expected = local.predict_proba(load_image(largest, local.meta.preprocessing)[None])[0]
     assert row["error"] is None and row["probability"] == pytest.approx(expected, abs=1e-6)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """End the server's process group (mlflow → uvicorn → worker)."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def test_champion_command(champion: str, capsys: pytest.CaptureFixture[str]) -> None:
