@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from glomx.data.adapt import adapt
-from glomx.data.stain import FIT_SAMPLE, StainNormalizer
+from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
 from glomx.params import load_params
 
@@ -104,7 +104,6 @@ def main() -> None:
     slides = np.concatenate([np.asarray(s.slides) for s in stores])
     sites = np.array([s.split("_")[0].split("-")[0] for s in slides])
     train = stores[0]
-    sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), FIT_SAMPLE)).astype(int))
     head = f"train + val: {len(y)} crops, {len(set(slides))} slides; probe C = {C}"
     summary = [
         f"Probe choice on {head}",
@@ -122,9 +121,7 @@ def main() -> None:
     ]
     for backbone in args.backbones.split(","):
         for method in args.stains.split(","):
-            stain = StainNormalizer("none")
-            if method != "none":
-                stain = StainNormalizer.fit(method, adapt(train.read(sample), SIZE, 3))
+            stain = StainNormalizer.fit_store(method, train, SIZE, 3)
             x = features(stores, backbone, stain)
             rows = list(leave_one_site_out(x, y, slides, sites))
             for site, auc, bal, t, bal_t, oracle in rows:

@@ -111,7 +111,7 @@ def _child_feed(steps: int = 40) -> dict[str, Any]:
     clf, model = _cnn(store.image_shape[0])
     cfg, size = clf.fit_config, clf.meta.size
     feed = StoreSequence(
-        store, cfg.batch_size, size, 3, 0, cfg.dihedral, cfg.color_jitter, cfg.workers
+        store, cfg.batch_size, clf.adapted, 0, cfg.dihedral, cfg.color_jitter, cfg.workers
     )
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (cfg.batch_size * 8, size, size, 3)).astype("float32")

@@ -61,6 +61,9 @@ from typing import Any
 
 import numpy as np
 
+from glomx.data.adapt import adapt
+from glomx.data.store import ArrayStore
+
 METHODS = ("none", "macenko", "reinhard")
 FIT_SAMPLE = 256
 IO = 240.0
@@ -160,6 +163,11 @@ def _reinhard_estimate(od: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, np.
     return mean, std
 
 
+def fit_sample(n: int) -> np.ndarray:
+    """Indices of at most :data:`FIT_SAMPLE` evenly spaced items out of ``n``."""
+    return np.unique(np.linspace(0, n - 1, min(n, FIT_SAMPLE)).astype(int))
+
+
 def _channels_first(image: np.ndarray) -> np.ndarray:
     """``(H, W, C)`` uint8 → its RGB as contiguous ``(3, H * W)``."""
     return np.ascontiguousarray(np.asarray(image)[..., :3].reshape(-1, 3).T)
@@ -216,9 +224,9 @@ class StainNormalizer:
             return cls("none")
         if len(images) == 0:
             raise ValueError(f"StainNormalizer.fit({method!r}): no images to fit on")
-        sample = np.unique(np.linspace(0, len(images) - 1, min(len(images), FIT_SAMPLE)).round())
+        sample = fit_sample(len(images))
         estimates = []
-        for i in sample.astype(int):
+        for i in sample:
             rgb = _channels_first(images[i])
             estimate = (
                 _macenko_estimate(_OD[rgb])
@@ -240,6 +248,14 @@ class StainNormalizer:
                 method, {"stain_vectors": first.tolist(), "max_concentrations": second.tolist()}
             )
         return cls(method, {"lab_mean": first.tolist(), "lab_std": second.tolist()})
+
+    @classmethod
+    def fit_store(cls, method: str, store: ArrayStore, size: int, channels: int) -> StainNormalizer:
+        """:meth:`fit` on an even sample of ``store``'s images, adapted to ``size`` and
+        ``channels`` as the model sees them (only the sample is read)."""
+        if method == "none":
+            return cls("none")
+        return cls.fit(method, adapt(store.read(fit_sample(len(store))), size, channels))
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W, C)`` → uint8 same shape, alpha untouched; images whose tissue

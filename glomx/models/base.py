@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from glomx.data.adapt import adapt
-from glomx.data.stain import FIT_SAMPLE, StainNormalizer
+from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
 
 META_FILE = "glomx.json"
@@ -105,9 +105,8 @@ class Classifier(ABC):
         if method == "none":
             self.meta.extra.pop("stain", None)
             return
-        sample = np.unique(np.linspace(0, len(train) - 1, min(len(train), FIT_SAMPLE)).astype(int))
-        images = adapt(train.read(sample), self.meta.size, self.meta.channels)
-        self.meta.extra["stain"] = StainNormalizer.fit(method, images).to_dict()
+        stain = StainNormalizer.fit_store(method, train, self.meta.size, self.meta.channels)
+        self.meta.extra["stain"] = stain.to_dict()
 
     def adapted(self, images: np.ndarray) -> np.ndarray:
         """Prepared uint8 images at the model's size and channels, stain-normalised as fitted."""

@@ -28,8 +28,6 @@ from typing import Any, ClassVar, Self
 import keras
 import numpy as np
 
-from glomx.data.adapt import adapt
-from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
@@ -116,7 +114,8 @@ def color_jitter(images: np.ndarray, rng: np.random.Generator, amount: float) ->
 
 
 class StoreSequence(keras.utils.PyDataset):
-    """Batches of ``(uint8-valued float32 images, float32 labels)`` streamed from a store.
+    """Batches of ``(uint8-valued float32 images, float32 labels)`` streamed from a store,
+    each read batch passed through ``prepare`` (the classifier's ``adapted``: resize, stain).
 
     Epoch ``e`` visits the images in a permutation drawn from ``(seed, e)``; augmentation
     draws from ``(seed, e, batch)``, so batches do not depend on the order workers run in.
@@ -126,25 +125,21 @@ class StoreSequence(keras.utils.PyDataset):
         self,
         store: ArrayStore,
         batch_size: int,
-        size: int,
-        channels: int,
+        prepare: Callable[[np.ndarray], np.ndarray],
         seed: int,
         augment_dihedral: bool = False,
         jitter: float = 0.0,
         workers: int = 1,
-        stain: StainNormalizer | None = None,
     ) -> None:
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(store) == 0:
             raise ValueError(f"{store.path} holds no images; nothing to train on")
         self.store = store
         self.batch_size = batch_size
-        self.size = size
-        self.channels = channels
+        self.prepare = prepare
         self.seed = seed
         self.augment_dihedral = augment_dihedral
         self.jitter = jitter
-        self.stain = stain or StainNormalizer("none")
         self.epoch = 0
         self.order = self._permutation(0)
 
@@ -160,7 +155,7 @@ class StoreSequence(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.batch_indices(index)
-        images = self.stain.transform(adapt(self.store.read(idx), self.size, self.channels))
+        images = self.prepare(self.store.read(idx))
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment_dihedral:
             images = dihedral(images, rng)
@@ -295,8 +290,8 @@ class KerasClassifier(Classifier):
         with dtype_policy(cfg.mixed_precision):
             self._model = model = self.build_model()
         data = StoreSequence(
-            train, cfg.batch_size, self.meta.size, self.meta.channels, cfg.seed,
-            cfg.dihedral, cfg.color_jitter, cfg.workers, self.stain,
+            train, cfg.batch_size, self.adapted, cfg.seed, cfg.dihedral, cfg.color_jitter,
+            cfg.workers,
         )  # fmt: skip
         monitor = ValidationMonitor(
             lambda: self.predict_store(val, cfg.batch_size), val.labels, cfg.monitor, cfg.patience

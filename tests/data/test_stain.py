@@ -11,13 +11,17 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
+from glomx.data.adapt import adapt
 from glomx.data.stain import (
+    FIT_SAMPLE,
     METHODS,
     StainNormalizer,
     _channels_first,
     _lab_to_rgb,
     _rgb_to_lab,
+    fit_sample,
 )
+from glomx.data.store import ArrayStore, StoreWriter
 
 SITES = ("SAS", "SESCAM", "VUHSK")
 NORMALISING = ("macenko", "reinhard")
@@ -124,6 +128,26 @@ def test_fit_and_transform_are_deterministic_and_per_image(
     batch = first.transform(images)
     assert (batch == first.transform(images)).all()
     assert (batch[3] == first.transform(images[3:4])[0]).all()  # batch-independent
+
+
+def test_fit_sample_spreads_at_most_the_fit_sample_over_every_item() -> None:
+    assert fit_sample(5).tolist() == [0, 1, 2, 3, 4]
+    many = fit_sample(1000)
+    assert len(many) == FIT_SAMPLE and many[0] == 0 and many[-1] == 999
+    assert np.all(np.diff(many) >= 3)
+
+
+def test_fit_store_fits_on_the_sample_as_the_model_sees_it(
+    patches: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    images = np.concatenate([patches[site] for site in SITES] * 20)  # 360 > FIT_SAMPLE
+    with StoreWriter(tmp_path / "train", images.shape[1:], {}) as writer:
+        names = [f"img{i}" for i in range(len(images))]
+        writer.append(images, np.zeros(len(images), np.uint8), names, ["slide"] * len(images))
+        store: ArrayStore = writer.close({"data_kind": "real"})
+    expected = StainNormalizer.fit("macenko", adapt(images[fit_sample(360)], 112, 3))
+    assert StainNormalizer.fit_store("macenko", store, 112, 3).to_dict() == expected.to_dict()
+    assert StainNormalizer.fit_store("none", store, 112, 3).method == "none"
 
 
 @pytest.mark.parametrize("method", NORMALISING)

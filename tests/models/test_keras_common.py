@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import keras
 import numpy as np
 import pytest
 
+from glomx.data.adapt import adapt
 from glomx.data.store import ArrayStore
 from glomx.models.keras_common import (
     FitConfig,
@@ -21,6 +23,7 @@ from glomx.models.keras_common import (
 from glomx.params import dataclass_from
 
 MakeStore = Callable[[str, np.ndarray, np.ndarray], ArrayStore]
+RGB16 = partial(adapt, size=16, channels=3)
 
 
 def numbered_store(make_store: MakeStore, n: int = 10) -> ArrayStore:
@@ -36,7 +39,7 @@ def epoch_ids(seq: StoreSequence) -> np.ndarray:
 
 def test_sequence_streams_every_image_once_with_its_label(make_store: MakeStore) -> None:
     store = numbered_store(make_store)
-    seq = StoreSequence(store, batch_size=4, size=16, channels=4, seed=1)
+    seq = StoreSequence(store, batch_size=4, prepare=partial(adapt, size=16, channels=4), seed=1)
     assert len(seq) == 3
     x, y = seq[0]
     assert x.shape == (4, 16, 16, 4) and x.dtype == np.float32 and y.dtype == np.float32
@@ -49,7 +52,7 @@ def test_sequence_streams_every_image_once_with_its_label(make_store: MakeStore)
 
 def test_sequence_shuffles_per_epoch_from_the_seed(make_store: MakeStore) -> None:
     store = numbered_store(make_store, n=30)
-    a, b, other = (StoreSequence(store, 8, 16, 3, seed=s) for s in (7, 7, 8))
+    a, b, other = (StoreSequence(store, 8, RGB16, seed=s) for s in (7, 7, 8))
     first = epoch_ids(a)
     assert first.tolist() == epoch_ids(b).tolist() != epoch_ids(other).tolist()
     a.on_epoch_end()
@@ -61,13 +64,13 @@ def test_augmented_batches_repeat_with_the_seed_and_keep_labels(make_store: Make
     labels = np.array([1, 0, 0, 1, 0, 0], dtype=np.uint8)
     rng = np.random.default_rng(0)
     store = make_store("s", rng.integers(0, 256, (6, 16, 16, 3), np.uint8), labels)
-    seq = StoreSequence(store, 6, 16, 3, seed=3, augment_dihedral=True, jitter=0.2)
+    seq = StoreSequence(store, 6, RGB16, seed=3, augment_dihedral=True, jitter=0.2)
     x1, y1 = seq[0]
-    x2, y2 = StoreSequence(store, 6, 16, 3, seed=3, augment_dihedral=True, jitter=0.2)[0]
+    x2, y2 = StoreSequence(store, 6, RGB16, seed=3, augment_dihedral=True, jitter=0.2)[0]
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(y1, labels[seq.batch_indices(0)])
-    plain, _ = StoreSequence(store, 6, 16, 3, seed=3)[0]
+    plain, _ = StoreSequence(store, 6, RGB16, seed=3)[0]
     assert not np.array_equal(x1, plain)
 
 
