@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.errors import CorruptModelError
+from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
 
 PREPROCESSING = Preprocessing(size=40, channels=3, method="pad", fill="white")
@@ -84,3 +86,23 @@ def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, 
         return done.stdout
 
     return run
+
+
+def _assert_damage_is_named(directory: Path, filename: str, stage: str, damage: str) -> None:
+    path = directory / filename
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>oops</html>")
+    with pytest.raises(CorruptModelError) as err:
+        load_classifier(directory)
+    message = str(err.value)
+    assert message.startswith(f"{path} exists but cannot be loaded")
+    assert "corrupt" in message and "File not found" not in message
+    assert f"`dvc repro {stage}`" in message and f"`dvc checkout {directory}`" in message
+
+
+@pytest.fixture
+def assert_damage_is_named() -> Callable[[Path, str, str, str], None]:
+    """``check(directory, filename, stage, damage)``: damage a saved model's ``filename``
+    (``truncated`` or ``garbage``); loading it must name the file, say it is corrupt and how
+    to rebuild it, not fail somewhere inside."""
+    return _assert_damage_is_named

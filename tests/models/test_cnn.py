@@ -14,7 +14,6 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from glomx.data.store import ArrayStore
-from glomx.errors import CorruptModelError
 from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
 from glomx.models.cnn import CNNClassifier
@@ -77,18 +76,10 @@ def test_save_and_load_round_trip(trained: dict, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_model_file_is_named_with_how_to_rebuild_it(
-    trained: dict, tmp_path: Path, damage: str
+    trained: dict, tmp_path: Path, damage: str, assert_damage_is_named: Callable[..., None]
 ) -> None:
     trained["clf"].save(tmp_path / "cnn")
-    path = tmp_path / "cnn" / "model.keras"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>oops</html>")
-    with pytest.raises(CorruptModelError) as err:
-        load_classifier(tmp_path / "cnn")
-    message = str(err.value)
-    assert message.startswith(f"{path} exists but cannot be loaded")
-    assert "corrupt" in message and "File not found" not in message
-    assert "`dvc repro train-cnn`" in message and f"`dvc checkout {tmp_path / 'cnn'}`" in message
+    assert_damage_is_named(tmp_path / "cnn", "model.keras", "train-cnn", damage)
 
 
 def test_visualisations_show_first_layer_filters_and_maps(trained: dict, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from glomx.data.store import ArrayStore
-from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import classification_metrics
 from glomx.models import load_classifier, logistic
 from glomx.models.base import Preprocessing
@@ -98,18 +97,10 @@ def test_save_load_round_trip_and_native_pipeline(stores: Stores, tmp_path: Path
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_pipeline_file_is_named_with_how_to_rebuild_it(
-    stores: Stores, tmp_path: Path, damage: str
+    stores: Stores, tmp_path: Path, damage: str, assert_damage_is_named: Callable[..., None]
 ) -> None:
     fitted(stores).save(tmp_path / "lr")
-    path = tmp_path / "lr" / "pipeline.joblib"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>oops</html>")
-    with pytest.raises(CorruptModelError) as err:
-        load_classifier(tmp_path / "lr")
-    message = str(err.value)
-    assert message.startswith(f"{path} exists but cannot be loaded")
-    assert "corrupt" in message
-    assert "`dvc repro train-lr`" in message and f"`dvc checkout {tmp_path / 'lr'}`" in message
+    assert_damage_is_named(tmp_path / "lr", "pipeline.joblib", "train-lr", damage)
 
 
 def test_bad_params_and_unfitted_use_are_refused(stores: Stores) -> None:
