@@ -8,6 +8,12 @@ slide or swapping two until nothing helps; the first start whose every class sha
 ``TOLERANCE`` of its target wins (the best of all starts if none is). The seed picks among the
 many good assignments, so different seeds give different honest splits.
 
+With a site regex (``prepare.split.site_regex``: each slide's lab or hospital), the non-test
+slides are then re-divided between train and val by the same search, balancing each site's
+slides as well as each class's images. Balancing classes alone can hand one lab's slides
+mostly to val, so that validation speaks for one lab and training barely knows it. The test
+slides stay exactly where the class search put them, so test results remain comparable.
+
 ``random`` is the original study's per-image stratified split: patches of one slide land in
 different splits, which leaks stain and tissue between training and test.
 """
@@ -15,6 +21,7 @@ different splits, which leaks stain and tissue between training and test.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +56,17 @@ class SplitRow:
 
 
 def assign_splits(
-    records: Sequence[Record], val: float, test: float, seed: int, strategy: Strategy = "grouped"
+    records: Sequence[Record],
+    val: float,
+    test: float,
+    seed: int,
+    strategy: Strategy = "grouped",
+    site_regex: str | None = None,
 ) -> list[str]:
-    """One of ``train``/``val``/``test`` per record, in record order; same seed, same split."""
+    """One of ``train``/``val``/``test`` per record, in record order; same seed, same split.
+
+    ``site_regex`` (grouped only) names each slide's site by its group ``site``; train and val
+    are then balanced by site as well as by class."""
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
         raise SplitError(
             f"split fractions val={val}, test={test} must each be in (0, 1) with val + test < 1 "
@@ -63,7 +78,7 @@ def assign_splits(
     order = sorted(range(len(records)), key=lambda i: records[i].name)
     ordered = [records[i] for i in order]
     if strategy == "grouped":
-        chosen = _grouped(ordered, fractions, seed)
+        chosen = _grouped(ordered, fractions, seed, site_regex)
     else:
         chosen = _random(ordered, fractions, seed)
     splits = [""] * len(records)
@@ -71,6 +86,14 @@ def assign_splits(
         splits[i] = SPLITS[split]
     _check_classes(records, splits)
     return splits
+
+
+def sites_of(slides: Sequence[str], site_regex: str) -> np.ndarray:
+    """Site of each slide: the regex's group ``site`` (``other`` where it does not match)."""
+    pattern = re.compile(site_regex)
+    if "site" not in pattern.groupindex:
+        raise SplitError(f"site regex {site_regex!r} needs a group (?P<site>...)")
+    return np.array([(m["site"] if (m := pattern.match(s)) else "other") for s in slides])
 
 
 def _random(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list[int]:
@@ -92,8 +115,11 @@ def _random(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list
     return chosen.tolist()
 
 
-def _grouped(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list[int]:
-    """Slide-grouped, class-balanced split found by seeded local search."""
+def _grouped(
+    records: Sequence[Record], fractions: np.ndarray, seed: int, site_regex: str | None
+) -> list[int]:
+    """Slide-grouped, class-balanced split found by seeded local search; with ``site_regex``
+    train and val are then re-divided to balance sites as well (test stays as it was)."""
     slides = sorted({r.slide for r in records})
     index = {slide: i for i, slide in enumerate(slides)}
     counts = np.zeros((len(slides), 2))
@@ -113,16 +139,48 @@ def _grouped(records: Sequence[Record], fractions: np.ndarray, seed: int) -> lis
                 "class, or use strategy 'random' (leaky)"
             )
     rng = np.random.default_rng(seed)
+    assignment = _search(counts, fractions, rng)
+    if site_regex is not None:
+        _balance_sites(assignment, counts, sites_of(slides, site_regex), fractions, rng)
+    return [int(assignment[index[r.slide]]) for r in records]
+
+
+def _search(counts: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Split index per group (row of ``counts``) whose column shares per split best match
+    ``fractions``: the first of the seeded restarts within ``TOLERANCE``, else the best."""
     best, best_score = None, np.inf
     for _ in range(RESTARTS):
-        start = rng.choice(3, size=len(slides), p=fractions)
+        start = rng.choice(len(fractions), size=len(counts), p=fractions)
         assignment, score = _descend(start, counts, fractions)
         if _within(assignment, counts, fractions, TOLERANCE):
-            best = assignment
-            break
+            return assignment
         if score < best_score:
             best, best_score = assignment, score
-    return [int(best[index[r.slide]]) for r in records]
+    return best
+
+
+def _balance_sites(
+    assignment: np.ndarray,
+    counts: np.ndarray,
+    sites: np.ndarray,
+    fractions: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Re-divide the non-test slides between train and val (in place) so that each class and
+    each site keeps the train : val ratio; test is untouched, so its results stay comparable.
+
+    Without this, a split balanced by class alone can hand one site's slides mostly to val
+    (a validation set that speaks for one lab and a training set that barely knows it)."""
+    rest = np.flatnonzero(assignment != SPLITS.index("test"))
+    names = sorted(set(sites[rest].tolist()))
+    if len(names) < 2:
+        return
+    per_site = (sites[rest, None] == np.array(names)[None, :]).astype(float)  # slides per site
+    columns = np.hstack([counts[rest], per_site])
+    two = fractions[:2] / fractions[:2].sum()
+    divided = _search(columns, two, rng)
+    if (np.eye(2)[divided].T @ counts[rest] > 0).all():  # both classes in train and in val
+        assignment[rest] = divided
 
 
 def _score(totals: np.ndarray, class_totals: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -137,17 +195,17 @@ def _descend(
     """Steepest descent over single-slide moves and two-slide swaps."""
     assignment = assignment.copy()
     class_totals = counts.sum(axis=0)
-    eye = np.eye(3)
+    eye = np.eye(len(fractions))
     while True:
-        onehot = eye[assignment]  # (G, 3)
-        totals = onehot.T @ counts  # (3, 2)
+        onehot = eye[assignment]  # (G, S)
+        totals = onehot.T @ counts  # (S, C)
         current = float(_score(totals, class_totals, fractions))
         # move slide g to split b: totals + (e_b - e_a(g)) x_g
         move = (eye[None, :, :] - onehot[:, None, :])[..., None] * counts[:, None, None, :]
-        move_scores = _score(totals + move, class_totals, fractions)  # (G, 3)
+        move_scores = _score(totals + move, class_totals, fractions)  # (G, S)
         # swap slides g and h: totals + (e_a(h) - e_a(g)) (x_g - x_h)
-        direction = onehot[None, :, :] - onehot[:, None, :]  # (G, G, 3)
-        diff = counts[:, None, :] - counts[None, :, :]  # (G, G, 2)
+        direction = onehot[None, :, :] - onehot[:, None, :]  # (G, G, S)
+        diff = counts[:, None, :] - counts[None, :, :]  # (G, G, C)
         swap_scores = _score(
             totals + direction[..., None] * diff[:, :, None, :], class_totals, fractions
         )  # (G, G)
@@ -167,7 +225,7 @@ def _within(
     assignment: np.ndarray, counts: np.ndarray, fractions: np.ndarray, tolerance: float
 ) -> bool:
     """Whether every class share of every split is within ``tolerance`` of its fraction."""
-    totals = np.eye(3)[assignment].T @ counts
+    totals = np.eye(len(fractions))[assignment].T @ counts
     deviation = totals / counts.sum(axis=0) - fractions[:, None]
     return bool(np.abs(deviation).max() <= tolerance and (totals > 0).all())
 

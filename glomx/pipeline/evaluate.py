@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from glomx.data.split import sites_of
 from glomx.data.store import ArrayStore
 from glomx.errors import GlomxError
 from glomx.evaluation.baseline import NAME as BASELINE
@@ -63,14 +63,6 @@ class Trained:
     family: str
     directory: Path
     classifier: Classifier
-
-
-def sites_of(slides: list[str], site_regex: str) -> np.ndarray:
-    """Site of each slide: the regex's group ``site`` (``other`` where it does not match)."""
-    pattern = re.compile(site_regex)
-    if "site" not in pattern.groupindex:
-        raise EvaluateError(f"evaluate.site_regex {site_regex!r} needs a group (?P<site>...)")
-    return np.array([(m["site"] if (m := pattern.match(s)) else "other") for s in slides])
 
 
 def trained_models(models_dir: Path, families: list[str]) -> list[Trained]:

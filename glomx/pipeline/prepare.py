@@ -174,7 +174,14 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
         raise
     records = catalogue.records
     split = params["split"]
-    splits = assign_splits(records, split["val"], split["test"], split["seed"], split["strategy"])
+    splits = assign_splits(
+        records,
+        split["val"],
+        split["test"],
+        split["seed"],
+        split["strategy"],
+        split.get("site_regex"),
+    )
     kind = data_kind(data_dir)
     if kind == "synthetic":
         log.warning("DATA IS SYNTHETIC (%s): results say nothing about real glomeruli", data_dir)

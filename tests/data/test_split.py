@@ -18,6 +18,7 @@ from glomx.data.split import (
     SplitRow,
     assign_splits,
     read_split_csv,
+    sites_of,
     write_split_csv,
 )
 
@@ -41,6 +42,19 @@ def uneven_slides(seed: int = 0, n: int = 30) -> list[tuple[int, int]]:
     rates = np.where(np.arange(n) % 3 == 0, 0.6, 0.05)
     ones = rng.binomial(sizes, rates)
     return [(int(s - k), int(k)) for s, k in zip(sizes, ones, strict=True)]
+
+
+SITE_REGEX = "^(?P<site>[^_-]+)"
+
+
+def sited(records: Sequence[Record], sites: int = 3) -> list[Record]:
+    """The same records with slide ids prefixed by one of ``sites`` sites (round robin)."""
+    slides = sorted({r.slide for r in records})
+    site = {slide: f"L{i % sites}" for i, slide in enumerate(slides)}
+    return [
+        Record(f"{site[r.slide]}_{r.name}", r.path, r.label, f"{site[r.slide]}_{r.slide}")
+        for r in records
+    ]
 
 
 def slides_per_split(records: Sequence[Record], splits: Sequence[str]) -> dict[str, set[str]]:
@@ -162,3 +176,56 @@ def test_real_data_grouped_split_is_honest_and_balanced(real_data: Path) -> None
         labels = {r.label for r, s in zip(records, splits, strict=True) if s == split}
         assert labels == {0, 1}, split
     assert_balanced(records, splits, TOLERANCE)
+
+
+def test_sites_of_reads_the_site_group() -> None:
+    assert sites_of(["SAS_1", "S-2006-005094", "x"], "^(?P<site>[^_-]+)_").tolist() == [
+        "SAS",
+        "other",
+        "other",
+    ]
+    with pytest.raises(SplitError, match="site"):
+        sites_of(["SAS_1"], "^[A-Z]+")
+
+
+def site_share_gap(records: Sequence[Record], splits: Sequence[str]) -> float:
+    """Largest gap, over sites, between a site's share of non-test slides in val and val's."""
+    split_of = {r.slide: s for r, s in zip(records, splits, strict=True)}
+    site_of = dict(zip(split_of, sites_of(list(split_of), SITE_REGEX), strict=True))
+    gaps = []
+    for site in set(site_of.values()):
+        rest = [g for g in split_of if site_of[g] == site and split_of[g] != "test"]
+        share = sum(split_of[g] == "val" for g in rest) / len(rest)
+        gaps.append(abs(share - VAL / (1 - TEST)))
+    return max(gaps)
+
+
+@pytest.mark.parametrize("seed", [0, 2, 7])
+def test_site_balance_keeps_test_and_spreads_every_site_over_train_and_val(seed: int) -> None:
+    records = sited(make_records(uneven_slides(seed, n=36)))
+    by_class = assign_splits(records, VAL, TEST, seed, "grouped")
+    by_site = assign_splits(records, VAL, TEST, seed, "grouped", SITE_REGEX)
+    assert [s == "test" for s in by_site] == [s == "test" for s in by_class]
+    assert by_site == assign_splits(records, VAL, TEST, seed, "grouped", SITE_REGEX)
+    # ~8 non-test slides per site: within one slide of val's share, where classes alone miss
+    assert site_share_gap(records, by_site) < 0.07 < site_share_gap(records, by_class)
+    for split in ("train", "val"):
+        assert {r.label for r, s in zip(records, by_site, strict=True) if s == split} == {0, 1}
+    per_split = slides_per_split(records, by_site)
+    assert not per_split["train"] & per_split["val"]
+
+
+def test_real_data_site_balance_gives_val_every_site_and_keeps_test(real_data: Path) -> None:
+    records = read_catalogue(real_data).records
+    by_class = assign_splits(records, VAL, TEST, 42, "grouped")
+    by_site = assign_splits(records, VAL, TEST, 42, "grouped", SITE_REGEX)
+    assert [s == "test" for s in by_site] == [s == "test" for s in by_class]
+    sites = sites_of([r.slide for r in records], SITE_REGEX)
+    for split in ("train", "val"):
+        held = Counter(
+            (site, r.label)
+            for site, r, s in zip(sites, records, by_site, strict=True)
+            if s == split
+        )
+        assert {site for site, _ in held} == {"SAS", "SESCAM", "VUHSK"}, split
+        assert {label for _, label in held} == {0, 1}, split

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from glomx.evaluation.bootstrap import METRICS
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
-from glomx.pipeline.evaluate import EvaluateError, evaluate, sites_of
+from glomx.pipeline.evaluate import EvaluateError, evaluate
 from glomx.tracking.runs import MODEL_DESCRIPTION, REGISTERED_MODEL
 
 
@@ -153,14 +153,7 @@ def _check_mlflow_shape(result: dict[str, Any], version: str) -> None:
     assert set(both.model) == set(children)
 
 
-def test_nothing_to_evaluate_and_bad_site_regex(params: dict[str, Any], tmp_path: Path) -> None:
+def test_nothing_to_evaluate(params: dict[str, Any], tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "models")
     with pytest.raises(EvaluateError, match="no trained model"):
         evaluate(params)
-    with pytest.raises(EvaluateError, match="site"):
-        sites_of(["SAS_1"], "^[A-Z]+")
-    assert sites_of(["SAS_1", "S-2006-005094", "x"], "^(?P<site>[^_-]+)_").tolist() == [
-        "SAS",
-        "other",
-        "other",
-    ]
