@@ -178,13 +178,12 @@ def _balance_sites(
     per_site = (sites[rest, None] == np.array(names)[None, :]).astype(float)  # slides per site
     columns = np.hstack([counts[rest], per_site])
     two = fractions[:2] / fractions[:2].sum()
-    divided = _search(columns, two, rng)
-    if (np.eye(2)[divided].T @ counts[rest] > 0).all():  # both classes in train and in val
-        assignment[rest] = divided
+    assignment[rest] = _search(columns, two, rng)  # a class left out: assign_splits says so
 
 
 def _score(totals: np.ndarray, class_totals: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-    """Squared share deviation from the target fractions, plus a penalty per missing class."""
+    """Squared share deviation from the target fractions, plus a penalty per empty cell (a
+    class, or a site, missing from a split)."""
     deviation = totals / class_totals - fractions[:, None]
     return (deviation**2).sum(axis=(-2, -1)) + _PENALTY * (totals == 0).sum(axis=(-2, -1))
 
