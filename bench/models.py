@@ -83,13 +83,16 @@ class Contender:
         return section
 
 
-def _probe(backbone: str, stain: str, protocols: tuple[str, ...] = ("grouped",)) -> Contender:
+def _probe(
+    backbone: str, stain: str, layer: str = "output", protocols: tuple[str, ...] = ("grouped",)
+) -> Contender:
+    named = "" if layer == "output" else f"-{layer}"
     return Contender(
-        f"probe-{backbone}-{stain}",
+        f"probe-{backbone}{named}-{stain}",
         "probe",
         protocols,
-        {"model.backbone": backbone, "stain": stain},
-        f"{backbone} features at 224 px, stain {stain}, C chosen on the held-out fold",
+        {"model.backbone": backbone, "model.layer": layer, "stain": stain},
+        f"{backbone} {layer} features at 224 px, stain {stain}, C chosen on the held-out fold",
     )
 
 
@@ -97,7 +100,8 @@ CONTENDERS = [
     Contender(
         "lr", "lr", ("grouped", "random"), note="pixels at 32 px, best SGD epoch on held-out fold"
     ),
-    _probe("mobilenet_v2", "none", ("grouped", "random")),
+    _probe("efficientnet_lite0", "none", "block14_expand_relu", ("grouped", "random")),
+    _probe("mobilenet_v2", "none", protocols=("grouped", "random")),
     _probe("mobilenet_v2", "macenko"),
     Contender("cnn", "cnn", overrides={"fit.epochs": 4}, note="short schedule: 4 epochs (not 12)"),
     Contender(

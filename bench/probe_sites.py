@@ -1,17 +1,19 @@
-"""Which backbone and stain for the probe, and does its threshold transfer across labs?
+"""Which backbone, layer and stain for the probe, and does its threshold transfer across labs?
 
-Train + val only, never test. For each backbone and stain normalisation, the probe's features
-(at 224 px, as train-probe computes them) of the prepared train and val stores are pooled and
-scored two ways: slide-grouped 6-fold CV (the pooled out-of-fold balanced accuracy and
-ROC-AUC), and leave-one-site-out: each of the sites with both classes is held out in turn,
-the probe (standardise + balanced logistic regression, C = 0.01) is fitted on the other sites
-and scored on it at threshold 0.5 and at a threshold chosen on the held-in sites' out-of-fold
-predictions (slide-grouped 5-fold CV): the "threshold chosen on validation" remedy. The
-per-site oracle threshold shows how far apart the sites' best thresholds lie.
+Train + val only, never test. For each backbone, pooled layer (``model.layer``: ``output``,
+the backbone's last feature map, or an inner one) and stain normalisation, the probe's
+features (at 224 px, as train-probe computes them) of the prepared train and val stores are
+pooled and scored two ways: slide-grouped 6-fold CV (the pooled out-of-fold balanced accuracy
+and ROC-AUC, averaged over 3 shuffles of the folds), and leave-one-site-out: each of the sites
+with both classes is held out in turn, the probe (standardise + balanced logistic regression,
+C = 0.01) is fitted on the other sites and scored on it at threshold 0.5 and at a threshold
+chosen on the held-in sites' out-of-fold predictions (slide-grouped 5-fold CV): the "threshold
+chosen on validation" remedy. The per-site oracle threshold shows how far apart the sites'
+best thresholds lie.
 
 Usage: ``python bench/probe_sites.py [--backbones mobilenet_v2,efficientnet_lite0]
-[--stains none,macenko,reinhard]`` after ``dvc repro prepare``; prints markdown tables and
-writes ``bench/out/probe_sites.md``.
+[--layers output,block14_expand_relu,block15_expand_relu] [--stains none,macenko,reinhard]``
+after ``dvc repro prepare``; prints markdown tables and writes ``bench/out/probe_sites.md``.
 """
 
 from __future__ import annotations
@@ -35,20 +37,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE, C = 224, 0.01
 
 
-def features(stores: list[ArrayStore], backbone: str, stain: StainNormalizer) -> np.ndarray:
-    """Global-pooled ``backbone`` features of every image of ``stores``."""
+def features(
+    stores: list[ArrayStore], backbone: str, layers: list[str], stain: StainNormalizer
+) -> dict[str, np.ndarray]:
+    """Global-pooled features of every image of ``stores`` at each of ``backbone``'s ``layers``."""
     import keras
 
     from glomx.models.backbones import pretrained_model
+    from glomx.models.probe import truncate
 
     net = pretrained_model(backbone, SIZE)
-    pooled = keras.Model(net.inputs, keras.layers.GlobalAveragePooling2D()(net.outputs[0]))
+    pool = keras.layers.GlobalAveragePooling2D()
+    taps = [pool(truncate(net, layer).outputs[0]) for layer in layers]
+    pooled = keras.Model(net.inputs, taps)
     parts = [
         pooled.predict(stain.transform(adapt(chunk, SIZE, 3)).astype(np.float32), verbose=0)
         for store in stores
         for _, chunk in store.iter_chunks(32)
     ]
-    return np.concatenate(parts)
+    return {layer: np.concatenate([p[i] for p in parts]) for i, layer in enumerate(layers)}
 
 
 def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
@@ -64,10 +71,15 @@ def probe() -> Pipeline:
 
 
 def grouped_cv(x: np.ndarray, y: np.ndarray, slides: np.ndarray) -> tuple[float, float]:
-    """Pooled out-of-fold (balanced accuracy @ 0.5, ROC-AUC) of slide-grouped 6-fold CV."""
-    cv = StratifiedGroupKFold(6, shuffle=True, random_state=0)
-    oof = cross_val_predict(probe(), x, y, groups=slides, cv=cv, method="predict_proba")[:, 1]
-    return balanced_accuracy_score(y, oof >= 0.5), roc_auc_score(y, oof)
+    """Pooled out-of-fold (balanced accuracy @ 0.5, ROC-AUC) of slide-grouped 6-fold CV,
+    averaged over 3 shuffles of the slides into folds."""
+    scores = []
+    for seed in range(3):
+        cv = StratifiedGroupKFold(6, shuffle=True, random_state=seed)
+        oof = cross_val_predict(probe(), x, y, groups=slides, cv=cv, method="predict_proba")
+        scores.append((balanced_accuracy_score(y, oof[:, 1] >= 0.5), roc_auc_score(y, oof[:, 1])))
+    bal, auc = np.mean(scores, axis=0)
+    return float(bal), float(auc)
 
 
 def leave_one_site_out(x: np.ndarray, y: np.ndarray, slides: np.ndarray, sites: np.ndarray):
@@ -95,6 +107,7 @@ def leave_one_site_out(x: np.ndarray, y: np.ndarray, slides: np.ndarray, sites: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", default="mobilenet_v2,efficientnet_lite0")
+    parser.add_argument("--layers", default="output,block14_expand_relu,block15_expand_relu")
     parser.add_argument("--stains", default="none,macenko,reinhard")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -108,32 +121,32 @@ def main() -> None:
     summary = [
         f"Probe choice on {head}",
         "",
-        "| backbone | stain | grouped CV bal. acc. | grouped CV ROC-AUC | "
+        "| backbone | layer | stain | grouped CV bal. acc. | grouped CV ROC-AUC | "
         "leave-one-site-out: mean ROC-AUC | mean bal. acc. @ 0.5 | mean bal. acc. @ t |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     sites_table = [
         f"Leave-one-site-out per site on {head}",
         "",
-        "| backbone | stain | held-out site | ROC-AUC | bal. acc. @ 0.5 | t chosen on held-in | "
-        "bal. acc. @ t | oracle t |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| backbone | layer | stain | held-out site | ROC-AUC | bal. acc. @ 0.5 | "
+        "t chosen on held-in | bal. acc. @ t | oracle t |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for backbone in args.backbones.split(","):
         for method in args.stains.split(","):
             stain = StainNormalizer.fit_store(method, train, SIZE, 3)
-            x = features(stores, backbone, stain)
-            rows = list(leave_one_site_out(x, y, slides, sites))
-            for site, auc, bal, t, bal_t, oracle in rows:
-                cells = f"{auc:.3f} | {bal:.3f} | {t:.2f} | {bal_t:.3f} | {oracle:.2f}"
-                sites_table.append(f"| {backbone} | {method} | {site} | {cells} |")
-            mean = np.mean([[r[1], r[2], r[4]] for r in rows], axis=0)
-            cv_bal, cv_auc = grouped_cv(x, y, slides)
-            summary.append(
-                f"| {backbone} | {method} | {cv_bal:.3f} | {cv_auc:.3f} | {mean[0]:.3f} | "
-                f"{mean[1]:.3f} | {mean[2]:.3f} |"
-            )
-            print(summary[-1], flush=True)
+            for layer, x in features(stores, backbone, args.layers.split(","), stain).items():
+                rows = list(leave_one_site_out(x, y, slides, sites))
+                for site, auc, bal, t, bal_t, oracle in rows:
+                    cells = f"{auc:.3f} | {bal:.3f} | {t:.2f} | {bal_t:.3f} | {oracle:.2f}"
+                    sites_table.append(f"| {backbone} | {layer} | {method} | {site} | {cells} |")
+                mean = np.mean([[r[1], r[2], r[4]] for r in rows], axis=0)
+                cv_bal, cv_auc = grouped_cv(x, y, slides)
+                summary.append(
+                    f"| {backbone} | {layer} | {method} | {cv_bal:.3f} | {cv_auc:.3f} | "
+                    f"{mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.3f} |"
+                )
+                print(summary[-1], flush=True)
     lines = [*summary, "", *sites_table]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -37,6 +37,7 @@ from glomx.models.backbones import BACKBONES, load_backbone
 from glomx.models.keras_common import KerasClassifier
 
 SELECT = ("log_loss", "auc", "balanced_accuracy")
+OUTPUT = "output"
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +46,7 @@ class ProbeConfig:
     """The frozen feature extractor (the ``model:`` part of ``train_probe``)."""
 
     backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
+    layer: str = OUTPUT  # the backbone layer whose activations are pooled; output = its last
     size: int = 224  # input side
     weights: str = "imagenet"  # imagenet | path to a .weights.h5 of the backbone
 
@@ -91,6 +93,23 @@ class Candidate:
         return -math.inf if math.isnan(value) else value
 
 
+def truncate(backbone: keras.Model, layer: str) -> keras.Model:
+    """``backbone`` up to ``layer`` (its 4-D activations); ``output`` keeps it whole."""
+    if layer == OUTPUT:
+        return backbone
+    try:
+        output = backbone.get_layer(layer).output
+    except ValueError:
+        blocks = sorted({n.split("_")[0] for n in (x.name for x in backbone.layers) if "_" in n})
+        raise ValueError(
+            f"model.layer: {backbone.name} has no layer {layer!r}; use output or a layer name "
+            f"such as block15_expand_relu (its blocks: {', '.join(blocks)})"
+        ) from None
+    if len(output.shape) != 4:
+        raise ValueError(f"model.layer: {layer!r} of {backbone.name} is not a 4-D feature map")
+    return keras.Model(backbone.inputs, output, name=backbone.name)
+
+
 def build_probe(backbone: keras.Model, size: int) -> keras.Model:
     """Frozen backbone, global pooling, one sigmoid unit (weights set by the fit)."""
     backbone.trainable = False
@@ -115,7 +134,7 @@ class ProbeClassifier(KerasClassifier):
         backbone, self.meta.extra["weights"] = load_backbone(
             cfg.backbone, cfg.size, cfg.weights, fallback=False
         )
-        return build_probe(backbone, cfg.size)
+        return build_probe(truncate(backbone, cfg.layer), cfg.size)
 
     def _features(self, store: ArrayStore, views: int) -> tuple[np.ndarray, np.ndarray]:
         """Pooled features of every image under ``views`` dihedral views, and their labels."""
@@ -179,7 +198,8 @@ class ProbeClassifier(KerasClassifier):
         """The Keras summary plus the chosen C."""
         extra = self.meta.extra
         return (
-            f"{super().summary()}\nlinear probe on {self.config.backbone} features "
+            f"{super().summary()}\nlinear probe on {self.config.backbone} "
+            f"{self.config.layer} features "
             f"({extra.get('features')}-d, {extra.get('training_rows')} training rows): "
             f"C = {extra.get('C')} chosen on validation {self.fit_config.select}\n"
         )

@@ -18,6 +18,7 @@ from sklearn.metrics import log_loss
 
 from glomx.cli import main
 from glomx.data.store import ArrayStore
+from glomx.evaluation import gradcam
 from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
 from glomx.models.probe import ProbeClassifier
@@ -51,6 +52,36 @@ def test_probe_picks_c_on_validation_and_is_one_keras_model(
     )
     np.testing.assert_allclose(loaded.predict_store(val), proba, atol=1e-5)
     assert "C = " in loaded.summary()
+
+
+def test_probe_pools_an_inner_layer_and_keeps_it_through_save_and_grad_cam(
+    blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
+) -> None:
+    params = {
+        "model": {"backbone": "efficientnet_lite0", "layer": "block15_expand_relu", "size": 64},
+        "fit": {"C": [0.1], "batch_size": 8},
+    }
+    classifier = ProbeClassifier.from_params(params, PRE)
+    train, val = blob_store(24, 0), blob_store(12, 1)
+    classifier.fit(train, val)
+    assert classifier.meta.extra["features"] == 1152  # the expansion, not the 1280-d head
+    backbone = classifier.keras_model.get_layer("efficientnet_lite0")
+    assert backbone.layers[-1].name == "block15_expand_relu"
+    assert "block15_expand_relu features" in classifier.summary()
+
+    classifier.save(tmp_path / "probe")
+    loaded = load_classifier(tmp_path / "probe")
+    np.testing.assert_allclose(loaded.predict_store(val), classifier.predict_store(val), atol=1e-5)
+    if gradcam.unavailable_reason() is None:
+        assert gradcam.feature_map(loaded.keras_model).shape[1:] == (2, 2, 1152)
+        maps = gradcam.gradcam(loaded.keras_model, val.read([0, 1]), 64, 3)
+        assert maps.shape == (2, 40, 40) and np.isfinite(maps).all()
+
+
+def test_probe_names_an_unknown_layer() -> None:
+    params = {"model": {"backbone": "efficientnet_lite0", "layer": "block99_add", "size": 32}}
+    with pytest.raises(ValueError, match=r"no layer 'block99_add'.*block15"):
+        ProbeClassifier.from_params(params, PRE).build_model()
 
 
 def test_probe_views_multiply_the_training_rows(
