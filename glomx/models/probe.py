@@ -8,12 +8,16 @@ The standardisation and the logistic regression are then folded into one Dense l
 of the backbone, so the fitted probe *is* a Keras model like the other Keras families:
 predict, serving, TTA and Grad-CAM need nothing probe-specific.
 
-Why: ImageNet features transfer to histology with no training of the network: on the 772
-shared crops a MobileNetV2 probe reached slide-grouped 5-fold CV balanced accuracy 0.92 ± 0.08
-and ROC AUC 0.98 ± 0.03 (``make bench-models``; the small CNN 0.93 / 0.98 there), and on the
-held-out test slides 0.905 / 0.963 against the CNN's 0.81 / 0.89. Cost on a 2-core CPU at
-224 px: feature extraction 9–13 images/s per view for MobileNetV2 (bench-models); the
-logistic fits take seconds.
+``model.layer`` names the backbone layer that is pooled: ``output`` (the backbone's last
+feature map) or an inner one; the backbone is cut there, so later layers are never computed.
+
+Why: ImageNet features transfer to histology with no training of the network, and an inner
+layer transfers better than the last one, which is tuned to ImageNet's classes. On train + val
+of the shared slice (``bench/probe_sites.py``, never test) EfficientNet-Lite0's block-14
+expansion reached slide-grouped CV balanced accuracy 0.956 and ROC-AUC 0.992, against
+0.935 / 0.981 for MobileNetV2's output with Macenko (the former default). Cost on a 2-core CPU
+at 224 px: features at tens of images/s (``make bench-models``); the logistic fits take
+seconds.
 """
 
 from __future__ import annotations
