@@ -37,8 +37,9 @@ from sklearn.preprocessing import StandardScaler
 from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
-from glomx.models.backbones import BACKBONES, load_backbone
+from glomx.models.backbones import BACKBONES, block_of, load_backbone
 from glomx.models.keras_common import KerasClassifier
+from glomx.params import ParamsError
 
 SELECT = ("log_loss", "auc", "balanced_accuracy")
 OUTPUT = "output"
@@ -104,13 +105,15 @@ def truncate(backbone: keras.Model, layer: str) -> keras.Model:
     try:
         output = backbone.get_layer(layer).output
     except ValueError:
-        blocks = sorted({n.split("_")[0] for n in (x.name for x in backbone.layers) if "_" in n})
-        raise ValueError(
-            f"model.layer: {backbone.name} has no layer {layer!r}; use output or a layer name "
-            f"such as block15_expand_relu (its blocks: {', '.join(blocks)})"
+        blocks = dict.fromkeys(filter(None, (block_of(x.name) for x in backbone.layers)))
+        raise ParamsError(
+            f"train_probe.model.layer: {backbone.name} has no layer {layer!r}; use output or "
+            f"a layer name such as block14_expand_relu (its blocks: {', '.join(blocks)})"
         ) from None
     if len(output.shape) != 4:
-        raise ValueError(f"model.layer: {layer!r} of {backbone.name} is not a 4-D feature map")
+        raise ParamsError(
+            f"train_probe.model.layer: {layer!r} of {backbone.name} is not a 4-D feature map"
+        )
     return keras.Model(backbone.inputs, output, name=backbone.name)
 
 

@@ -80,7 +80,8 @@ def test_probe_pools_an_inner_layer_and_keeps_it_through_save_and_grad_cam(
 
 def test_probe_names_an_unknown_layer() -> None:
     params = {"model": {"backbone": "efficientnet_lite0", "layer": "block99_add", "size": 32}}
-    with pytest.raises(ValueError, match=r"no layer 'block99_add'.*block15"):
+    blocks = r"no layer 'block99_add'.*\(its blocks: stem, block0, .*, block15, head\)"
+    with pytest.raises(ParamsError, match=blocks):
         ProbeClassifier.from_params(params, PRE).build_model()
 
 
