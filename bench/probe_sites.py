@@ -29,6 +29,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from glomx.data.adapt import adapt
+from glomx.data.split import sites_of
 from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
 from glomx.params import load_params
@@ -48,14 +49,14 @@ def features(
 
     net = pretrained_model(backbone, SIZE)
     pool = keras.layers.GlobalAveragePooling2D()
-    taps = [pool(truncate(net, layer).outputs[0]) for layer in layers]
-    pooled = keras.Model(net.inputs, taps)
+    taps = {layer: pool(truncate(net, layer).outputs[0]) for layer in layers}
+    pooled = keras.Model(net.inputs, taps)  # a dict of outputs, also for a single layer
     parts = [
         pooled.predict(stain.transform(adapt(chunk, SIZE, 3)).astype(np.float32), verbose=0)
         for store in stores
         for _, chunk in store.iter_chunks(32)
     ]
-    return {layer: np.concatenate([p[i] for p in parts]) for i, layer in enumerate(layers)}
+    return {layer: np.concatenate([p[layer] for p in parts]) for layer in layers}
 
 
 def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
@@ -115,7 +116,7 @@ def main() -> None:
     stores = [ArrayStore(prepared / split) for split in ("train", "val")]
     y = np.concatenate([s.labels for s in stores])
     slides = np.concatenate([np.asarray(s.slides) for s in stores])
-    sites = np.array([s.split("_")[0].split("-")[0] for s in slides])
+    sites = sites_of(slides, params["evaluate"]["site_regex"])
     train = stores[0]
     head = f"train + val: {len(y)} crops, {len(set(slides))} slides; probe C = {C}"
     summary = [
