@@ -131,8 +131,10 @@ class TransferClassifier(KerasClassifier):
         return classifier
 
     def load_backbone(self) -> None:
-        """Build the backbone with its weights; records the source as ``meta.extra["weights"]``."""
+        """Build the backbone with its weights; records the source as ``meta.extra["weights"]``.
+        Seeded first: a random (or fallback) initialisation is drawn here, before :meth:`fit`."""
         cfg = self.config
+        keras.utils.set_random_seed(self.fit_config.seed)
         self._backbone, self.meta.extra["weights"] = load_backbone(
             cfg.backbone, cfg.size, cfg.weights, cfg.fallback
         )

@@ -94,6 +94,22 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
     np.testing.assert_allclose(loaded.predict_proba(images), proba, atol=1e-5)
 
 
+def test_random_init_comes_from_fit_seed_whatever_ran_before() -> None:
+    """The backbone is built in from_params, before fit seeds: it must seed itself, or every
+    train-resnet run (random-init fallback) starts from different weights."""
+
+    def first_kernel(seed: int) -> np.ndarray:
+        keras.random.normal((3,), seed=None)  # global random state advanced by earlier work
+        np.random.default_rng().random()
+        params = {"model": {"size": 32, "weights": "none"}, "fit": {"seed": seed}}
+        classifier = ResNetClassifier.from_params(params, PRE)
+        backbone = classifier.build_model().get_layer("resnet50")
+        return backbone.get_layer("conv1_conv").get_weights()[0]
+
+    np.testing.assert_array_equal(first_kernel(42), first_kernel(42))
+    assert not np.array_equal(first_kernel(42), first_kernel(7))
+
+
 @pytest.mark.slow
 def test_random_init_trains_every_layer_predicts_and_reloads(
     blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
