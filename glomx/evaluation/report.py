@@ -133,6 +133,7 @@ def summary_markdown(
         "",
         champion_text(champion),
         "",
+        *validation_ranking(champion, data.splits.get("val")),
         "The registry alias is moved by validation metrics only; the test numbers above "
         "never take part in choosing it.",
         "",
@@ -160,6 +161,47 @@ def summary_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def separation(lead: float, val: Mapping[str, int]) -> str:
+    """How a validation balanced-accuracy lead compares with what one patch is worth."""
+    positives, negatives = val["class_1"], val["images"] - val["class_1"]
+    if not positives or not negatives or math.isnan(lead):
+        return ""
+    per_pos, per_neg = 1 / (2 * positives), 1 / (2 * negatives)
+    text = (
+        f"The best candidate leads the next by {lead:.4f} validation balanced accuracy; one "
+        f"sclerotic patch of the {val['images']} validation patches ({positives} sclerotic, "
+        f"{val['slides']} slides) is worth {per_pos:.4f} and one non-sclerotic patch "
+        f"{per_neg:.4f}."
+    )
+    if lead < per_pos:
+        text += (
+            " **Validation does not separate them**: one sclerotic patch judged differently "
+            "would reverse the order, so read the choice between them as a tie."
+        )
+    return text
+
+
+def validation_ranking(champion: Mapping[str, Any], val: Mapping[str, int] | None) -> list[str]:
+    """The candidates' validation scores, best first, and how far apart the first two are."""
+    ranking, metric = champion.get("ranking") or [], champion.get("metric")
+    if not ranking or not metric:
+        return []
+    scores = [k for k in ranking[0] if k not in ("version", "family")]
+    rows = [
+        [
+            r["family"],
+            str(r["version"]),
+            *("n/a" if math.isnan(r[k]) else f"{r[k]:.4f}" for k in scores),
+        ]
+        for r in ranking
+    ]
+    lines = [*_table(["candidate", "version", *(f"val {k}" for k in scores)], rows), ""]
+    if len(ranking) > 1 and metric == "balanced_accuracy" and val:
+        note = separation(ranking[0][metric] - ranking[1][metric], val)
+        lines += [note, ""] if note else []
+    return lines
 
 
 def champion_text(champion: Mapping[str, Any]) -> str:

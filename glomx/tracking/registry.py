@@ -25,7 +25,7 @@ import json
 import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,8 @@ class Decision:
     changed: bool
     reason: str
     previous: str | None = None
+    ranking: tuple[dict[str, Any], ...] = ()  # candidates, best first: version, family, scores
+    metric: str | None = None  # the validation metric that ranks them
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,8 @@ class Decision:
             "changed": self.changed,
             "reason": self.reason,
             "previous": self.previous,
+            "ranking": list(self.ranking),
+            "metric": self.metric,
         }
 
 
@@ -125,11 +129,20 @@ def current_champion(client: MlflowClient, name: str = REGISTERED_MODEL) -> Cand
     return candidate(client, mv.version, name)
 
 
-def best(candidates: Sequence[Candidate], metric: str, tiebreak: str) -> Candidate:
-    """Highest validation ``metric``, then ``tiebreak``, then the newest version."""
+def ranked(candidates: Sequence[Candidate], metric: str, tiebreak: str) -> list[Candidate]:
+    """Best first: highest validation ``metric``, then ``tiebreak``, then the newest version."""
     if not candidates:
         raise ValueError("no candidate versions to choose from")
-    return max(candidates, key=lambda c: (c.score(metric), c.score(tiebreak), int(c.version)))
+    return sorted(
+        candidates,
+        key=lambda c: (c.score(metric), c.score(tiebreak), int(c.version)),
+        reverse=True,
+    )
+
+
+def best(candidates: Sequence[Candidate], metric: str, tiebreak: str) -> Candidate:
+    """The first of :func:`ranked`."""
+    return ranked(candidates, metric, tiebreak)[0]
 
 
 def decide(
@@ -140,7 +153,19 @@ def decide(
     margin: float,
 ) -> Decision:
     """Apply the promotion rules (module docstring); pure, no registry access."""
-    top = best(candidates, metric, tiebreak)
+    order = ranked(candidates, metric, tiebreak)
+    decision = _rules(order[0], champion, metric, margin)
+    shown = dict.fromkeys((metric, tiebreak))
+    ranking = tuple(
+        {"version": c.version, "family": c.family}
+        | {m: c.val_metrics.get(m, math.nan) for m in shown}
+        for c in order
+    )
+    return replace(decision, ranking=ranking, metric=metric)
+
+
+def _rules(top: Candidate, champion: Candidate | None, metric: str, margin: float) -> Decision:
+    """Rules 2-5 for the best candidate ``top``."""
     label = f"version {top.version} ({top.family}, val {metric} {top.score(metric):.4f})"
     if champion is None:
         return Decision(top.version, top.family, True, f"{label}: first champion.")

@@ -49,3 +49,33 @@ def test_enough_slides_get_intervals_and_a_missing_gradcam_is_explained() -> Non
 def test_undefined_values_read_n_a() -> None:
     assert with_interval({"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}) == "n/a"
     assert with_interval({"value": 0.5, "ci_low": math.nan, "ci_high": math.nan}) == "0.500"
+
+
+def _ranked(*scores: tuple[str, float, float]) -> dict:
+    ranking = [
+        {"version": str(i), "family": f, "balanced_accuracy": ba, "roc_auc": auc}
+        for i, (f, ba, auc) in enumerate(scores, 1)
+    ]
+    return {"version": "1", "family": scores[0][0], "changed": True, "reason": "first champion.",
+            "ranking": ranking, "metric": "balanced_accuracy"}  # fmt: skip
+
+
+def test_champion_section_ranks_the_candidates_and_flags_a_lead_under_one_patch() -> None:
+    splits = {**SPLITS, "val": {"images": 114, "class_1": 22, "slides": 3}}
+    data = DataSummary("real", splits, SITES)
+    metrics = {"resnet": _intervals(0.8)}
+
+    def summary(champion: dict) -> str:
+        return summary_markdown(data, metrics, {}, {}, champion, SETTINGS)
+
+    tie = summary(_ranked(("resnet", 0.9511, 0.9995), ("mobilenet", 0.9501, 0.9837)))
+    assert "| candidate | version | val balanced_accuracy | val roc_auc |" in tie
+    assert "| resnet | 1 | 0.9511 | 0.9995 |\n| mobilenet | 2 | 0.9501 | 0.9837 |" in tie
+    assert "leads the next by 0.0010" in tie and "is worth 0.0227" in tie and "0.0054" in tie
+    assert "Validation does not separate them" in tie
+
+    clear = summary(_ranked(("probe", 0.99, 0.99), ("lr", 0.91, 0.97)))
+    assert "leads the next by 0.0800" in clear and "does not separate" not in clear
+
+    alone = summary(_ranked(("lr", 0.91, 0.97)))
+    assert "| lr | 1 | 0.9100 | 0.9700 |" in alone and "leads the next" not in alone

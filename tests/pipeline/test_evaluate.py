@@ -78,6 +78,8 @@ def test_evaluate_writes_everything_and_promotes_on_validation(
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert "SYNTHETIC DATA" in summary and f"version {registered_lr} (lr)" in summary
     assert "| test | 32 | 11 | 6 |" in summary and "| SAS | lr | 16 | 6 | 3 |" in summary
+    assert "| candidate | version | val balanced_accuracy | val roc_auc |" in summary
+    assert f"| lr | {registered_lr} | 0." in summary and "leads the next" not in summary
     # three slides per site: point values only, marked, and the report says why
     assert "No interval: fewer than 5 test slides" in summary
     sas_row = next(line for line in summary.splitlines() if line.startswith("| SAS | lr |"))

@@ -92,6 +92,11 @@ def test_choice_uses_validation_metric_then_tiebreak() -> None:
     assert registry.best(tied, "balanced_accuracy", "roc_auc").version == "2"
     decision = registry.decide(tied, cand("2", 0.8, 0.90), "balanced_accuracy", "roc_auc", 0.0)
     assert not decision.changed and decision.version == "2"
+    assert [r["version"] for r in decision.ranking] == ["2", "1", "3"]  # NaN ranks last
+    assert decision.ranking[0] == {
+        "version": "2", "family": "lr", "balanced_accuracy": 0.8, "roc_auc": 0.90
+    }  # fmt: skip
+    assert decision.as_dict()["metric"] == "balanced_accuracy"
     with pytest.raises(ValueError):
         registry.best([], "balanced_accuracy", "roc_auc")
 
