@@ -163,28 +163,32 @@ def summary_markdown(
     return "\n".join(lines)
 
 
-def separation(lead: float, val: Mapping[str, int]) -> str:
-    """How a validation balanced-accuracy lead compares with what one patch is worth."""
+def separation(ranking: list[Mapping[str, Any]], val: Mapping[str, int]) -> str:
+    """How far the best candidate leads on validation balanced accuracy, against what one
+    validation patch is worth; names the candidates one sclerotic patch would put level."""
     positives, negatives = val["class_1"], val["images"] - val["class_1"]
-    if not positives or not negatives or math.isnan(lead):
+    scores = [r["balanced_accuracy"] for r in ranking]
+    if len(ranking) < 2 or not positives or not negatives or math.isnan(scores[0] - scores[1]):
         return ""
     per_pos, per_neg = 1 / (2 * positives), 1 / (2 * negatives)
     text = (
-        f"The best candidate leads the next by {lead:.4f} validation balanced accuracy; one "
-        f"sclerotic patch of the {val['images']} validation patches ({positives} sclerotic, "
-        f"{val['slides']} slides) is worth {per_pos:.4f} and one non-sclerotic patch "
+        f"The best candidate leads the next by {scores[0] - scores[1]:.4f} validation balanced "
+        f"accuracy; one sclerotic patch of the {val['images']} validation patches ({positives} "
+        f"sclerotic, {val['slides']} slides) is worth {per_pos:.4f} and one non-sclerotic patch "
         f"{per_neg:.4f}."
     )
-    if lead < per_pos:
+    level = [r["family"] for r in ranking[1:] if scores[0] - r["balanced_accuracy"] < per_pos]
+    if level:
         text += (
-            " **Validation does not separate them**: one sclerotic patch judged differently "
-            "would reverse the order, so read the choice between them as a tie."
+            f" **Validation does not separate {ranking[0]['family']} from "
+            f"{', '.join(level)}**: one sclerotic patch judged differently would reverse the "
+            "order, so read the choice among them as a tie."
         )
     return text
 
 
 def validation_ranking(champion: Mapping[str, Any], val: Mapping[str, int] | None) -> list[str]:
-    """The candidates' validation scores, best first, and how far apart the first two are."""
+    """The candidates' validation scores, best first, and how far apart they are."""
     ranking, metric = champion.get("ranking") or [], champion.get("metric")
     if not ranking or not metric:
         return []
@@ -198,9 +202,8 @@ def validation_ranking(champion: Mapping[str, Any], val: Mapping[str, int] | Non
         for r in ranking
     ]
     lines = [*_table(["candidate", "version", *(f"val {k}" for k in scores)], rows), ""]
-    if len(ranking) > 1 and metric == "balanced_accuracy" and val:
-        note = separation(ranking[0][metric] - ranking[1][metric], val)
-        lines += [note, ""] if note else []
+    if metric == "balanced_accuracy" and val and (note := separation(ranking, val)):
+        lines += [note, ""]
     return lines
 
 
