@@ -42,8 +42,8 @@ class DataSummary:
     sites: Mapping[str, Mapping[str, int]]  # test site -> images, class_1, slides
 
 
-def _num(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{v:.3f}"
+def _num(v: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
 
 
 def with_interval(m: Mapping[str, float], slides: int | None = None) -> str:
@@ -193,14 +193,7 @@ def validation_ranking(champion: Mapping[str, Any], val: Mapping[str, int] | Non
     if not ranking or not metric:
         return []
     scores = [k for k in ranking[0] if k not in ("version", "family")]
-    rows = [
-        [
-            r["family"],
-            str(r["version"]),
-            *("n/a" if math.isnan(r[k]) else f"{r[k]:.4f}" for k in scores),
-        ]
-        for r in ranking
-    ]
+    rows = [[r["family"], str(r["version"]), *(_num(r[k], 4) for k in scores)] for r in ranking]
     lines = [*_table(["candidate", "version", *(f"val {k}" for k in scores)], rows), ""]
     if metric == "balanced_accuracy" and val and (note := separation(ranking, val)):
         lines += [note, ""]

@@ -211,17 +211,17 @@ def promote(
     client = MlflowClient()
     candidates = [candidate(client, v, name) for v in versions]
     decision = decide(candidates, current_champion(client, name), metric, tiebreak, margin)
-    top = best(candidates, metric, tiebreak)
+    top = decision.ranking[0]["version"]  # the best candidate, as decide ranked them
     if decision.changed:
         if decision.previous:
             client.set_registered_model_alias(name, PREVIOUS, decision.previous)
-        client.set_registered_model_alias(name, CHAMPION, top.version)
-        client.update_model_version(name, top.version, description=decision.reason)
-        client.set_model_version_tag(name, top.version, REASON_TAG, decision.reason)
-    elif top.version != decision.version:
-        mv = client.get_model_version(name, top.version)
+        client.set_registered_model_alias(name, CHAMPION, top)
+        client.update_model_version(name, top, description=decision.reason)
+        client.set_model_version_tag(name, top, REASON_TAG, decision.reason)
+    elif top != decision.version:
+        mv = client.get_model_version(name, top)
         if mv.tags.get(REASON_TAG) != decision.reason:
-            client.set_model_version_tag(name, top.version, REASON_TAG, decision.reason)
+            client.set_model_version_tag(name, top, REASON_TAG, decision.reason)
     return decision
 
 
