@@ -115,6 +115,21 @@ def test_png_cut_short_gets_an_error_row(
     assert row["error"].startswith(f"{path}: corrupt or truncated image (pixel data ends after")
 
 
+def test_greyscale_png_gets_an_error_row_not_a_probability(
+    png_folder: Path, lr_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    path = tmp_path / "SAS_1-grey.png"
+    with Image.open(png_folder / GOOD[0]) as colour:
+        colour.convert("L").save(path)
+    out = tmp_path / "p.csv"
+    assert _cli(path, "--model", lr_dir, "--out", out, "--workers", "1", "-q") == 1
+    (row,) = _rows(out)
+    assert row["probability"] == row["label"] == ""
+    assert row["error"].startswith(f"{path}: greyscale image (PIL mode L)")
+
+
 def test_model_column_says_whether_a_model_folder_was_registered(
     lr_dir: Path,
     tmp_path: Path,

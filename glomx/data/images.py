@@ -6,9 +6,12 @@ exactly the pixels it was trained on.
 
 Decisions:
 
-- Output is uint8 ``(H, W, 3)`` or ``(H, W, 4)``. 16-bit sources are scaled by their top
-  byte (``v >> 8``: 65535 → 255, 32768 → 128), never clipped. PIL mode ``I`` is taken as
-  16-bit and rejected when its values leave 0..65535; float images are rejected.
+- Output is uint8 ``(H, W, 3)`` or ``(H, W, 4)``. 16-bit colour sources are scaled by their
+  top byte (``v >> 8``: 65535 → 255, 32768 → 128), never clipped; float images are rejected.
+- Greyscale sources (PIL modes ``1``, ``L``, ``LA``, ``I``, ``I;16*``: 1-, 8- and 16-bit grey
+  PNG/TIFF/JPEG) are rejected. Every model reads the PAS stain's colour, so replicating one
+  grey channel into RGB would give a confident probability for an image unlike anything it
+  was trained on: a silent wrong answer.
 - With ``channels=3`` a partly transparent image is composited onto **white** (the colour of
   glass and of the default pad fill); a fully opaque alpha (the challenge files) is dropped.
   With ``channels=4`` alpha is kept as stored, and opaque alpha is added to sources without.
@@ -49,7 +52,7 @@ FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 METHODS = ("resize", "pad", "center_crop", "crop_min")
 FILLS = {"white": 255, "black": 0}
 RESAMPLE = Image.Resampling.BILINEAR
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_GREY = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel by PNG colour type
 # Adam7 interlace passes: first column, first row, column step, row step
@@ -84,25 +87,14 @@ def _label(source: Path | str | bytes, name: str | None) -> str:
     return "<image bytes>" if isinstance(source, bytes | bytearray) else str(source)
 
 
-def _with_alpha(rgb: np.ndarray, channels: int) -> np.ndarray:
-    """Append an opaque alpha channel when four channels are wanted."""
-    if channels == 3:
-        return rgb
-    return np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
-
-
 def _pixels(im: Image.Image, channels: int, label: str) -> np.ndarray:
     """A loaded PIL image of any supported mode → uint8 ``(H, W, channels)``."""
-    if im.mode in _SIXTEEN_BIT or im.mode == "I":
-        values = np.asarray(im)
-        if im.mode == "I" and (values.min() < 0 or values.max() > 0xFFFF):
-            raise ImageError(
-                label,
-                "32-bit integer pixels outside 0..65535 are not supported; "
-                "re-export the image as 8- or 16-bit PNG/TIFF",
-            )
-        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
-        return _with_alpha(np.repeat(grey[..., None], 3, axis=-1), channels)
+    if im.mode in _GREY:
+        raise ImageError(
+            label,
+            f"greyscale image (PIL mode {im.mode}): the models read PAS stain colour, so it "
+            "has no valid prediction; use the colour (RGB or RGBA) export of the patch",
+        )
     if im.mode == "F":
         raise ImageError(
             label,

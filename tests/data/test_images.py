@@ -75,14 +75,10 @@ def test_rgb_gains_opaque_alpha() -> None:
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "1"])
-def test_grey_modes_become_grey_rgb(mode: str) -> None:
+def test_greyscale_is_refused_with_the_way_out(mode: str) -> None:
     grey = np.array([[0, 100], [200, 255]], np.uint8)
-    im = Image.fromarray(grey).convert(mode)
-    out = decode(_encode(im), 3)
-    expected = np.asarray(im.convert("L"))
-    assert out.shape == (2, 2, 3)
-    for c in range(3):
-        np.testing.assert_array_equal(out[..., c], expected)
+    with pytest.raises(ImageError, match=rf"greyscale image \(PIL mode {mode}\).*RGB or RGBA"):
+        decode(_encode(Image.fromarray(grey).convert(mode)), 3)
 
 
 def test_palette_with_and_without_transparency() -> None:
@@ -96,20 +92,20 @@ def test_palette_with_and_without_transparency() -> None:
     assert transparent[0].tolist() == [[255, 0, 0], [255, 255, 255]]
 
 
-def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+def test_sixteen_bit_grey_is_refused_in_png_and_tiff() -> None:
     values = np.array([[0, 255, 32768, 65535]], dtype=">u2")
-    data = _raw_png(4, 1, 16, 0, b"\x00" + values.tobytes())
-    out = decode(data, 3)
-    assert out[0, :, 0].tolist() == [0, 0, 128, 255]
-    assert (out[..., 0] == out[..., 2]).all()
+    with pytest.raises(ImageError, match="greyscale image"):
+        decode(_raw_png(4, 1, 16, 0, b"\x00" + values.tobytes()), 3)
+    with pytest.raises(ImageError, match="greyscale image"):
+        decode(_encode(Image.fromarray(np.array([[32768, 65535]], np.uint16)), "TIFF"), 3)
+    with pytest.raises(ImageError, match=r"greyscale image \(PIL mode I\)"):
+        decode(_encode(Image.fromarray(np.array([[-1, 70000]], np.int32)), "TIFF"), 3)
 
 
-def test_sixteen_bit_rgb_and_tiff() -> None:
+def test_sixteen_bit_rgb_is_scaled_not_clipped() -> None:
     pixel = np.array([[[65535, 32768, 256]]], dtype=">u2")
     out = decode(_raw_png(1, 1, 16, 2, b"\x00" + pixel.tobytes()), 3)
     assert out[0, 0].tolist() == [255, 128, 1]
-    grey16 = Image.fromarray(np.array([[32768, 65535]], np.uint16))
-    assert decode(_encode(grey16, "TIFF"), 3)[0, :, 1].tolist() == [128, 255]
 
 
 def test_jpeg_and_tiff_decode() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
 from glomx.data.catalogue import FOLDERS, CatalogueError
 from glomx.data.split import read_split_csv
@@ -89,18 +90,22 @@ def test_unreadable_image_policy(
     shutil.copytree(synth_data, data)
     victim = sorted((data / "globally_sclerotic_glomeruli").glob("*.png"))[0]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
+    grey = sorted((data / "non_globally_sclerotic_glomeruli").glob("*.png"))[0]
+    Image.open(grey).convert("L").save(grey)  # a greyscale export of a colour patch
     with pytest.raises(PrepareError, match=victim.name) as err:
         prepare(data, tmp_path / "p", tmp_path / "p.json", params)
     assert "unreadable_image: skip" in str(err.value)
     report = (tmp_path / "p" / "problems.csv").read_text()
     assert victim.name in report
+    assert f"{grey.name}" in report and "greyscale image (PIL mode L)" in report
 
     params["policy"] = {**params["policy"], "unreadable_image": "skip"}
     counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
-    assert counts["total"] == 59 and counts["skipped"] == 1
-    assert victim.name not in (tmp_path / "q" / "split.csv").read_text()
+    assert counts["total"] == 58 and counts["skipped"] == 2
+    split_csv = (tmp_path / "q" / "split.csv").read_text()
+    assert victim.name not in split_csv and grey.name not in split_csv
     report = tmp_path / "q" / "problems.csv"
-    assert f"1 skipped under prepare.policy (1 unreadable_image), see {report}" in caplog.text
+    assert f"2 skipped under prepare.policy (2 unreadable_image), see {report}" in caplog.text
 
 
 def test_catalogue_errors_are_all_written_to_the_problem_report(
