@@ -75,6 +75,7 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
                 "bm90IGFuIGltYWdl",  # "not an image"
                 None,
                 "not base64!",
+                base64.b64encode(png_bytes(bright[..., 0])).decode(),  # one grey channel
             ]
         }
     )
@@ -86,9 +87,10 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
     assert out["probability"][:2].tolist() == pytest.approx(expected, abs=1e-6)
     assert out["label"][:2].tolist() == [1, 0] and out["error"][:2].isna().all()
     # failed rows: None (JSON null), never NaN
-    assert out["probability"][2:].tolist() == out["label"][2:].tolist() == [None] * 3
+    assert out["probability"][2:].tolist() == out["label"][2:].tolist() == [None] * 4
     assert out["error"][2].startswith("row 2: not a readable image")
     assert "row 3: no image" in out["error"][3] and "not valid base64" in out["error"][4]
+    assert out["error"][5].startswith("row 5: greyscale image (PIL mode L)")
     # a request without its image (a file path instead, any other column) is refused
     for columns in ({"path": [str(tmp_path)]}, {"file": ["x.png"]}):
         with pytest.raises(MlflowException, match=r"exactly one column, 'image'.*no file paths"):
