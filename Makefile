@@ -9,8 +9,8 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
-        train-mobilenet evaluate repro run compare-prep test lint bench bench-models plots ui \
-        server serve predict clean
+        train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
+        plots ui server serve predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ bench: setup ## benchmarks vs in-run baselines (bench/out/); slow, needs `make r
 
 bench-models: setup data ## 5-fold CV of every model family on data/ (bench/out/models.md); ~1.5–2 h on 2 cores
 	python bench/models.py
+
+bench-select: setup data ## 5-fold CV on the train + val slides only, each promotable family with its stage's params (bench/out/models-trainval.md); ~1 h
+	dvc repro prepare
+	python bench/models.py --scope trainval
 
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000

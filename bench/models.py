@@ -13,20 +13,33 @@ Each contender runs in its own subprocess (so its peak RSS is its own) and, per 
 from its ``params.yaml`` section (with the overrides listed in :data:`CONTENDERS`), gets the
 stain normaliser fitted on the training folds when it has one, is fitted on the training folds
 with balanced class weights n / (2·n_c) from those folds, and scores the held-out fold at
-threshold 0.5. The held-out fold is also the validation store that ``fit`` selects on (the
-probe's C, the best epoch and early stopping of LR and the Keras families): a mild optimism
-shared by every row. No offline augmentation (the augment and balance stages are skipped); the
-Keras families keep their on-the-fly dihedral flips and colour jitter from ``params.yaml``.
+threshold 0.5. Under ``all`` the held-out fold is also the validation store that ``fit``
+selects on (the probe's C, the best epoch and early stopping of LR and the Keras families):
+an optimism that grows with the choice (12 CNN epochs against 5 values of C). Under
+``trainval`` the selection uses about a quarter of the training folds' slides instead
+(:func:`inner_split`, 3–4 slides, like the pipeline's 3 validation slides), so the held-out
+fold is only scored: nested, what train-then-select-on-validation is worth. No offline
+augmentation (the augment and balance stages are skipped); the Keras families keep their
+on-the-fly dihedral flips and colour jitter from ``params.yaml``.
 
 Columns: balanced accuracy and ROC AUC as mean ± sd (ddof 1) over folds; train time per fold
 (stain fit + fit, validation passes included); images/s of ``predict_store`` on the held-out
 folds after one warm-up batch (all folds pooled); the subprocess's peak RSS (``ru_maxrss``).
 
-Usage: ``python bench/models.py [--only NAME[,NAME]] [--folds 5] [--limit N] [--epochs N]``.
-NAME is a contender (all its protocols) or ``contender@protocol``; ``--limit`` keeps N images
-(a seeded random sample) for a smoke run; ``--epochs`` caps every training
-schedule. Writes ``bench/out/models.json`` (per-fold numbers) and ``bench/out/models.md``;
-rows from an earlier run with the same settings are kept, so ``--only`` can redo one row.
+``--scope trainval`` keeps only the slides of the pipeline's train and val splits
+(``<prepared>/split.csv``; run ``dvc repro prepare`` first), so the table can *select* a model
+without touching the test slides; the default ``all`` uses every crop and is reporting only.
+Under ``trainval`` the default contenders are pixel LR, the default probe and the three Keras
+families with their stage's own schedule (``cnn-full``, ``mobilenet-full``, ``resnet``), grouped
+protocol only: every family ``evaluate`` may promote, each scored on 18 unseen slides instead
+of 3.
+
+Usage: ``python bench/models.py [--only NAME[,NAME]] [--scope all|trainval] [--folds 5]
+[--limit N] [--epochs N]``. NAME is a contender (all its protocols) or ``contender@protocol``;
+``--limit`` keeps N images (a seeded random sample) for a smoke run; ``--epochs`` caps every
+training schedule. Writes ``bench/out/models[-trainval].json`` (per-fold numbers) and
+``.md``; rows from an earlier run with the same settings are kept, so ``--only`` can redo one
+row.
 """
 
 from __future__ import annotations
@@ -52,6 +65,8 @@ if TYPE_CHECKING:  # glomx is imported lazily: the parent process never loads Ke
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 WORK = OUT / "models"
+SCOPES = ("all", "trainval")
+INNER = 4  # trainval: 1/INNER of each training fold's slides is its validation (selection) part
 CHUNK = 64
 WARM_UP = 8  # images predicted before the timed pass
 SEED = 0
@@ -66,6 +81,7 @@ class Contender:
     protocols: tuple[str, ...] = ("grouped",)
     overrides: dict[str, Any] = field(default_factory=dict)  # "part.key" → value
     note: str = ""
+    scopes: tuple[str, ...] = ("all",)  # where it runs without --only
 
     def section(self, params: dict[str, Any], max_epochs: int | None) -> dict[str, Any]:
         """The family's params section with the bench's overrides and the ``--epochs`` cap."""
@@ -84,7 +100,11 @@ class Contender:
 
 
 def _probe(
-    backbone: str, stain: str, layer: str = "output", protocols: tuple[str, ...] = ("grouped",)
+    backbone: str,
+    stain: str,
+    layer: str = "output",
+    protocols: tuple[str, ...] = ("grouped",),
+    scopes: tuple[str, ...] = ("all",),
 ) -> Contender:
     named = "" if layer == "output" else f"-{layer}"
     return Contender(
@@ -92,15 +112,20 @@ def _probe(
         "probe",
         protocols,
         {"model.backbone": backbone, "model.layer": layer, "stain": stain},
-        f"{backbone} {layer} features at 224 px, stain {stain}, C chosen on the held-out fold",
+        f"{backbone} {layer} features at 224 px, stain {stain}, C chosen on validation",
+        scopes,
     )
 
 
 CONTENDERS = [
     Contender(
-        "lr", "lr", ("grouped", "random"), note="pixels at 32 px, best SGD epoch on held-out fold"
+        "lr",
+        "lr",
+        ("grouped", "random"),
+        note="pixels at 32 px, best SGD epoch on validation",
+        scopes=SCOPES,
     ),
-    _probe("efficientnet_lite0", "none", "block14_expand_relu", ("grouped", "random")),
+    _probe("efficientnet_lite0", "none", "block14_expand_relu", ("grouped", "random"), SCOPES),
     _probe("mobilenet_v2", "none", protocols=("grouped", "random")),
     _probe("mobilenet_v2", "macenko"),
     Contender("cnn", "cnn", overrides={"fit.epochs": 4}, note="short schedule: 4 epochs (not 12)"),
@@ -112,6 +137,11 @@ CONTENDERS = [
     ),
     _probe("efficientnet_lite0", "none"),
     _probe("efficientnet_lite0", "macenko"),
+    Contender("cnn-full", "cnn", note="train-cnn's schedule", scopes=("trainval",)),
+    Contender(
+        "mobilenet-full", "mobilenet", note="train-mobilenet's schedule", scopes=("trainval",)
+    ),
+    Contender("resnet", "resnet", note="train-resnet's schedule and weights", scopes=("trainval",)),
 ]  # run in this order, most informative first: a run cut short still answers the most
 BY_NAME = {c.name: c for c in CONTENDERS}
 
@@ -197,24 +227,68 @@ def _copy(store: ArrayStore, indices: np.ndarray, path: Path, extra: dict[str, A
         w.close({**extra, "data_kind": store.data_kind})
 
 
+def _scoped(scope: str) -> Path:
+    """Where a scope's folds and logs live."""
+    return WORK / ("folds" if scope == "all" else f"folds-{scope}")
+
+
+def _outputs(scope: str) -> tuple[Path, Path]:
+    """The scope's JSON and markdown results."""
+    stem = OUT / ("models" if scope == "all" else f"models-{scope}")
+    return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
+def trainval_subset(store: ArrayStore, params: dict[str, Any]) -> np.ndarray:
+    """Positions of the images on the train and val slides of the pipeline's split."""
+    from glomx.data.split import SplitError, read_split_csv
+
+    split_csv = ROOT / params["paths"]["prepared"] / "split.csv"
+    try:
+        rows = read_split_csv(split_csv)
+    except SplitError as err:
+        raise SystemExit(str(err)) from None
+    slides = np.array(store.slides)
+    if not {r.slide for r in rows} >= set(slides.tolist()):
+        raise SystemExit(f"{split_csv} does not cover data/: run `dvc repro prepare` again")
+    test_slides = sorted({r.slide for r in rows if r.split == "test"})
+    return np.flatnonzero(~np.isin(slides, test_slides))
+
+
+def inner_split(labels: np.ndarray, slides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) positions within a training fold: about 1/INNER of its slides,
+    stratified, held out for what ``fit`` selects (C, best epoch, early stopping)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(INNER, shuffle=True, random_state=SEED)
+    return next(splitter.split(np.zeros(len(labels)), labels, slides))
+
+
 def write_folds(
-    store: ArrayStore, subset: np.ndarray, protocol: str, folds: int
+    store: ArrayStore, subset: np.ndarray, protocol: str, folds: int, scope: str
 ) -> list[dict[str, Any]]:
-    """Train/test stores of every fold under ``folds/<protocol>-<k>/``; returns their sizes."""
+    """Train/test stores of every fold under ``<scope dir>/<protocol>-<k>/`` (and a val store
+    from the training slides under ``trainval``); their sizes."""
     labels, slides = store.labels[subset], np.array(store.slides)[subset]
     sizes = []
     for k, (train, test) in enumerate(fold_indices(labels, slides, protocol, folds)):
-        for part, positions in (("train", train), ("test", test)):
-            _copy(store, subset[positions], WORK / "folds" / f"{protocol}-{k}" / part, {})
-        sizes.append(
-            {
-                "train": len(train),
-                "test": len(test),
-                "test_sclerotic": int(labels[test].sum()),
-                "test_slides": len(set(slides[test])),
-                "test_from_training_slides": float(np.isin(slides[test], slides[train]).mean()),
-            }
-        )
+        parts = {"train": train, "test": test}
+        if scope == "trainval":
+            fit, val = inner_split(labels[train], slides[train])
+            if len(set(labels[train[val]].tolist())) < 2:
+                raise SystemExit(f"fold {k}'s validation lacks a class: use more images")
+            parts |= {"train": train[fit], "val": train[val]}
+        for part, positions in parts.items():
+            _copy(store, subset[positions], _scoped(scope) / f"{protocol}-{k}" / part, {})
+        size = {
+            "train": len(parts["train"]),
+            "test": len(test),
+            "test_sclerotic": int(labels[test].sum()),
+            "test_slides": len(set(slides[test])),
+            "test_from_training_slides": float(np.isin(slides[test], slides[train]).mean()),
+        }
+        if "val" in parts:
+            size |= {"val": len(parts["val"]), "val_slides": len(set(slides[parts["val"]]))}
+        sizes.append(size)
     return sizes
 
 
@@ -224,7 +298,7 @@ def balanced_weights(labels: np.ndarray) -> dict[int, float]:
     return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
 
 
-def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None) -> dict:
+def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None, scope: str) -> dict:
     """In the child process: fit and score every fold; per-fold numbers and peak RSS."""
     from glomx.data.store import ArrayStore
     from glomx.evaluation.metrics import classification_metrics
@@ -236,12 +310,15 @@ def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None) 
     pre = _preprocessing(params)
     rows = []
     for k in range(folds):
-        train = ArrayStore(WORK / "folds" / f"{protocol}-{k}" / "train")
-        test = ArrayStore(WORK / "folds" / f"{protocol}-{k}" / "test")
+        train = ArrayStore(_scoped(scope) / f"{protocol}-{k}" / "train")
+        test = ArrayStore(_scoped(scope) / f"{protocol}-{k}" / "test")
+        val = (
+            ArrayStore(_scoped(scope) / f"{protocol}-{k}" / "val") if scope == "trainval" else test
+        )
         classifier = family_class(contender.family).from_params(section, pre)
         start = time.perf_counter()
         classifier.fit_stain(section.get("stain", "none"), train)
-        classifier.fit(train, test, balanced_weights(train.labels))
+        classifier.fit(train, val, balanced_weights(train.labels))
         train_s = time.perf_counter() - start
         classifier.predict_proba(test.read(slice(0, WARM_UP)))  # tracing, first batch
         start = time.perf_counter()
@@ -274,14 +351,15 @@ def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None) 
     }
 
 
-def _spawn(key: str, folds: int, max_epochs: int | None) -> dict[str, Any]:
+def _spawn(key: str, folds: int, max_epochs: int | None, scope: str) -> dict[str, Any]:
     """Run one contender in a fresh subprocess; its output streams to ``logs/<key>.log``
     (follow it with ``tail -f``), its result comes back in ``logs/<key>.json``."""
-    logs = WORK / "logs"
+    logs = _scoped(scope) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     result = logs / f"{key}.json"
     result.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--child", key, "--folds", str(folds), "--result", result]
+    command = [sys.executable, __file__, "--child", key, "--folds", str(folds), "--scope", scope]
+    command += ["--result", result]
     if max_epochs is not None:
         command += ["--epochs", str(max_epochs)]
     start = time.perf_counter()
@@ -332,7 +410,9 @@ def table(results: dict[str, Any]) -> str:
 def notes(config: dict[str, Any], results: dict[str, Any]) -> str:
     """What the table measured and under which settings."""
     lines = [
-        f"{config['images']} real crops ({config['slides']} slides) from `data/`, "
+        f"{config['images']} real crops ({config['slides']} slides) from `data/`"
+        + (", train + val slides only (no test slide)" if config["scope"] == "trainval" else "")
+        + f", "
         f"{config['folds']} folds; grouped = StratifiedGroupKFold on slides, random = "
         f"StratifiedKFold per image (leaky), both shuffle=True, random_state={SEED}.",
         *(
@@ -341,10 +421,17 @@ def notes(config: dict[str, Any], results: dict[str, Any]) -> str:
             "also in the training folds."
             for protocol, folds in config["fold_sizes"].items()
         ),
-        "Each fold: fit on the other folds with balanced class weights n/(2·n_c); the held-out "
-        "fold is also the validation store the fit selects on (probe C, best epoch, early "
-        "stopping): a mild optimism shared by every row. No offline augmentation; the Keras "
-        "families keep their on-the-fly dihedral flips and colour jitter from params.yaml.",
+        "Each fold: fit on the other folds with balanced class weights n/(2·n_c); "
+        + (
+            f"validation (probe C, best epoch, early stopping) on about 1/{INNER} of their "
+            f"slides (per fold {[f['val_slides'] for f in config['fold_sizes']['grouped']]}), "
+            "so the held-out fold is only scored (nested)."
+            if config["scope"] == "trainval"
+            else "the held-out fold is also the validation store the fit selects on (probe C, "
+            "best epoch, early stopping): an optimism that grows with the choice."
+        )
+        + " No offline augmentation; the Keras families keep their on-the-fly dihedral flips "
+        "and colour jitter from params.yaml.",
         "Train s/fold: stain fit + fit (validation passes included). Images/s: predict_store "
         "on the held-out folds after a warm-up batch. Peak RSS: the contender's subprocess.",
         f"Machine: {config['cpus']} CPUs shared with other jobs (load average "
@@ -361,11 +448,14 @@ def notes(config: dict[str, Any], results: dict[str, Any]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
-def _selected(only: str | None) -> list[tuple[str, str]]:
-    """(name, protocol) pairs picked by ``--only`` (all of them by default)."""
+def _selected(only: str | None, scope: str) -> list[tuple[str, str]]:
+    """(name, protocol) pairs picked by ``--only`` (by default, the scope's contenders; under
+    ``trainval`` only the grouped protocol, the one that can select)."""
     pairs = [(c.name, p) for c in CONTENDERS for p in c.protocols]
+    if scope == "trainval":
+        pairs = [(n, p) for n, p in pairs if p == "grouped"]
     if not only:
-        return pairs
+        return [(n, p) for n, p in pairs if scope in BY_NAME[n].scopes]
     wanted = [w.strip() for w in only.split(",") if w.strip()]
     known = {n for n, _ in pairs} | {f"{n}@{p}" for n, p in pairs}
     unknown = [w for w in wanted if w not in known]
@@ -377,6 +467,7 @@ def _selected(only: str | None) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="contender[,contender] or contender@protocol")
+    parser.add_argument("--scope", choices=SCOPES, default="all", help="trainval: no test slide")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--limit", type=int, help="use only N images (a seeded sample)")
     parser.add_argument("--epochs", type=int, help="cap every training schedule (smoke runs)")
@@ -385,19 +476,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         name, protocol = args.child.split("@")
-        result = run_contender(name, protocol, args.folds, args.epochs)
+        result = run_contender(name, protocol, args.folds, args.epochs, args.scope)
         args.result.write_text(json.dumps(result) + "\n")
         return
 
-    selected = _selected(args.only)
+    selected = _selected(args.only, args.scope)
     params = _params()
     store = image_store(params)
-    subset = np.arange(len(store))
+    subset = trainval_subset(store, params) if args.scope == "trainval" else np.arange(len(store))
     if args.limit:
-        subset = np.sort(np.random.default_rng(SEED).permutation(len(store))[: args.limit])
+        subset = np.sort(np.random.default_rng(SEED).permutation(subset)[: args.limit])
     protocols = sorted({p for _, p in selected})
-    sizes = {p: write_folds(store, subset, p, args.folds) for p in protocols}
+    sizes = {p: write_folds(store, subset, p, args.folds, args.scope) for p in protocols}
     config = {
+        "scope": args.scope,
         "images": len(subset),
         "slides": len({store.slides[i] for i in subset}),
         "folds": args.folds,
@@ -408,7 +500,7 @@ def main() -> None:
         "load_start": os.getloadavg()[0],
         "niceness": os.nice(0),
     }
-    saved = OUT / "models.json"
+    saved, markdown = _outputs(args.scope)
     previous = json.loads(saved.read_text()) if saved.is_file() else {}
     same = {k: previous.get("config", {}).get(k) for k in ("images", "folds", "max_epochs")}
     results = previous.get("results", {}) if same == {k: config[k] for k in same} else {}
@@ -416,7 +508,7 @@ def main() -> None:
     for name, protocol in selected:
         key = f"{name}@{protocol}"
         print(f"{key}: {args.folds} folds ...", flush=True)
-        results[key] = _spawn(key, args.folds, args.epochs)
+        results[key] = _spawn(key, args.folds, args.epochs, args.scope)
         if "error" in results[key]:
             failed.append(key)
             print(f"{key} FAILED: {results[key]['error']}", flush=True)
@@ -425,10 +517,10 @@ def main() -> None:
         config["load_end"] = os.getloadavg()[0]
         saved.write_text(json.dumps({"config": config, "results": results}, indent=2) + "\n")
         text = f"{table(results)}\n\n{notes(config, results)}\n"
-        (OUT / "models.md").write_text(text)
+        markdown.write_text(text)
     print(text)
     if failed:
-        raise SystemExit(f"failed: {', '.join(failed)} (logs in {WORK / 'logs'})")
+        raise SystemExit(f"failed: {', '.join(failed)} (logs in {_scoped(args.scope) / 'logs'})")
 
 
 if __name__ == "__main__":
