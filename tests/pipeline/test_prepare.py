@@ -91,13 +91,14 @@ def test_unreadable_image_policy(
     victim = sorted((data / "globally_sclerotic_glomeruli").glob("*.png"))[0]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
     grey = sorted((data / "non_globally_sclerotic_glomeruli").glob("*.png"))[0]
-    Image.open(grey).convert("L").save(grey)  # a greyscale export of a colour patch
+    with Image.open(grey) as colour:
+        colour.convert("L").save(grey)  # a greyscale export of a colour patch
     with pytest.raises(PrepareError, match=victim.name) as err:
         prepare(data, tmp_path / "p", tmp_path / "p.json", params)
     assert "unreadable_image: skip" in str(err.value)
     report = (tmp_path / "p" / "problems.csv").read_text()
     assert victim.name in report
-    assert f"{grey.name}" in report and "greyscale image (PIL mode L)" in report
+    assert grey.name in report and "greyscale image (PIL mode L)" in report
 
     params["policy"] = {**params["policy"], "unreadable_image": "skip"}
     counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
