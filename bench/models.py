@@ -412,7 +412,7 @@ def notes(config: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [
         f"{config['images']} real crops ({config['slides']} slides) from `data/`"
         + (", train + val slides only (no test slide)" if config["scope"] == "trainval" else "")
-        + f", "
+        + ", "
         f"{config['folds']} folds; grouped = StratifiedGroupKFold on slides, random = "
         f"StratifiedKFold per image (leaky), both shuffle=True, random_state={SEED}.",
         *(
