@@ -12,7 +12,8 @@ with stage_main("prepare"):
     out = Path(paths["prepared"])
     counts = prepare(Path(paths["data"]), out, Path(paths["metrics"]) / "prepare.json", config)
     log_prepare_run(counts, out, config)  # the run starts once the decode workers are gone
-    for split, c in counts["splits"].items():
+    parts = {**counts["splits"], **{f"fold {k}": c for k, c in counts["folds"].items()}}
+    for part, c in parts.items():
         print(
-            f"{split:>5}: {c['images']} images ({c['class_1']} sclerotic) from {c['slides']} slides"
+            f"{part:>6}: {c['images']} images ({c['class_1']} sclerotic) from {c['slides']} slides"
         )

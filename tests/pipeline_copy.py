@@ -57,14 +57,16 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _keep_families(root: Path, families: Sequence[str]) -> None:
-    """Drop the other families' training stages, and their models from evaluate's deps."""
+    """Drop the other families' training stages, and their models from choose.s and
+    evaluate's deps."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text())
     dropped = [f for f in FAMILIES if f not in families]
     for family in dropped:
         del spec["stages"][f"train-{family}"]
     unwanted = {f"${{paths.models}}/{f}" for f in dropped}
-    evaluate = spec["stages"]["evaluate"]
-    evaluate["deps"] = [d for d in evaluate["deps"] if d not in unwanted]
+    for stage in ("choose", "evaluate"):
+        deps = spec["stages"][stage]["deps"]
+        spec["stages"][stage]["deps"] = [d for d in deps if d not in unwanted]
     (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
@@ -85,6 +87,7 @@ def make_copy(root: Path, families: Sequence[str] = tuple(FAMILIES)) -> dict[str
             shutil.copy2(REPO / name, root / name)
     params = merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
     params["evaluate"]["families"] = list(families)
+    params["choose"]["families"] = list(families)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if set(families) != set(FAMILIES):
         _keep_families(root, families)

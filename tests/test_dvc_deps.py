@@ -4,7 +4,7 @@ A module a stage imports but does not list would escape DVC's invalidation (`dvc
 skip a stage whose code changed); a listed one it never imports would rerun it for nothing.
 Imports are read from the source, transitively, lazy imports inside functions included. Model
 families are loaded by name (``glomx.models.FAMILIES``): ``train-<family>`` adds its family's
-module, ``evaluate`` (which loads every saved model) adds all of them. A package
+module, ``choose`` and ``evaluate`` (which load any saved model) add all of them. A package
 ``__init__.py`` that holds only a docstring and constants runs no code, so it need not be listed.
 """
 
@@ -76,7 +76,7 @@ def inert_init(root: Path, file: str) -> bool:
 def family_files(root: Path, stage: str, families: Mapping[str, str]) -> list[str]:
     """The family modules a stage loads by name (``families``: name → ``"module:Class"``)."""
     modules = {family: spec.split(":")[0] for family, spec in families.items()}
-    if stage == "evaluate":
+    if stage in ("choose", "evaluate"):
         return [f for m in modules.values() if (f := module_file(root, m))]
     family = stage.removeprefix("train-")
     if stage.startswith("train-") and (f := module_file(root, modules[family])):

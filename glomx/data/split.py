@@ -1,4 +1,5 @@
-"""Train/val/test assignment: slide-grouped and stratified (honest) or per-image (leaky).
+"""Train/val/test assignment and cross-validation folds: slide-grouped and stratified (honest)
+or per-image (leaky).
 
 ``grouped`` keeps every slide in one split and balances both classes across the splits: each
 class's share in each split should match the requested fraction, which keeps both the split
@@ -14,8 +15,15 @@ slides as well as each class's images. Balancing classes alone can hand one lab'
 mostly to val, so that validation speaks for one lab and training barely knows it. The test
 slides stay exactly where the class search put them, so test results remain comparable.
 
+Cross-validation (:func:`assign_folds`) divides the non-test slides into K folds by the same
+search, balancing classes and sites; :func:`inner_validation` picks, inside a fold's training
+slides, the few slides that fit-time choices (epoch, C, early stopping) are made on, so that no
+choice ever sees the held-out fold. The pipeline writes no validation store any more: the
+``val`` fraction only shapes the class search that picks the test slides, and is kept so that
+the test split stays the one every earlier run was scored on.
+
 ``random`` is the original study's per-image stratified split: patches of one slide land in
-different splits, which leaks stain and tissue between training and test.
+different splits (and folds), which leaks stain and tissue between training and test.
 """
 
 from __future__ import annotations
@@ -28,16 +36,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from glomx.data.catalogue import Record
 from glomx.errors import GlomxError
 
 SPLITS = ("train", "val", "test")
+COLUMNS = ("name", "label", "slide", "split", "fold")
 STRATEGIES = ("grouped", "random")
 TOLERANCE = 0.02  # accepted |class share in a split - split fraction|, grouped strategy
 RESTARTS = 200  # seeded starts tried before settling for the best one
 _PENALTY = 1e3  # per split that lacks a class: dominates any share deviation
+NO_FOLD = -1  # fold of a test record in split.csv: it belongs to no cross-validation fold
 Strategy = Literal["grouped", "random"]
 
 
@@ -53,6 +63,7 @@ class SplitRow:
     label: int
     slide: str
     split: str
+    fold: int = NO_FOLD
 
 
 def assign_splits(
@@ -172,13 +183,114 @@ def _balance_sites(
     Without this, a split balanced by class alone can hand one site's slides mostly to val
     (a validation set that speaks for one lab and a training set that barely knows it)."""
     rest = np.flatnonzero(assignment != SPLITS.index("test"))
-    names = sorted(set(sites[rest].tolist()))
-    if len(names) < 2:
+    if len(set(sites[rest].tolist())) < 2:
         return
-    per_site = (sites[rest, None] == np.array(names)[None, :]).astype(float)  # slides per site
-    columns = np.hstack([counts[rest], per_site])
     two = fractions[:2] / fractions[:2].sum()
-    assignment[rest] = _search(columns, two, rng)  # a class left out: assign_splits says so
+    assignment[rest] = _partition(counts[rest], sites[rest], two, rng)
+
+
+def _partition(
+    counts: np.ndarray, sites: np.ndarray | None, fractions: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Part index per slide (row of ``counts``, images per class) with each class's images and,
+    given ``sites``, each site's slides divided in ``fractions`` as closely as the search finds."""
+    columns = counts
+    if sites is not None and len(names := sorted(set(sites.tolist()))) > 1:
+        per_site = (sites[:, None] == np.array(names)[None, :]).astype(float)
+        columns = np.hstack([counts, per_site])
+    return _search(columns, fractions, rng)
+
+
+def _slide_counts(slides: Sequence[str], labels: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """Sorted distinct slides and their ``(G, 2)`` image counts per class."""
+    names = sorted(set(slides))
+    index = {slide: i for i, slide in enumerate(names)}
+    counts = np.zeros((len(names), 2))
+    for slide, label in zip(slides, labels, strict=True):
+        counts[index[slide], label] += 1
+    return names, counts
+
+
+def assign_folds(
+    records: Sequence[Record],
+    splits: Sequence[str],
+    k: int,
+    seed: int,
+    strategy: Strategy = "grouped",
+    site_regex: str | None = None,
+) -> list[int]:
+    """Cross-validation fold (0..k-1) of every non-test record, :data:`NO_FOLD` for test.
+
+    ``grouped``: whole slides per fold, each class's images and each site's slides shared out
+    evenly (the split's search, K parts); ``random``: stratified per-image folds (leaky)."""
+    rest = [i for i, s in enumerate(splits) if s != "test"]
+    labels = np.array([records[i].label for i in rest])
+    folds = [NO_FOLD] * len(records)
+    if k < 2:
+        raise SplitError(f"prepare.split.folds must be at least 2, got {k}")
+    if strategy == "random":
+        if min(np.bincount(labels, minlength=2)) < k:
+            raise SplitError(
+                f"a class has fewer than {k} non-test images: lower prepare.split.folds"
+            )
+        cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+        for fold, (_, held) in enumerate(cv.split(np.zeros(len(rest)), labels)):
+            for j in held:
+                folds[rest[j]] = fold
+        return folds
+    slides = [records[i].slide for i in rest]
+    names, counts = _slide_counts(slides, labels.tolist())
+    holding = int((counts[:, 1] > 0).sum())
+    if holding < k:
+        raise SplitError(
+            f"{holding} non-test slide(s) hold class 1, so {k} slide-grouped folds cannot each "
+            "hold both classes; lower prepare.split.folds"
+        )
+    sites = sites_of(names, site_regex) if site_regex else None
+    rng = np.random.default_rng([seed, k])
+    part = _partition(counts, sites, np.full(k, 1 / k), rng)
+    fold_of = dict(zip(names, part.tolist(), strict=True))
+    for i, slide in zip(rest, slides, strict=True):
+        folds[i] = int(fold_of[slide])
+    for fold in range(k):
+        present = {int(labels[j]) for j, i in enumerate(rest) if folds[i] == fold}
+        if present != {0, 1}:
+            raise SplitError(
+                f"fold {fold} holds class(es) {sorted(present)} only; lower prepare.split.folds"
+            )
+    return folds
+
+
+def inner_validation(
+    slides: Sequence[str],
+    labels: Sequence[int],
+    fraction: float,
+    seed: int,
+    site_regex: str | None = None,
+) -> set[str]:
+    """The slides, among a fold's training slides, that fit-time choices are made on: about
+    ``fraction`` of each class and site, both classes present; the rest train."""
+    if not 0 < fraction < 1:
+        raise SplitError(f"cv.inner_val must be in (0, 1), got {fraction}")
+    names, counts = _slide_counts(slides, labels)
+    if min((counts > 0).sum(axis=0)) < 2:
+        raise SplitError(
+            "a fold's training slides hold a class on fewer than 2 slides, so no inner "
+            "validation slide can be set apart; lower prepare.split.folds or add slides"
+        )
+    sites = sites_of(names, site_regex) if site_regex else None
+    part = _partition(
+        counts, sites, np.array([1 - fraction, fraction]), np.random.default_rng(seed)
+    )
+    chosen = {n for n, p in zip(names, part.tolist(), strict=True) if p == 1}
+    held = counts[part == 1].sum(axis=0)
+    kept = counts[part == 0].sum(axis=0)
+    if (held == 0).any() or (kept == 0).any():
+        raise SplitError(
+            "no inner validation split of a fold's training slides holds both classes on both "
+            "sides; lower prepare.split.folds or add slides"
+        )
+    return chosen
 
 
 def _score(totals: np.ndarray, class_totals: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -240,17 +352,24 @@ def _check_classes(records: Sequence[Record], splits: Sequence[str]) -> None:
             )
 
 
-def write_split_csv(path: str | Path, records: Sequence[Record], splits: Sequence[str]) -> None:
-    """Write ``name,label,slide,split`` per record."""
-    if len(records) != len(splits):
-        raise SplitError(f"{len(records)} records but {len(splits)} split labels")
+def write_split_csv(
+    path: str | Path,
+    records: Sequence[Record],
+    splits: Sequence[str],
+    folds: Sequence[int] | None = None,
+) -> None:
+    """Write ``name,label,slide,split,fold`` per record (fold empty for test)."""
+    folds = [NO_FOLD] * len(records) if folds is None else folds
+    if not len(records) == len(splits) == len(folds):
+        raise SplitError(f"{len(records)} records but {len(splits)} splits and {len(folds)} folds")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "label", "slide", "split"])
+        writer.writerow(COLUMNS)
         writer.writerows(
-            [r.name, r.label, r.slide, s] for r, s in zip(records, splits, strict=True)
+            [r.name, r.label, r.slide, s, "" if k == NO_FOLD else k]
+            for r, s, k in zip(records, splits, folds, strict=True)
         )
 
 
@@ -261,15 +380,36 @@ def read_split_csv(path: str | Path) -> list[SplitRow]:
         raise SplitError(f"split file {path} not found; run the prepare stage (dvc repro prepare)")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        expected = ["name", "label", "slide", "split"]
-        if reader.fieldnames != expected:
-            raise SplitError(f"{path} has columns {reader.fieldnames}, expected {expected}")
+        if reader.fieldnames != list(COLUMNS):
+            raise SplitError(
+                f"{path} has columns {reader.fieldnames}, expected {list(COLUMNS)}; "
+                "rerun `dvc repro prepare`"
+            )
         rows = []
         for row in reader:
-            if row["split"] not in SPLITS or row["label"] not in ("0", "1"):
+            fold = row["fold"]
+            if (
+                row["split"] not in SPLITS
+                or row["label"] not in ("0", "1")
+                or not (fold.isdigit() or (fold == "" and row["split"] == "test"))
+            ):
                 raise SplitError(
                     f"{path} line {reader.line_num}: split {row['split']!r} / label "
-                    f"{row['label']!r}; expected one of {SPLITS} and 0 or 1"
+                    f"{row['label']!r} / fold {fold!r}; expected one of {SPLITS}, 0 or 1, and a "
+                    "fold number (empty for test)"
                 )
-            rows.append(SplitRow(row["name"], int(row["label"]), row["slide"], row["split"]))
+            rows.append(
+                SplitRow(
+                    row["name"],
+                    int(row["label"]),
+                    row["slide"],
+                    row["split"],
+                    int(fold) if fold else NO_FOLD,
+                )
+            )
     return rows
+
+
+def slide_folds(rows: Sequence[SplitRow]) -> dict[str, int]:
+    """Fold of every cross-validated slide (test slides have none)."""
+    return {r.slide: r.fold for r in rows if r.fold != NO_FOLD}

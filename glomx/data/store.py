@@ -211,3 +211,26 @@ class ArrayStore:
             Row(n, int(lab), s)
             for n, lab, s in zip(self.names, self.labels, self.slides, strict=True)
         ]
+
+
+def write_subset(
+    src: ArrayStore,
+    indices: Sequence[int] | np.ndarray,
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    chunk_size: int = 128,
+) -> ArrayStore:
+    """A new store of ``src``'s images at ``indices`` (in that order), copied chunk by chunk;
+    it keeps ``src``'s params, source hash and data kind."""
+    idx = np.asarray(indices, dtype=np.int64)
+    carried = {k: src.manifest[k] for k in ("data_kind",) if k in src.manifest}
+    with StoreWriter(path, src.image_shape, src.params, src.manifest.get("source_hash")) as w:
+        for start in range(0, len(idx), chunk_size):
+            part = idx[start : start + chunk_size]
+            w.append(
+                src.read(part),
+                src.labels[part],
+                [src.names[i] for i in part],
+                [src.slides[i] for i in part],
+            )
+        return w.close({**carried, **(extra or {})})

@@ -51,7 +51,11 @@ class SlideSums:
 
 
 def slide_sums(
-    y_true: np.ndarray, proba: np.ndarray, slides: np.ndarray, threshold: float, n_bins: int
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    slides: np.ndarray,
+    threshold: float | np.ndarray,
+    n_bins: int,
 ) -> SlideSums:
     """Collect per-slide sums: tp, fp, tn, fn, squared error, per calibration bin
     (count, sum of p, sum of y), then positives and negatives per distinct probability."""
@@ -140,7 +144,7 @@ def bootstrap_metrics(
     y_true: np.ndarray,
     proba: np.ndarray,
     slides: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,  # one per image for pooled out-of-fold predictions
     *,
     n_resamples: int = 1000,
     confidence: float = 0.95,

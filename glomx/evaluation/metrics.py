@@ -88,10 +88,11 @@ def confusion_counts(y_true: np.ndarray, pred: np.ndarray) -> dict[str, int]:
 
 
 def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5
+    y_true: np.ndarray, proba: np.ndarray, threshold: float | np.ndarray = 0.5
 ) -> dict[str, float]:
     """Accuracy, balanced accuracy, precision, recall, specificity, F1 at ``threshold``
-    (positive when ``proba >= threshold``), plus ROC AUC and PR AUC (average precision)."""
+    (positive when ``proba >= threshold``; one per image for pooled out-of-fold predictions),
+    plus ROC AUC and PR AUC (average precision)."""
     y, p = _check(y_true, proba)
     c = confusion_counts(y, (p >= threshold).astype(np.int64))
     out = {k: float(v) for k, v in _from_counts(c["tp"], c["fp"], c["tn"], c["fn"]).items()}
@@ -141,7 +142,7 @@ def _write_csv(path: Path, header: list[str], rows: object) -> None:
 
 
 def write_plot_data(
-    directory: str | Path, y_true: np.ndarray, proba: np.ndarray, threshold: float
+    directory: str | Path, y_true: np.ndarray, proba: np.ndarray, threshold: float | np.ndarray
 ) -> None:
     """Write DVC plot data: ``confusion.csv`` (actual,predicted per image, for the ``confusion``
     template), ``roc.csv`` (fpr,tpr,threshold) and ``pr.csv`` (recall,precision,threshold).

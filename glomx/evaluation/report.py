@@ -42,6 +42,17 @@ class DataSummary:
     sites: Mapping[str, Mapping[str, int]]  # test site -> images, class_1, slides
 
 
+def strict(value: Any) -> Any:
+    """NaN → None, recursively, so that a metrics file or report is strict JSON."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def _num(v: float, digits: int = 3) -> str:
     return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
 
@@ -89,6 +100,7 @@ def summary_markdown(
     models: Mapping[str, Mapping[str, Any]],
     champion: Mapping[str, Any],
     settings: Mapping[str, Any],
+    selection: Mapping[str, Any] | None = None,
     gradcam_note: str | None = None,
 ) -> str:
     """The whole report.
@@ -96,6 +108,7 @@ def summary_markdown(
     ``metrics``: model -> intervals on the full test split; ``sites``: model -> site ->
     intervals; ``models``: model -> {"version", "run_id", "threshold"} (absent for the
     baseline); ``champion``: the promotion decision; ``settings``: bootstrap and TTA params;
+    ``selection``: the select stage's decision (out-of-fold ranking, intervals, ties);
     ``gradcam_note``: why there are no Grad-CAM figures, when there are none.
     """
     lines = ["# glomx evaluation (held-out test split)", "", *_data_lines(data), ""]
@@ -111,8 +124,9 @@ def summary_markdown(
         f"{settings['n_resamples']} bootstrap resamples of test *slides* (seed "
         f"{settings['seed']}). Test-time augmentation: "
         f"{'mean over 8 dihedral transforms' if settings['tta'] else 'off'}. "
-        "Labels use each model's own threshold, fixed at training time (tuned on validation "
-        "where configured; the baseline's is tuned on validation).",
+        "Labels use each model's own threshold, fixed at training time (0.5 unless "
+        "`threshold.tune` chose one on each fold's inner-validation slides; the baseline's is "
+        "0.5).",
         "",
         "## Test metrics",
         "",
@@ -133,9 +147,9 @@ def summary_markdown(
         "",
         champion_text(champion),
         "",
-        *validation_ranking(champion, data.splits.get("val")),
-        "The registry alias is moved by validation metrics only; the test numbers above "
-        "never take part in choosing it.",
+        *selection_lines(selection or {}),
+        "The candidate is chosen on out-of-fold predictions of the cross-validated slides only; "
+        "the test numbers above never take part in choosing it.",
         "",
     ]
     if sites:
@@ -163,41 +177,49 @@ def summary_markdown(
     return "\n".join(lines)
 
 
-def separation(ranking: list[Mapping[str, Any]], val: Mapping[str, int]) -> str:
-    """How far the best candidate leads on validation balanced accuracy, against what one
-    validation patch is worth; names the candidates one sclerotic patch would put level."""
-    positives, negatives = val["class_1"], val["images"] - val["class_1"]
-    scores = [r["balanced_accuracy"] for r in ranking]
-    if len(ranking) < 2 or not positives or not negatives or math.isnan(scores[0] - scores[1]):
-        return ""
-    per_pos, per_neg = 1 / (2 * positives), 1 / (2 * negatives)
-    text = (
-        f"The best candidate leads the next by {scores[0] - scores[1]:.4f} validation balanced "
-        f"accuracy; one sclerotic patch of the {val['images']} validation patches ({positives} "
-        f"sclerotic, {val['slides']} slides) is worth {per_pos:.4f} and one non-sclerotic patch "
-        f"{per_neg:.4f}."
-    )
-    level = [r["family"] for r in ranking[1:] if scores[0] - r["balanced_accuracy"] < per_pos]
-    if level:
-        text += (
-            f" **Validation does not separate {ranking[0]['family']} from "
-            f"{', '.join(level)}**: one sclerotic patch judged differently would reverse the "
-            "order, so read the choice among them as a tie."
-        )
-    return text
-
-
-def validation_ranking(champion: Mapping[str, Any], val: Mapping[str, int] | None) -> list[str]:
-    """The candidates' validation scores, best first, and how far apart they are."""
-    ranking, metric = champion.get("ranking") or [], champion.get("metric")
-    if not ranking or not metric:
+def selection_lines(selection: Mapping[str, Any]) -> list[str]:
+    """The out-of-fold ranking with intervals, each family's difference to the best with its
+    paired interval and whether it ties, and the decision."""
+    ranking = selection.get("ranking") or []
+    if not ranking:
         return []
-    scores = [k for k in ranking[0] if k not in ("version", "family")]
-    rows = [[r["family"], str(r["version"]), *(_num(r[k], 4) for k in scores)] for r in ranking]
-    lines = [*_table(["candidate", "version", *(f"val {k}" for k in scores)], rows), ""]
-    if metric == "balanced_accuracy" and val and (note := separation(ranking, val)):
-        lines += [note, ""]
-    return lines
+    best = ranking[0]["family"]
+    differences = selection.get("differences") or {}
+    rows = []
+    for r in ranking:
+        d = differences.get(r["family"])
+        diff = "—" if d is None else with_interval(d)
+        tie = "best" if d is None else ("**tied**" if d["tied"] else "separated")
+        rows.append(
+            [
+                r["family"],
+                with_interval(r["balanced_accuracy"]),
+                with_interval(r["roc_auc"]),
+                diff,
+                tie,
+            ]
+        )
+    if ensemble := selection.get("ensemble"):
+        rows.append(
+            [
+                f"ensemble ({', '.join(ensemble['members'])})",
+                with_interval(ensemble["balanced_accuracy"]),
+                with_interval(ensemble["roc_auc"]),
+                "—",
+                "candidate",
+            ]
+        )
+    header = ["model", "OOF bal. acc.", "OOF ROC-AUC", f"{best} minus it (paired)", "vs best"]
+    return [
+        "### Out-of-fold selection (cross-validated slides, never test)",
+        "",
+        f"Rule: {selection.get('rule', '')}.",
+        "",
+        *_table(header, rows),
+        "",
+        f"Decision: {selection.get('reason', '')}",
+        "",
+    ]
 
 
 def champion_text(champion: Mapping[str, Any]) -> str:

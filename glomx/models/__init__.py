@@ -6,6 +6,7 @@ from importlib import import_module
 from pathlib import Path
 
 from glomx.models.base import Classifier, ModelMeta
+from glomx.models.mean import MEMBERS, MeanClassifier
 
 # family name → "module:ClassName", imported lazily so sklearn-only use never loads Keras
 FAMILIES = {
@@ -26,7 +27,10 @@ def family_class(family: str) -> type[Classifier]:
 
 
 def load_classifier(directory: str | Path) -> Classifier:
-    """Load any saved glomx model directory."""
+    """Load any saved glomx model directory: one family's model, or a mean of saved models
+    (a bag of fold models, the ensemble), whose members load the same way."""
     directory = Path(directory)
     meta = ModelMeta.load(directory)
+    if MEMBERS in meta.extra:
+        return MeanClassifier(meta, [load_classifier(directory / m) for m in meta.extra[MEMBERS]])
     return family_class(meta.family)._load_weights(directory, meta)

@@ -4,10 +4,11 @@ This is the only code that reads ``prepared/test``. For each saved model (and a 
 baseline) it computes test probabilities (optionally averaged over the 8 dihedral
 transforms), metrics with slide-bootstrap intervals overall and per site, DVC plot data,
 figures, Grad-CAM overlays and ``reports/summary.md``; promotes the registry alias
-``champion`` by *validation* metrics; and logs it all to one MLflow ``evaluate`` run with one
-child run per model: the same ``test_<metric>`` names in every child (so the UI compares them
-like training runs), the intervals in a ``test_metrics.json`` table, the test store as input,
-and links to the scored version and its training run.
+``champion`` to the choose stage's candidate (chosen on out-of-fold predictions, never test,
+with its ``margin`` against the sitting champion); and logs it all to one MLflow ``evaluate``
+run with one child run per model: the same ``test_<metric>`` names in every child (so the UI
+compares them like training runs), the intervals in a ``test_metrics.json`` table, the test
+store as input, and links to the scored version and its training run.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ from glomx.evaluation.baseline import ColourBaseline
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.calibration import reliability_figure
 from glomx.evaluation.metrics import confusion_figure, pr_figure, roc_figure, write_plot_data
-from glomx.evaluation.report import DataSummary, summary_markdown, with_interval
+from glomx.evaluation.report import DataSummary, strict, summary_markdown, with_interval
 from glomx.evaluation.scoring import score_store
+from glomx.evaluation.selection import ENSEMBLE
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
+from glomx.models.mean import MEMBERS
+from glomx.pipeline.choose import candidate_dir, read_decision
 from glomx.tracking import StageRun, stage_run
+from glomx.tracking.pyfunc import files_digest
 from glomx.tracking.registry import promote, version_of
 from glomx.tracking.runs import run_link, version_link
 
@@ -65,14 +70,19 @@ class Trained:
     classifier: Classifier
 
 
-def trained_models(models_dir: Path, families: list[str]) -> list[Trained]:
-    """The saved models among ``families`` under ``models_dir``."""
+def trained_models(
+    models_dir: Path, families: list[str], candidate: Path | None = None
+) -> list[Trained]:
+    """The saved models among ``families`` under ``models_dir``, and the choose stage's
+    ``candidate`` when it is not one of them (the ensemble)."""
     dirs = [models_dir / f for f in families if (models_dir / f / META_FILE).is_file()]
     if not dirs:
         raise EvaluateError(
             f"no trained model under {models_dir}/ ({', '.join(families)}); "
             "run the training stages first (`dvc repro`)"
         )
+    if candidate is not None and candidate.resolve() not in {d.resolve() for d in dirs}:
+        dirs.append(candidate)
     return [Trained(d.name, d, load_classifier(d)) for d in dirs]
 
 
@@ -116,6 +126,14 @@ def _intervals(
     )
 
 
+def _keras_member(classifier: Any) -> Any:
+    """What Grad-CAM draws: a Keras model itself, or a bag's first fold model."""
+    if hasattr(classifier, "keras_model"):
+        return classifier
+    members = getattr(classifier, "members", None)
+    return _keras_member(members[0]) if members else None
+
+
 def _gradcam_figures(
     trained: list[Trained],
     scored: Mapping[str, Scored],
@@ -126,7 +144,11 @@ def _gradcam_figures(
 ) -> tuple[list[Path], str | None]:
     """Grad-CAM overlays for the Keras models on their most confident TP, TN, FP and FN,
     each tile captioned with its slide and site → (figures, why there are none or None)."""
-    keras_models = {t.family: t.classifier for t in trained if hasattr(t.classifier, "keras_model")}
+    keras_models = {
+        t.family: clf
+        for t in trained
+        if t.family != ENSEMBLE and (clf := _keras_member(t.classifier)) is not None
+    }
     if not keras_models or per_case < 1:
         return [], None
     from glomx.evaluation import gradcam  # imports Keras: only when a Keras model is evaluated
@@ -157,18 +179,9 @@ def _gradcam_figures(
     return written, None
 
 
-def _clean(value: Any) -> Any:
-    """NaN → None, recursively, so the metrics file is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(strict(data), indent=2, sort_keys=False) + "\n")
 
 
 def _figures(y: np.ndarray, scored: Mapping[str, Scored], n_bins: int, out: Path) -> list[Path]:
@@ -188,11 +201,25 @@ def _figures(y: np.ndarray, scored: Mapping[str, Scored], n_bins: int, out: Path
     return [out / f for f in figures]
 
 
+def _from_members(t: Trained, scored: Mapping[str, Scored], models_dir: Path) -> np.ndarray | None:
+    """A mean model's test probabilities from its members' when every member is a scored
+    model's very files (the ensemble copies the bags): a mean of means, no second pass."""
+    members = t.classifier.meta.extra.get(MEMBERS) or []
+    if t.family in members or not members or not all(m in scored for m in members):
+        return None
+    if any(files_digest(t.directory / m) != files_digest(models_dir / m) for m in members):
+        return None
+    return np.mean([scored[m].proba for m in members], axis=0)
+
+
 def score_models(
-    trained: list[Trained], stores: Mapping[str, ArrayStore], cfg: Mapping[str, Any]
+    trained: list[Trained],
+    stores: Mapping[str, ArrayStore],
+    cfg: Mapping[str, Any],
+    models_dir: Path,
 ) -> dict[str, Scored]:
     """Test probabilities of every model, linked to the registered version holding its files,
-    and of the colour baseline (fitted on train, threshold from val)."""
+    and of the colour baseline (fitted on train, threshold 0.5)."""
     test = stores["test"]
     scored: dict[str, Scored] = {}
     for t in trained:
@@ -201,15 +228,18 @@ def score_models(
             log.warning(
                 "%s: no registered version holds %s; not a candidate", t.family, t.directory
             )
+        proba = _from_members(t, scored, models_dir)
+        if proba is None:
+            proba = score_store(t.classifier, test, cfg["tta"], cfg["batch_size"])
         scored[t.family] = Scored(
             t.family,
-            score_store(t.classifier, test, cfg["tta"], cfg["batch_size"]),
+            proba,
             t.classifier.meta.threshold,
             registered.version if registered else None,
             registered.run_id if registered else None,
         )
     if cfg["baseline"]:
-        base = ColourBaseline(cfg["bootstrap"]["seed"]).fit(stores["train"], stores["val"])
+        base = ColourBaseline(cfg["bootstrap"]["seed"]).fit(stores["train"])
         proba = score_store(base, test, False, cfg["batch_size"])
         scored[BASELINE] = Scored(BASELINE, proba, base.threshold)
     return scored
@@ -236,12 +266,19 @@ def assess(
     return metrics, per_site
 
 
-def choose_champion(scored: Mapping[str, Scored], rules: Mapping[str, Any]) -> dict[str, Any]:
-    """Promote among the registered evaluated versions by their validation metrics."""
-    versions = [s.version for s in scored.values() if s.version]
-    if not versions:
-        return {"version": None, "family": None, "reason": "no evaluated model is registered"}
-    return promote(versions, **rules).as_dict()
+def choose_champion(
+    scored: Mapping[str, Scored], decision: Mapping[str, Any], rules: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Promote the choose stage's candidate (chosen on out-of-fold predictions) if it is
+    registered and beats the sitting champion's out-of-fold ``metric`` by ``margin``."""
+    chosen = scored.get(decision["candidate"])
+    if chosen is None or not chosen.version:
+        return {
+            "version": None,
+            "family": None,
+            "reason": f"the candidate {decision['candidate']} has no registered version",
+        }
+    return promote(chosen.version, decision["reason"], rules["metric"], rules["margin"]).as_dict()
 
 
 def interval_rows(
@@ -270,7 +307,10 @@ def _model_note(name: str, s: Scored, parent: str) -> str:
         source = f"registered version {version_link(s.version)}"
         source += f", trained by run {run_link(s.run_id)}" if s.run_id else ""
     elif name == BASELINE:
-        source = "the colour-only baseline (fitted on train, threshold from val, not registered)"
+        source = (
+            "the colour-only baseline (fitted on the cross-validated slides, threshold 0.5, "
+            "not registered)"
+        )
     else:
         source = "a saved model that no registered version holds (not a promotion candidate)"
     return (
@@ -298,7 +338,7 @@ def _evaluation_note(
         )
     champion = (
         f"Champion: {version_link(str(decision['version']))} ({decision['family']}), chosen "
-        "on validation metrics only."
+        "on out-of-fold predictions of the cross-validated slides only."
         if decision.get("version")
         else f"No champion: {decision.get('reason')}."
     )
@@ -355,18 +395,20 @@ def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
     """Run the whole stage from the full params (sections ``paths`` and ``evaluate``);
     returns what was written to the metrics file."""
     paths, cfg = params["paths"], params["evaluate"]
-    stores = {s: ArrayStore(Path(paths["prepared"]) / s) for s in ("train", "val", "test")}
+    stores = {s: ArrayStore(Path(paths["prepared"]) / s) for s in ("train", "test")}
     test = stores["test"]
     sites = sites_of(test.slides, cfg["site_regex"])
     data = data_summary(stores, sites)
-    trained = trained_models(Path(paths["models"]), cfg["families"])
+    selection = read_decision(paths)
+    models_dir = Path(paths["models"])
+    trained = trained_models(models_dir, cfg["families"], candidate_dir(paths, selection))
     if data.kind != "real":
         log.warning("evaluating on %s data: results say nothing about real glomeruli", data.kind)
 
     with stage_run("evaluate", dict(cfg), data.kind) as run:
-        scored = score_models(trained, stores, cfg)
+        scored = score_models(trained, stores, cfg, models_dir)
         metrics, per_site = assess(scored, test, sites, cfg)
-        decision = choose_champion(scored, cfg["promotion"])
+        decision = choose_champion(scored, selection, cfg["promotion"])
 
         reports, plots = Path(paths["reports"]), Path(paths["plots"]) / "evaluate"
         reports.mkdir(parents=True, exist_ok=True)
@@ -380,7 +422,9 @@ def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
         artifacts += gradcams
         info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
         settings = {**cfg["bootstrap"], "tta": cfg["tta"]}
-        summary = summary_markdown(data, metrics, per_site, info, decision, settings, no_gradcam)
+        summary = summary_markdown(
+            data, metrics, per_site, info, decision, settings, selection, no_gradcam
+        )
         (reports / "summary.md").write_text(summary)
         _write_json(reports / "sites.json", per_site)
         result = {

@@ -1,4 +1,5 @@
-"""The prepare stage's logic: catalogue → slide-grouped split → homogenised array stores.
+"""The prepare stage's logic: catalogue → slide-grouped test split and cross-validation folds
+→ homogenised array stores (``train``: every non-test slide, ``test``).
 
 Images are decoded by a process pool (both cores) and written to the stores in chunks, so
 resident memory is one chunk per split plus the pool's in-flight images, whatever the
@@ -28,14 +29,14 @@ from glomx.data.catalogue import (
     write_problem_report,
 )
 from glomx.data.images import ImageError, decode, homogenise
-from glomx.data.split import assign_splits, write_split_csv
+from glomx.data.split import NO_FOLD, assign_folds, assign_splits, write_split_csv
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.data.synth import data_kind
 from glomx.errors import GlomxError
 from glomx.tracking import stage_run
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "test")  # stores written; the folds divide train
 PROBLEMS_FILE = "problems.csv"
 SPLIT_FILE = "split.csv"
 
@@ -144,20 +145,31 @@ def _flush(writer: StoreWriter, batch: list[np.ndarray], records: list[Record]) 
     )
 
 
-def _counts(records: list[Record], splits: list[str]) -> dict[str, Any]:
-    """Counts per split and class, and per slide, for the DVC metrics file."""
-    out: dict[str, Any] = {"total": len(records), "splits": {}, "slides": {}}
+def _tally(rows: list[Record]) -> dict[str, int]:
+    labels = Counter(r.label for r in rows)
+    return {
+        "images": len(rows),
+        "class_0": labels[0],
+        "class_1": labels[1],
+        "slides": len({r.slide for r in rows}),
+    }
+
+
+def _counts(records: list[Record], splits: list[str], folds: list[int]) -> dict[str, Any]:
+    """Counts per split, fold and class, and per slide, for the DVC metrics file."""
+    out: dict[str, Any] = {"total": len(records), "splits": {}, "folds": {}, "slides": {}}
     for split in SPLITS:
-        rows = [r for r, s in zip(records, splits, strict=True) if s == split]
-        labels = Counter(r.label for r in rows)
-        out["splits"][split] = {
-            "images": len(rows),
-            "class_0": labels[0],
-            "class_1": labels[1],
-            "slides": len({r.slide for r in rows}),
-        }
-    for r, s in zip(records, splits, strict=True):
-        entry = out["slides"].setdefault(r.slide, {"split": s, "class_0": 0, "class_1": 0})
+        out["splits"][split] = _tally(
+            [r for r, s in zip(records, splits, strict=True) if s == split]
+        )
+    for fold in sorted(set(folds) - {NO_FOLD}):
+        out["folds"][str(fold)] = _tally(
+            [r for r, k in zip(records, folds, strict=True) if k == fold]
+        )
+    for r, s, k in zip(records, splits, folds, strict=True):
+        entry = out["slides"].setdefault(
+            r.slide, {"split": s, "fold": None if k == NO_FOLD else k, "class_0": 0, "class_1": 0}
+        )
         entry[f"class_{r.label}"] += 1
     return out
 
@@ -174,13 +186,11 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
         raise
     records = catalogue.records
     split = params["split"]
-    splits = assign_splits(
-        records,
-        split["val"],
-        split["test"],
-        split["seed"],
-        split["strategy"],
-        split.get("site_regex"),
+    # the class search's val share shapes where the test slides fall; no val store is written
+    held = assign_splits(records, split["val"], split["test"], split["seed"], split["strategy"])
+    splits = ["test" if s == "test" else "train" for s in held]
+    folds = assign_folds(
+        records, splits, split["folds"], split["seed"], split["strategy"], split.get("site_regex")
     )
     kind = data_kind(data_dir)
     if kind == "synthetic":
@@ -194,6 +204,7 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
     out_dir.mkdir(parents=True, exist_ok=True)
     kept: list[Record] = []
     kept_splits: list[str] = []
+    fold_of = {r.name: k for r, k in zip(records, folds, strict=True)}
     problems = list(catalogue.problems)
     with tqdm(total=len(records), desc="prepare", unit="img") as bar:
         for name in SPLITS:
@@ -204,7 +215,7 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
                 params["image"],
                 params["chunk_size"],
                 params["workers"],
-                {**extra, "split": name},
+                {**extra, "split": name, "folds": split["folds"]},
                 bar,
             )
             kept += written
@@ -223,8 +234,9 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
         kinds = Counter(p.kind for p in problems)
         listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
         log.warning("%d skipped under prepare.policy (%s), see %s", len(problems), listed, report)
-    write_split_csv(out_dir / SPLIT_FILE, kept, kept_splits)
-    counts = {**_counts(kept, kept_splits), "data_kind": kind, "skipped": len(problems)}
+    kept_folds = [fold_of[r.name] for r in kept]
+    write_split_csv(out_dir / SPLIT_FILE, kept, kept_splits, kept_folds)
+    counts = {**_counts(kept, kept_splits, kept_folds), "data_kind": kind, "skipped": len(problems)}
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(counts, indent=2) + "\n")
     return counts
@@ -233,7 +245,8 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
 def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any]) -> str:
     """Record a finished prepare in its own MLflow run; returns the run id.
 
-    Metrics: images in all and per split, class and slide counts per split, problems skipped.
+    Metrics: images in all and per split, class and slide counts per split and per fold,
+    problems skipped.
     Artifacts: the counts with the split of every slide (``prepare.json``), the split table
     and, when something was skipped, the problem report. Each split store is logged as a
     dataset. Nothing under ``out_dir`` is written.
@@ -241,6 +254,8 @@ def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any
     metrics = {"images": counts["total"], "skipped": counts["skipped"]}
     for split, c in counts["splits"].items():
         metrics |= {f"{split}_{key}": value for key, value in c.items()}
+    for fold, c in counts["folds"].items():
+        metrics |= {f"fold{fold}_{key}": value for key, value in c.items()}
     with stage_run("prepare", params, counts["data_kind"]) as run:
         run.log_metrics(metrics)
         run.log_dict(counts, "prepare.json")

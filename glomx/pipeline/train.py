@@ -1,41 +1,55 @@
-"""The one training-stage flow, shared by train-lr, train-cnn and train-resnet.
+"""The one training-stage flow, shared by every ``train-<family>`` stage.
 
-:func:`run_training` reads the balanced training store and the prepared validation store
-(never test), fits, picks the decision threshold, saves ``models/<family>/``, writes the DVC
-metrics and plot files, and logs everything to one MLflow run that ends with a registered
-model version. A stage's params section may hold, besides its model's own keys::
+:func:`run_training` cross-validates the family over prepare's slide-grouped folds
+(:mod:`glomx.pipeline.cv`, one Ray task per fold), then:
 
-    class_weight: none        # none | balanced: weight classes by <balanced>/class_weights.json
+- writes its out-of-fold (OOF) predictions of every cross-validated patch
+  (``<cv>/<family>.csv``), the pooled OOF metrics with slide-bootstrap intervals and the
+  per-fold ones (``metrics/<family>.json``) and the OOF plot data (``plots/<family>/``);
+- saves the family's model, the *bag* of its K fold models (their mean probability,
+  :class:`~glomx.models.mean.MeanClassifier`), into ``models/<family>/``, replacing the old one
+  only once it is complete;
+- logs one MLflow run, the fold trials nested under it, ending in a registered version tagged
+  with its ``cv_<metric>`` scores, which promotion reads.
+
+The test split is never read here. A stage's params section may hold, besides its model's
+own keys::
+
+    class_weight: none        # none | balanced: weight classes by each fold's training labels
     threshold:
-      tune: false             # true: the threshold maximising `metric` on validation
-      metric: balanced_accuracy
+      tune: false             # true: each fold model's threshold maximises `metric` on its
+      metric: balanced_accuracy  # inner-validation slides (else 0.5)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
 from glomx.evaluation import metrics as m
-from glomx.models import family_class
+from glomx.evaluation.report import strict
+from glomx.evaluation.selection import OOF, SHOWN
+from glomx.models import family_class, load_classifier
 from glomx.models.base import META_FILE, Classifier, Preprocessing
-from glomx.params import load_params
+from glomx.models.mean import MeanClassifier
+from glomx.params import dataclass_from, load_params
+from glomx.pipeline.cv import CVConfig, FoldResult, Trial, finite, inner_slides, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
 
-CLASS_WEIGHTS_FILE = "class_weights.json"
 log = logging.getLogger(__name__)
+SPLIT_FILE = "split.csv"
 
 
 def prepared_preprocessing(paths: dict[str, str]) -> Preprocessing:
-    """The image homogenisation the prepare stage recorded in the validation store."""
-    store = ArrayStore(Path(paths["prepared"]) / "val")
+    """The image homogenisation the prepare stage recorded in the cross-validation store."""
+    store = ArrayStore(Path(paths["prepared"]) / "train")
     image = store.params.get("image", {})
     try:
         return Preprocessing(*(image[k] for k in ("size", "channels", "method", "fill")))
@@ -46,131 +60,170 @@ def prepared_preprocessing(paths: dict[str, str]) -> Preprocessing:
         ) from None
 
 
-def class_weights(params: dict[str, Any], paths: dict[str, str]) -> dict[int, float] | None:
-    """``{0: w0, 1: w1}`` from the balance stage when ``params.class_weight`` is ``balanced``."""
-    mode = params.get("class_weight", "none")
-    if mode in (None, "none"):
-        return None
-    path = Path(paths["balanced"]) / CLASS_WEIGHTS_FILE
-    if mode != "balanced":
-        raise ValueError(f"class_weight must be none or balanced, got {mode!r}")
-    try:
-        raw = json.loads(path.read_text())
-        return {int(k): float(raw[k]) for k in ("0", "1")}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{path}: cannot read class weights {{'0': w0, '1': w1}} ({err}); "
-            "rerun `dvc repro balance`"
-        ) from None
-
-
-def _threshold(params: dict[str, Any], labels: np.ndarray, proba: np.ndarray) -> float:
-    spec = params.get("threshold") or {}
-    if not spec.get("tune", False):
-        return 0.5
-    return m.choose_threshold(labels, proba, spec.get("metric", "balanced_accuracy"))
-
-
-def _save(classifier: Classifier, directory: Path) -> None:
-    """Save into ``directory``, replacing a previous model there but nothing else."""
-    if directory.is_dir() and any(directory.iterdir()):
-        if not (directory / META_FILE).is_file():
+def replace_model(build: Path, directory: Path) -> None:
+    """Move the finished model folder ``build`` to ``directory``, replacing a previous model
+    there (or a partial folder an interrupted run left), but nothing else."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / META_FILE).is_file() and not _partial(directory):
             raise FileExistsError(f"{directory} exists and is not a glomx model; move it away")
         shutil.rmtree(directory)
-    classifier.save(directory)
+    elif directory.exists():
+        directory.rmdir()
+    build.rename(directory)
 
 
-def _finite(values: dict[str, float]) -> dict[str, float | None]:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+def _partial(directory: Path) -> bool:
+    """A folder an interrupted save left: glomx model files without the top-level meta."""
+    return any(directory.rglob(META_FILE))
 
 
-def _log_evaluation(
-    run: StageRun, classifier: Classifier, labels: np.ndarray, proba: np.ndarray
-) -> None:
-    """Summary text, confusion matrix (PNG + JSON), ROC and PR figures."""
-    pred = (proba >= classifier.meta.threshold).astype(np.uint8)
+def build_bag(
+    family: str, results: list[FoldResult], preprocessing: Preprocessing, directory: Path
+) -> MeanClassifier:
+    """The bag of the fold models, saved into ``directory`` (built beside it first)."""
+    build = directory.with_name(f".{directory.name}.partial")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    members: dict[str, Classifier] = {}
+    for r in results:
+        unpack(r.model, build / f"fold-{r.fold}")
+        members[f"fold-{r.fold}"] = load_classifier(build / f"fold-{r.fold}")
+    threshold = float(np.mean([r.threshold for r in results]))
+    cv = {"folds": len(results), "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results}}
+    bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
+    bag.meta.save(build)  # the members are already saved, as the trials wrote them
+    replace_model(build, directory)
+    return bag
+
+
+def cv_report(oof: OOF, results: list[FoldResult], boot: dict[str, Any]) -> dict[str, Any]:
+    """Pooled OOF metrics with intervals, then each fold's metrics and what it cost."""
+    per_fold = oof.per_fold()
+    return {
+        "oof": {
+            "images": len(oof.names),
+            "slides": len(set(oof.slides.tolist())),
+            **{k: v for k, v in oof.intervals(boot).items() if k in SHOWN},
+        },
+        "folds": {
+            str(r.fold): {
+                **{k: per_fold[str(r.fold)][k] for k in SHOWN},
+                "images": int(np.sum(oof.folds == r.fold)),
+                "heldout_slides": sorted(set(r.slides)),
+                "inner_val_slides": r.inner,
+                "seconds": round(r.seconds, 1),
+                "peak_rss_mib": round(r.peak_rss_mib),
+            }
+            for r in results
+        },
+    }
+
+
+def _log_oof(run: StageRun, classifier: Classifier, oof: OOF) -> None:
+    """Summary text, confusion matrix (PNG + JSON), ROC and PR figures of the OOF predictions."""
+    pred = (oof.proba >= oof.thresholds).astype(np.uint8)
     run.log_text(classifier.summary(), "model/summary.txt")
     run.log_dict(
-        {"threshold": classifier.meta.threshold, **m.confusion_counts(labels, pred)},
+        {"threshold": classifier.meta.threshold, **m.confusion_counts(oof.labels, pred)},
         "plots/confusion.json",
     )
     family = classifier.meta.family
     for fig, name in (
-        (m.confusion_figure(labels, pred, f"{family}: validation"), "confusion"),
-        (m.roc_figure({family: (labels, proba)}), "roc"),
-        (m.pr_figure({family: (labels, proba)}), "pr"),
+        (m.confusion_figure(oof.labels, pred, f"{family}: out-of-fold"), "confusion"),
+        (m.roc_figure({family: (oof.labels, oof.proba)}), "roc"),
+        (m.pr_figure({family: (oof.labels, oof.proba)}), "pr"),
     ):
         run.log_figure(fig, f"plots/{name}.png")
 
 
 def run_training(
     stage: str,
-    classifier: Classifier,
-    params: dict[str, Any],
+    family: str,
+    section: dict[str, Any],
     paths: dict[str, str],
-    class_weight: dict[int, float] | None = None,
-) -> dict[str, float]:
-    """Fit ``classifier`` for ``stage`` and record it everywhere; returns validation metrics.
-
-    ``params`` is the stage's params section; ``class_weight`` overrides its ``class_weight``.
-    """
-    train = ArrayStore(paths["balanced"])
-    val = ArrayStore(Path(paths["prepared"]) / "val")
-    if classifier.meta.preprocessing != prepared_preprocessing(paths):
-        raise ValueError(
-            f"{stage}: the model's preprocessing {classifier.meta.preprocessing} differs from "
-            f"the prepared data's; build it with glomx.pipeline.train.prepared_preprocessing(paths)"
-        )
-    family = classifier.meta.family
-    kind = val.data_kind
-    weights = class_weight if class_weight is not None else class_weights(params, paths)
-    logged = {stage.replace("-", "_"): params, "data": {"train": train.params, "val": val.params}}
+    cfg: CVConfig,
+    site_regex: str | None,
+) -> dict[str, Any]:
+    """Cross-validate ``family`` for ``stage`` and record it everywhere; returns the CV report
+    (what ``metrics/<family>.json`` holds)."""
+    prepared = Path(paths["prepared"])
+    originals = ArrayStore(prepared / "train")
+    training = ArrayStore(paths["balanced"])
+    folds = slide_folds(read_split_csv(prepared / SPLIT_FILE))
+    preprocessing = prepared_preprocessing(paths)
+    family_class(family).from_params(section, preprocessing)  # bad params fail before Ray starts
+    kind = originals.data_kind
+    logged = {
+        stage.replace("-", "_"): section,
+        "cv": cfg.__dict__,
+        "data": {"train": training.params, "cv": originals.params},
+    }
     with stage_run(stage, logged, kind) as run:
-        run.log_dataset(train, "training")
-        run.log_dataset(val, "validation")
-        log.info("%s: fitting %s on %d images (%s data)", stage, family, len(train), kind)
-        classifier.fit_stain(params.get("stain", "none"), train)
-        live = classifier.live_history
-        history = classifier.fit(train, val, weights, [run.keras_callback()] if live else None)
-        if not live:
-            run.log_history(history)
-
-        proba = classifier.predict_store(val)
-        classifier.meta.threshold = _threshold(params, val.labels, proba)
-        classifier.meta.extra["class_weight"] = weights
-        model_dir = Path(paths["models"]) / family
-        _save(classifier, model_dir)
-        scores = m.classification_metrics(val.labels, proba, classifier.meta.threshold)
-        report = {
-            **_finite(scores),
-            "threshold": classifier.meta.threshold,
-            "images": len(val),
+        run.log_dataset(training, "training")
+        run.log_dataset(originals, "cv")
+        trials = [
+            Trial(
+                family,
+                fold,
+                section,
+                preprocessing,
+                str(training.path.resolve()),
+                str(originals.path.resolve()),
+                folds,
+                tuple(sorted(inner_slides(originals, folds, fold, cfg, site_regex))),
+                run.ref(),
+            )
+            for fold in sorted(set(folds.values()))
+        ]
+        log.info("%s: %d-fold cross-validation of %s (%s data)", stage, len(trials), family, kind)
+        results = run_trials(trials, cfg)
+        oof = OOF.of(
+            [
+                (n, s, r.fold, int(y), float(p), r.threshold)
+                for r in results
+                for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
+            ]
+        )
+        oof.write(Path(paths["cv"]) / f"{family}.csv")
+        bag = build_bag(family, results, preprocessing, Path(paths["models"]) / family)
+        report = cv_report(oof, results, cfg.bootstrap)
+        facts = {
+            "threshold": bag.meta.threshold,
             "data_kind": kind,
-            "class_weight": "balanced" if weights else "none",
-            **classifier.tags(),
+            "class_weight": section.get("class_weight", "none"),
+            **bag.tags(),
         }
         metrics_file = Path(paths["metrics"]) / f"{family}.json"
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        metrics_file.write_text(json.dumps(report, indent=2) + "\n")
-        m.write_plot_data(Path(paths["plots"]) / family, val.labels, proba, report["threshold"])
+        metrics_file.write_text(json.dumps(strict({**report, **facts}), indent=2) + "\n")
+        m.write_plot_data(Path(paths["plots"]) / family, oof.labels, oof.proba, oof.thresholds)
 
-        final = {f"val_{k}": v for k, v in scores.items()}
-        run.log_selected({**final, "threshold": classifier.meta.threshold})
-        _log_evaluation(run, classifier, val.labels, proba)
-        run.set_tags(classifier.tags())
-        for figure in classifier.write_figures(train, Path(paths["plots"]) / family):
+        pooled = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
+        run.log_selected({**pooled, "threshold": bag.meta.threshold})
+        _log_oof(run, bag, oof)
+        run.log_artifact(Path(paths["cv"]) / f"{family}.csv", "cv")
+        run.log_dict(strict(report), "cv.json")
+        run.set_tags(bag.tags())
+        for figure in bag.members[0].write_figures(training, Path(paths["plots"]) / family):
             run.log_artifact(figure, "plots")
-        version = run.log_and_register(model_dir, classifier, val.read([0]), final)
+        version = run.log_and_register(
+            Path(paths["models"]) / family, bag, originals.read([0]), pooled
+        )
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
-    return scores
+    return report
 
 
-def train_stage(family: str) -> dict[str, float]:
-    """The whole ``train-<family>`` DVC stage, from ``params.yaml``'s ``train_<family>`` section."""
+def train_stage(family: str) -> dict[str, Any]:
+    """The whole ``train-<family>`` DVC stage, from ``params.yaml``."""
     params = load_params()
     paths, section = params["paths"], params[f"train_{family}"]
-    classifier = family_class(family).from_params(section, prepared_preprocessing(paths))
-    scores = run_training(f"train-{family}", classifier, section, paths)
-    facts = {**classifier.tags(), **{k: f"{v:.3f}" for k, v in scores.items()}}
-    print(f"train-{family} validation:", ", ".join(f"{k} {v}" for k, v in facts.items()))
-    return scores
+    cfg = dataclass_from(CVConfig, params.get("cv"), "params.yaml cv")
+    site_regex = params["prepare"]["split"].get("site_regex")
+    report = run_training(f"train-{family}", family, section, paths, cfg, site_regex)
+    oof = report["oof"]
+    shown = ", ".join(
+        f"{k} {oof[k]['value']:.3f} [{oof[k]['ci_low']:.3f}, {oof[k]['ci_high']:.3f}]"
+        for k in ("balanced_accuracy", "roc_auc")
+    )
+    print(f"train-{family} out-of-fold ({oof['images']} images, {oof['slides']} slides): {shown}")
+    return report

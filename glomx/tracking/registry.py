@@ -1,17 +1,19 @@
-"""Promotion through the MLflow model registry: alias ``champion`` follows the best model.
+"""Promotion through the MLflow model registry: alias ``champion`` follows the chosen model.
 
-Rules (:func:`decide`), applied by the evaluate stage to the versions it evaluated:
+The choose stage picks the *candidate* on out-of-fold predictions of the non-test slides (a
+family, or the ``ensemble`` of the families the data cannot tell apart:
+:mod:`glomx.evaluation.selection`). Evaluate then applies these rules (:func:`decide`) to it;
+test metrics never take part:
 
-1. The best candidate is the one with the highest *validation* ``metric`` (ties broken by
-   ``tiebreak``; a missing or NaN value counts as worst). Test metrics never take part.
-2. With no current champion, the best candidate becomes champion.
-3. When the best candidate already is the champion, nothing changes: rerunning evaluate on
-   unchanged models moves no alias and writes nothing.
-4. When champion and candidate were validated on different data (the digest of the
-   validation store both training runs logged differs, or one is unknown), their scores are
-   not comparable; the candidate wins, since it was validated on the data the pipeline now
-   uses (a changed split, new images or new preprocessing all change that digest).
-5. Otherwise the candidate must beat the champion by more than ``margin``.
+1. With no current champion, the candidate becomes champion.
+2. When the candidate already is the champion, nothing changes: rerunning evaluate on
+   unchanged models moves no alias.
+3. When champion and candidate were cross-validated on different data (the digest of the
+   cross-validation store both training runs logged differs, or one is unknown, e.g. a version
+   chosen on the former validation split), their scores are not comparable; the candidate
+   wins, since it was scored on the data the pipeline now uses.
+4. Otherwise the candidate must beat the champion's out-of-fold ``metric`` by more than
+   ``margin``.
 
 On promotion the old champion gets alias ``previous`` (so it stays reachable as
 ``models:/glomx@previous``) and the new one gets the reason as tag ``promotion.reason`` and as
@@ -20,28 +22,26 @@ its description. A candidate that loses is tagged ``promotion.reason`` with why.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from glomx.models.base import META_FILE
-from glomx.tracking.pyfunc import ARTIFACT
-from glomx.tracking.runs import REGISTERED_MODEL, connect, tracking_uri
+from glomx.tracking.pyfunc import ARTIFACT, DIGEST_TAG, files_digest
+from glomx.tracking.runs import EXPERIMENT, REGISTERED_MODEL, connect, tracking_uri
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
 REASON_TAG = "promotion.reason"
-VAL_CONTEXTS = ("validation", "val")  # dataset contexts training runs log the val store under
+CV_CONTEXT = "cv"  # dataset context under which training runs log the cross-validated store
+CV_PREFIX = "cv_"  # version tags of the pooled out-of-fold metrics
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ class Candidate:
     version: str
     family: str
     run_id: str
-    val_metrics: dict[str, float]
-    val_data: str | None  # digest of the validation store the run logged
+    cv_metrics: dict[str, float]
+    cv_data: str | None  # digest of the cross-validated store the run logged
 
     def score(self, metric: str) -> float:
-        value = self.val_metrics.get(metric, math.nan)
+        value = self.cv_metrics.get(metric, math.nan)
         return -math.inf if math.isnan(value) else value
 
 
@@ -68,8 +68,7 @@ class Decision:
     changed: bool
     reason: str
     previous: str | None = None
-    ranking: tuple[dict[str, Any], ...] = ()  # candidates, best first: version, family, scores
-    metric: str | None = None  # the validation metric that ranks them
+    candidate: str | None = None  # the version the choose stage proposed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,32 +77,30 @@ class Decision:
             "changed": self.changed,
             "reason": self.reason,
             "previous": self.previous,
-            "ranking": list(self.ranking),
-            "metric": self.metric,
+            "candidate": self.candidate,
         }
 
 
-def _val_metrics(tags: dict[str, str]) -> dict[str, float]:
-    """Validation metrics from a version's tags (``val_<metric>`` as training registers them)."""
+def _cv_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """Pooled out-of-fold metrics from a version's ``cv_<metric>`` tags."""
     out = {}
     for key, value in tags.items():
-        if key.startswith("val_"):
+        if key.startswith(CV_PREFIX):
             try:
-                out[key.removeprefix("val_")] = float(value)
+                out[key.removeprefix(CV_PREFIX)] = float(value)
             except ValueError:
                 continue
     return out
 
 
-def _val_digest(client: MlflowClient, run_id: str) -> str | None:
-    """Digest of the validation dataset the training run logged, if any."""
+def _cv_digest(client: MlflowClient, run_id: str) -> str | None:
+    """Digest of the cross-validated dataset the training run logged, if any."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
         return None
     for item in run.inputs.dataset_inputs:
-        context = {t.key: t.value for t in item.tags}.get("mlflow.data.context")
-        if context in VAL_CONTEXTS:
+        if {t.key: t.value for t in item.tags}.get("mlflow.data.context") == CV_CONTEXT:
             return item.dataset.digest
     return None
 
@@ -115,8 +112,8 @@ def candidate(client: MlflowClient, version: str, name: str = REGISTERED_MODEL) 
         version=str(mv.version),
         family=mv.tags.get("family", "?"),
         run_id=mv.run_id or "",
-        val_metrics=_val_metrics(mv.tags),
-        val_data=_val_digest(client, mv.run_id) if mv.run_id else None,
+        cv_metrics=_cv_metrics(mv.tags),
+        cv_data=_cv_digest(client, mv.run_id) if mv.run_id else None,
     )
 
 
@@ -129,109 +126,73 @@ def current_champion(client: MlflowClient, name: str = REGISTERED_MODEL) -> Cand
     return candidate(client, mv.version, name)
 
 
-def ranked(candidates: Sequence[Candidate], metric: str, tiebreak: str) -> list[Candidate]:
-    """Best first: highest validation ``metric``, then ``tiebreak``, then the newest version."""
-    if not candidates:
-        raise ValueError("no candidate versions to choose from")
-    return sorted(
-        candidates,
-        key=lambda c: (c.score(metric), c.score(tiebreak), int(c.version)),
-        reverse=True,
-    )
-
-
-def best(candidates: Sequence[Candidate], metric: str, tiebreak: str) -> Candidate:
-    """The first of :func:`ranked`."""
-    return ranked(candidates, metric, tiebreak)[0]
-
-
 def decide(
-    candidates: Sequence[Candidate],
-    champion: Candidate | None,
-    metric: str,
-    tiebreak: str,
-    margin: float,
+    top: Candidate, champion: Candidate | None, metric: str, margin: float, why: str = ""
 ) -> Decision:
-    """Apply the promotion rules (module docstring); pure, no registry access."""
-    order = ranked(candidates, metric, tiebreak)
-    decision = _rules(order[0], champion, metric, margin)
-    shown = dict.fromkeys((metric, tiebreak))
-    ranking = tuple(
-        {"version": c.version, "family": c.family}
-        | {m: c.val_metrics.get(m, math.nan) for m in shown}
-        for c in order
-    )
-    return replace(decision, ranking=ranking, metric=metric)
+    """Apply rules 1-4 (module docstring) to the choose stage's candidate ``top``; ``why`` is
+    the selection's reason, which leads the decision's. Pure, no registry access."""
+    label = f"version {top.version} ({top.family}, out-of-fold {metric} {top.score(metric):.4f})"
+    lead = f"{why} " if why else ""
 
+    def made(version: str, family: str, changed: bool, text: str, previous: str | None = None):
+        return Decision(version, family, changed, lead + text, previous, top.version)
 
-def _rules(top: Candidate, champion: Candidate | None, metric: str, margin: float) -> Decision:
-    """Rules 2-5 for the best candidate ``top``."""
-    label = f"version {top.version} ({top.family}, val {metric} {top.score(metric):.4f})"
     if champion is None:
-        return Decision(top.version, top.family, True, f"{label}: first champion.")
+        return made(top.version, top.family, True, f"{label}: first champion.")
     if champion.version == top.version:
-        return Decision(top.version, top.family, False, f"{label} already is champion.")
+        return made(top.version, top.family, False, f"{label} already is champion.")
     held = f"champion version {champion.version} ({champion.family}, {champion.score(metric):.4f})"
-    if champion.val_data is None or champion.val_data != top.val_data:
-        return Decision(
+    if champion.cv_data is None or champion.cv_data != top.cv_data:
+        return made(
             top.version,
             top.family,
             True,
-            f"{label} replaces {held}: validated on different data "
-            f"({champion.val_data} vs {top.val_data}), so the scores are not comparable and "
-            "the candidate, validated on the current data, wins.",
-            previous=champion.version,
+            f"{label} replaces {held}: cross-validated on different data "
+            f"({champion.cv_data} vs {top.cv_data}), so the scores are not comparable and the "
+            "candidate, scored on the current data, wins.",
+            champion.version,
         )
     gain = top.score(metric) - champion.score(metric)
     if gain > margin:
-        return Decision(
+        return made(
             top.version,
             top.family,
             True,
-            f"{label} beats {held} by {gain:.4f} > margin {margin} on the same validation data.",
-            previous=champion.version,
+            f"{label} beats {held} by {gain:.4f} > margin {margin} on the same folds.",
+            champion.version,
         )
-    return Decision(
+    return made(
         champion.version,
         champion.family,
         False,
-        f"{held} stays: best candidate {label} gains {gain:.4f}, not more than margin {margin}.",
+        f"{held} stays: candidate {label} gains {gain:.4f}, not more than margin {margin}.",
     )
 
 
 def promote(
-    versions: Sequence[str],
+    version: str,
+    why: str = "",
     metric: str = "balanced_accuracy",
-    tiebreak: str = "roc_auc",
     margin: float = 0.0,
     name: str = REGISTERED_MODEL,
 ) -> Decision:
-    """Decide among ``versions`` and apply the decision to the registry's aliases and tags."""
+    """Decide on the candidate ``version`` and apply the decision to the registry's aliases
+    and tags."""
     connect()
     client = MlflowClient()
-    candidates = [candidate(client, v, name) for v in versions]
-    decision = decide(candidates, current_champion(client, name), metric, tiebreak, margin)
-    top = decision.ranking[0]["version"]  # the best candidate, as decide ranked them
+    top = candidate(client, version, name)
+    decision = decide(top, current_champion(client, name), metric, margin, why)
     if decision.changed:
         if decision.previous:
             client.set_registered_model_alias(name, PREVIOUS, decision.previous)
-        client.set_registered_model_alias(name, CHAMPION, top)
-        client.update_model_version(name, top, description=decision.reason)
-        client.set_model_version_tag(name, top, REASON_TAG, decision.reason)
-    elif top != decision.version:
-        mv = client.get_model_version(name, top)
+        client.set_registered_model_alias(name, CHAMPION, top.version)
+        client.update_model_version(name, top.version, description=decision.reason)
+        client.set_model_version_tag(name, top.version, REASON_TAG, decision.reason)
+    elif top.version != decision.version:
+        mv = client.get_model_version(name, top.version)
         if mv.tags.get(REASON_TAG) != decision.reason:
-            client.set_model_version_tag(name, top, REASON_TAG, decision.reason)
+            client.set_model_version_tag(name, top.version, REASON_TAG, decision.reason)
     return decision
-
-
-def _digests(directory: Path) -> dict[str, str]:
-    """md5 of every file under ``directory``, by relative path."""
-    digests = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        with open(path, "rb") as f:  # streamed: weights can be large
-            digests[str(path.relative_to(directory))] = hashlib.file_digest(f, "md5").hexdigest()
-    return digests
 
 
 def _model_path(name: str, version: str, tmp: Path) -> str:
@@ -244,37 +205,23 @@ def _model_path(name: str, version: str, tmp: Path) -> str:
 
 
 def version_of(model_dir: Path, name: str = REGISTERED_MODEL) -> Candidate | None:
-    """The registered version holding exactly the files of ``model_dir`` (newest first among
-    versions tagged with its family; glomx.json is compared before any weights are fetched)."""
+    """The newest registered version logged from exactly the files of ``model_dir`` (found by
+    the files digest its logged model is tagged with; nothing is downloaded)."""
     connect()
     client = MlflowClient()
-    local = _digests(model_dir)
-    family = json.loads((model_dir / META_FILE).read_text())["family"]
-    versions = [
-        mv
-        for mv in client.search_model_versions(f"name='{name}'")
-        if mv.tags.get("family") == family
-    ]
-    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        with tempfile.TemporaryDirectory(prefix="glomx-match-") as tmp:
-            try:
-                path = _model_path(name, mv.version, Path(tmp))
-                meta = Path(
-                    download_artifacts(
-                        artifact_uri=f"models:/{name}/{mv.version}/{path}/{META_FILE}",
-                        dst_path=f"{tmp}/meta",
-                    )
-                )
-                if hashlib.md5(meta.read_bytes()).hexdigest() != local[META_FILE]:
-                    continue
-                remote = download_artifacts(
-                    artifact_uri=f"models:/{name}/{mv.version}/{path}", dst_path=f"{tmp}/model"
-                )
-            except (MlflowException, LookupError, OSError):
-                continue
-            if _digests(Path(remote)) == local:
-                return candidate(client, str(mv.version), name)
-    return None
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    logged = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`{DIGEST_TAG}` = '{files_digest(model_dir)}'",
+        output_format="list",
+    )
+    sources = {f"models:/{m.model_id}" for m in logged}
+    versions = [v for v in client.search_model_versions(f"name='{name}'") if v.source in sources]
+    if not versions:
+        return None
+    return candidate(client, str(max(int(v.version) for v in versions)), name)
 
 
 def _parse(uri: str) -> tuple[str, str]:
@@ -342,7 +289,7 @@ def champion_report(name: str = REGISTERED_MODEL) -> str:
         f"trained by run {champ.run_id}"
         + (f" ({run.info.run_name}, {run.data.tags.get('git.commit', '?')[:12]})" if run else ""),
         f"data: {mv.tags.get('data_kind', '?')}; threshold {mv.tags.get('threshold', '?')}",
-        "validation: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(champ.val_metrics.items())),
+        "out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(champ.cv_metrics.items())),
         f"why: {mv.tags.get(REASON_TAG, mv.description or '?')}",
     ]
     return "\n".join(lines)

@@ -418,6 +418,17 @@ class StageRun:
         :func:`version_link` work there)."""
         self.set_tags({NOTE_TAG: markdown})
 
+    def ref(self) -> RunRef:
+        """What a process elsewhere (a Ray worker) needs to nest a run under this one."""
+        return RunRef(
+            mlflow.get_tracking_uri(),
+            self.experiment_id,
+            self.run_id,
+            self.stage,
+            self.data_kind,
+            dict(self.tags),
+        )
+
     @contextmanager
     def child(self, name: str, tags: dict[str, str]) -> Iterator[StageRun]:
         """A nested run under this one, with this run's provenance tags plus ``tags``."""
@@ -461,9 +472,11 @@ class StageRun:
         classifier: Any,
         input_example_images: np.ndarray,
         metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Log the glomx pyfunc (and the family's native flavor), register a new version of
-        :data:`REGISTERED_MODEL` tagged with family, stage, data kind and ``metrics``."""
+        :data:`REGISTERED_MODEL` tagged with family, stage, data kind, ``metrics`` and
+        ``tags``."""
         from glomx.tracking import pyfunc  # imports the model layer; keep runs.py light
 
         self._active()
@@ -475,6 +488,7 @@ class StageRun:
             "data_kind": self.data_kind,
             "threshold": str(classifier.meta.threshold),
             **{k: f"{v:.6g}" for k, v in (metrics or {}).items()},
+            **(tags or {}),
         }
         if classifier.native_flavor == "keras" and (backend := keras_backend()):
             tags["keras_backend"] = backend
@@ -483,6 +497,36 @@ class StageRun:
         if not client.get_registered_model(REGISTERED_MODEL).description:
             client.update_registered_model(REGISTERED_MODEL, MODEL_DESCRIPTION)
         return str(version.version)
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A stage run as plain values, picklable for another process or machine."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+    stage: str
+    data_kind: str
+    tags: dict[str, str]
+
+
+@contextmanager
+def nested_run(parent: RunRef, name: str, tags: dict[str, str]) -> Iterator[StageRun]:
+    """A run nested under ``parent`` from any process (a Ray trial on this machine or another),
+    on the parent's tracking URI, carrying its provenance and this process's host and pid (so
+    that a killed trial's run is closed like a killed stage's)."""
+    os.environ["MLFLOW_TRACKING_URI"] = parent.uri
+    with _lock_explained(parent.uri):
+        connect()
+        process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        merged = {**parent.tags, **process, **tags, "mlflow.parentRunId": parent.run_id}
+        with mlflow.start_run(
+            experiment_id=parent.experiment_id, run_name=name, tags=merged
+        ) as active:
+            yield StageRun(
+                active.info.run_id, parent.stage, parent.data_kind, parent.experiment_id, merged
+            )
 
 
 def _alive(pid: int) -> bool:

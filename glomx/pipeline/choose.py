@@ -1,0 +1,157 @@
+"""The choose stage: choose the champion candidate on out-of-fold predictions, never on test.
+
+It reads every family's OOF predictions (written by its ``train-<family>`` stage), applies the
+rule of :mod:`glomx.evaluation.selection` and writes:
+
+- ``metrics/cv.json``: per family the pooled OOF metrics with slide-bootstrap intervals and the
+  per-fold values; the ensemble's when there is one; the rule's ranking, intervals, ties and
+  decision;
+- ``plots/cv/roc.csv``: the OOF ROC curves, one colour per family (DVC plot ``cv_roc``);
+- ``<selection>/decision.json``, which evaluate reads to promote;
+- when families tie, ``<selection>/ensemble/``: the mean of the tied families' bags (copied
+  bit for bit from ``models/``), registered as its own version with its members' versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sklearn.metrics import roc_curve
+
+from glomx.data.store import ArrayStore
+from glomx.evaluation.metrics import roc_figure
+from glomx.evaluation.report import strict
+from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, mean_of, select
+from glomx.models import load_classifier
+from glomx.models.base import META_FILE
+from glomx.models.mean import MeanClassifier, copy_member
+from glomx.params import dataclass_from
+from glomx.pipeline.cv import CVConfig, finite
+from glomx.pipeline.train import prepared_preprocessing, replace_model
+from glomx.tracking import StageRun, stage_run
+from glomx.tracking.registry import version_of
+
+log = logging.getLogger(__name__)
+DECISION = "decision.json"
+
+
+def read_oofs(paths: Mapping[str, str], families: list[str]) -> dict[str, OOF]:
+    """Each family's OOF predictions, checked to cover the same patches."""
+    oofs = {f: OOF.read(Path(paths["cv"]) / f"{f}.csv") for f in families}
+    first = families[0]
+    for f in families[1:]:
+        oofs[first].check_same_patches(oofs[f], f"{first} and {f}")
+    return oofs
+
+
+def write_roc(path: Path, curves: Mapping[str, OOF]) -> None:
+    """One CSV of every model's OOF ROC curve (``model,fpr,tpr,threshold``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["model,fpr,tpr,threshold"]
+    for name, oof in curves.items():
+        fpr, tpr, thr = roc_curve(oof.labels, oof.proba)
+        lines += [
+            f"{name},{f:.6f},{t:.6f},{min(h, 1.0):.6f}"
+            for f, t, h in zip(fpr, tpr, thr, strict=True)
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build_ensemble(members: list[str], paths: Mapping[str, str], directory: Path) -> MeanClassifier:
+    """The tied families' bags, copied under ``directory``, as one mean model."""
+    build = directory.with_name(f".{directory.name}.partial")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    for family in members:
+        copy_member(Path(paths["models"]) / family, build / family)
+    loaded = {f: load_classifier(build / f) for f in members}
+    ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(dict(paths)))
+    ensemble.meta.save(build)
+    replace_model(build, directory)
+    return ensemble
+
+
+def _register(
+    run: StageRun, selection: Selection, oof: OOF, paths: Mapping[str, str], out: Path
+) -> str:
+    """Build, log and register the ensemble; returns its version."""
+    members = selection.tied
+    versions = {}
+    for family in members:
+        found = version_of(Path(paths["models"]) / family)
+        versions[family] = found.version if found else "unregistered"
+    ensemble = build_ensemble(members, paths, out / ENSEMBLE)
+    scores = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
+    run.set_tags({"members": ",".join(members)} | {f"member.{f}": v for f, v in versions.items()})
+    example = ArrayStore(Path(paths["prepared"]) / "train").read([0])
+    tags = {"members": ", ".join(f"{f} v{v}" for f, v in versions.items())}
+    return run.log_and_register(out / ENSEMBLE, ensemble, example, scores, tags)
+
+
+def choose_stage(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the whole stage; returns what ``decision.json`` holds."""
+    paths, families = params["paths"], list(params["choose"]["families"])
+    boot = dataclass_from(CVConfig, params.get("cv"), "params.yaml cv").bootstrap
+    oofs = read_oofs(paths, families)
+    selection = select(oofs, boot)
+    out = Path(paths["selection"])
+    shutil.rmtree(out / ENSEMBLE, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = dict(oofs)
+    if selection.candidate == ENSEMBLE:
+        curves[ENSEMBLE] = mean_of(oofs, selection.tied)
+    report = {
+        "families": {f: {"oof": o.intervals(boot), "folds": o.per_fold()} for f, o in oofs.items()},
+        "selection": selection.as_dict(),
+    }
+    metrics = Path(paths["metrics"]) / "cv.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(strict(report), indent=2) + "\n")
+    write_roc(Path(paths["plots"]) / "cv" / "roc.csv", curves)
+    kind = ArrayStore(Path(paths["prepared"]) / "train").data_kind
+    with stage_run(
+        "choose", {"choose": dict(params["choose"]), "cv": {"bootstrap": boot}}, kind
+    ) as run:
+        run.log_dataset(ArrayStore(Path(paths["prepared"]) / "train"), "cv")
+        run.log_dict(strict(report), "cv.json")
+        run.log_figure(
+            roc_figure({n: (o.labels, o.proba) for n, o in curves.items()}), "plots/roc.png"
+        )
+        run.log_metrics(
+            {
+                f"cv_{f}_{k}": v
+                for f, o in oofs.items()
+                for k, v in finite(o.metrics()).items()
+                if k in ("balanced_accuracy", "roc_auc")
+            }
+        )
+        run.set_tags({"candidate": selection.candidate, "tied": ",".join(selection.tied)})
+        run.set_note(selection.reason)
+        decision = {**selection.as_dict(), "ensemble_version": None}
+        if selection.candidate == ENSEMBLE:
+            decision["ensemble_version"] = _register(run, selection, curves[ENSEMBLE], paths, out)
+    (out / DECISION).write_text(json.dumps(strict(decision), indent=2) + "\n")
+    log.info("choose: %s", selection.reason)
+    return decision
+
+
+def candidate_dir(paths: Mapping[str, str], decision: Mapping[str, Any]) -> Path:
+    """The saved model folder of the candidate the choose stage chose."""
+    name = decision["candidate"]
+    base = Path(paths["selection"]) if name == ENSEMBLE else Path(paths["models"])
+    directory = base / name
+    if not (directory / META_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no model; rerun `dvc repro choose`")
+    return directory
+
+
+def read_decision(paths: Mapping[str, str]) -> dict[str, Any]:
+    path = Path(paths["selection"]) / DECISION
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the choose stage (`dvc repro choose`)")
+    return json.loads(path.read_text())

@@ -1,0 +1,317 @@
+"""Slide-grouped cross-validation of one model family, one Ray task per fold.
+
+Prepare divides the non-test slides into K folds (``split.csv``). For fold k, a trial:
+
+1. trains on the (augmented, balanced) training rows of every *other* fold's slides, except a
+   few inner-validation slides (:func:`glomx.data.split.inner_validation`, about
+   ``cv.inner_val`` of them) on which the family makes its fit-time choices: best epoch and
+   early stopping, C, the threshold when ``threshold.tune`` is on;
+2. scores fold k's *original* patches once: its out-of-fold (OOF) predictions.
+
+:func:`fold_indices` is where that separation is decided, so that is what the leak test
+checks: no row of a held-out slide (original or augmented copy) reaches a fold's training or
+inner-validation data, and held-out scoring reads originals only.
+
+Trials are Ray tasks with declared CPUs (and GPUs where the cluster has them): a local Ray
+instance sized to the machine by default, the cluster at ``RAY_ADDRESS`` when set (its workers
+must see the same data paths, e.g. on a shared file system, and have glomx installed). Each
+trial logs a run nested under its stage's run and returns its fitted model as bytes, so
+nothing but the data needs to be shared.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import resource
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glomx.data.split import inner_validation
+from glomx.data.store import ArrayStore, write_subset
+from glomx.errors import GlomxError
+from glomx.evaluation import metrics as m
+from glomx.models import family_class
+from glomx.models.base import Classifier, Preprocessing
+from glomx.pipeline.balance import class_weights as balanced_weights
+from glomx.tracking.runs import RunRef, nested_run
+
+log = logging.getLogger(__name__)
+
+
+class CVError(GlomxError, RuntimeError):
+    """A fold's trial failed, or the folds cannot be built from the data."""
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """The ``cv:`` section of params.yaml."""
+
+    inner_val: float = 0.25  # share of a fold's training slides set apart for fit-time choices
+    seed: int = 42  # seeds each fold's inner-validation draw (with the fold number)
+    cpus_per_trial: int = 2  # CPUs Ray reserves for one fold's trial
+    gpus_per_trial: float | str = "auto"  # auto: 1 where the Ray cluster has a GPU, else 0
+    bootstrap: dict[str, Any] = field(
+        default_factory=lambda: {"n_resamples": 1000, "confidence": 0.95, "seed": 42}
+    )
+
+
+@dataclass(frozen=True)
+class Trial:
+    """Everything a fold's trial needs, as plain picklable values."""
+
+    family: str
+    fold: int
+    section: dict[str, Any]  # the family's params section (``model:``, ``fit:``, ...)
+    preprocessing: Preprocessing
+    balanced: str  # absolute path of the training store (augmented, balanced)
+    originals: str  # absolute path of prepared/train: original patches of every CV slide
+    folds: dict[str, int]  # slide -> fold
+    inner: tuple[str, ...]  # this fold's inner-validation slides
+    parent: RunRef
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """A trial's out-of-fold predictions and fitted model."""
+
+    fold: int
+    names: list[str]
+    slides: list[str]
+    labels: np.ndarray
+    proba: np.ndarray
+    threshold: float
+    inner: list[str]
+    model: bytes  # the saved model folder as a tar archive
+    run_id: str
+    seconds: float
+    peak_rss_mib: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def fold_indices(
+    training: ArrayStore, originals: ArrayStore, folds: dict[str, int], fold: int, inner: set[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of fold ``fold``'s (training store, inner validation, held-out) data.
+
+    Training: rows of ``training`` from other folds' slides outside ``inner``. Inner
+    validation and held-out: rows of ``originals`` (never augmented) from the ``inner``
+    slides and from ``fold``'s slides. A training row whose slide has no fold (e.g. a SMOTE
+    image mixing two slides) could carry a held-out slide, so it is refused."""
+    unknown = sorted({s for s in training.slides if s not in folds})
+    if unknown:
+        raise CVError(
+            f"{training.path} has rows of slide(s) {unknown[:5]} that belong to no fold (SMOTE "
+            "mixes images of different slides, so it could leak a held-out slide into training); "
+            "use balance.strategy none, oversample or undersample"
+        )
+    if held_inner := sorted(s for s in inner if folds.get(s) == fold):
+        raise CVError(f"inner-validation slide(s) {held_inner} belong to held-out fold {fold}")
+    train = [i for i, s in enumerate(training.slides) if folds[s] != fold and s not in inner]
+    val = [i for i, s in enumerate(originals.slides) if s in inner]
+    held = [i for i, s in enumerate(originals.slides) if folds.get(s) == fold]
+    return np.array(train, dtype=np.int64), np.array(val, np.int64), np.array(held, np.int64)
+
+
+def inner_slides(
+    originals: ArrayStore, folds: dict[str, int], fold: int, cfg: CVConfig, site_regex: str | None
+) -> set[str]:
+    """Fold ``fold``'s inner-validation slides, drawn from the other folds' original rows."""
+    rows = [
+        (s, int(y))
+        for s, y in zip(originals.slides, originals.labels, strict=True)
+        if s in folds and folds[s] != fold
+    ]
+    return inner_validation(
+        [s for s, _ in rows], [y for _, y in rows], cfg.inner_val, cfg.seed + fold, site_regex
+    )
+
+
+def threshold(section: dict[str, Any], labels: np.ndarray, proba: np.ndarray) -> float:
+    """0.5, or with ``threshold.tune`` the one maximising ``threshold.metric`` on ``labels``."""
+    spec = section.get("threshold") or {}
+    if not spec.get("tune", False):
+        return 0.5
+    return m.choose_threshold(labels, proba, spec.get("metric", "balanced_accuracy"))
+
+
+def fold_weights(section: dict[str, Any], labels: np.ndarray) -> dict[int, float] | None:
+    """``class_weight: balanced`` → scikit-learn's balanced weights of the fold's own labels."""
+    mode = section.get("class_weight", "none")
+    if mode in (None, "none"):
+        return None
+    if mode != "balanced":
+        raise CVError(f"class_weight must be none or balanced, got {mode!r}")
+    return {int(k): v for k, v in balanced_weights(labels).items()}
+
+
+def finite(values: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _archive(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(directory, arcname=".")
+    return buffer.getvalue()
+
+
+def unpack(model: bytes, directory: Path) -> None:
+    """Write a :class:`FoldResult`'s model archive into ``directory``."""
+    directory.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(model)) as tar:
+        tar.extractall(directory, filter="data")
+
+
+def run_trial(trial: Trial) -> FoldResult:
+    """Fit the family on one fold and score its held-out slides (runs in a Ray worker)."""
+    start = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    name = f"{trial.family} fold {trial.fold}"
+    with tempfile.TemporaryDirectory(prefix=f"glomx-{trial.family}-fold{trial.fold}-") as tmp:
+        training, originals = ArrayStore(trial.balanced), ArrayStore(trial.originals)
+        rows = fold_indices(training, originals, trial.folds, trial.fold, set(trial.inner))
+        train = write_subset(training, rows[0], Path(tmp) / "train")
+        val = write_subset(originals, rows[1], Path(tmp) / "inner_val")
+        held = write_subset(originals, rows[2], Path(tmp) / "heldout")
+        heldout_slides = sorted(set(held.slides))
+        tags = {
+            "glomx.family": trial.family,
+            "cv.fold": str(trial.fold),
+            "cv.heldout_slides": ",".join(heldout_slides),
+            "cv.inner_val_slides": ",".join(trial.inner),
+        }
+        classifier: Classifier = family_class(trial.family).from_params(
+            trial.section, trial.preprocessing
+        )
+        with nested_run(trial.parent, name, tags) as run:
+            sizes = {
+                "train_images": len(train),
+                "inner_val_images": len(val),
+                "heldout_images": len(held),
+            }
+            run.log_params({"cv.fold": trial.fold, **{f"cv.{k}": v for k, v in sizes.items()}})
+            run.log_dataset(train, "training")
+            run.log_dataset(val, "inner_validation")
+            run.log_dataset(held, "heldout")
+            log.info(
+                "%s: training on %d images, choosing on %d, scoring %d (%s)",
+                name,
+                len(train),
+                len(val),
+                len(held),
+                ", ".join(heldout_slides),
+            )
+            classifier.fit_stain(trial.section.get("stain", "none"), train)
+            weights = fold_weights(trial.section, train.labels)
+            live = classifier.live_history
+            history = classifier.fit(train, val, weights, [run.keras_callback()] if live else None)
+            if not live:
+                run.log_history(history)
+            spec = trial.section.get("threshold") or {}
+            val_proba = classifier.predict_store(val) if spec.get("tune") else np.empty(0)
+            classifier.meta.threshold = threshold(trial.section, val.labels, val_proba)
+            classifier.meta.extra["class_weight"] = weights
+            proba = classifier.predict_store(held)
+            scores = m.classification_metrics(held.labels, proba, classifier.meta.threshold)
+            run.log_metrics({f"oof_{k}": v for k, v in finite(scores).items()})
+            run.set_tags(classifier.tags())
+            classifier.save(Path(tmp) / "model")
+            model = _archive(Path(tmp) / "model")
+            run_id = run.run_id
+    return FoldResult(
+        fold=trial.fold,
+        names=list(held.names),
+        slides=list(held.slides),
+        labels=held.labels.astype(np.int64),
+        proba=np.asarray(proba, dtype=np.float64),
+        threshold=float(classifier.meta.threshold),
+        inner=list(trial.inner),
+        model=model,
+        run_id=run_id,
+        seconds=time.perf_counter() - start,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        tags=classifier.tags(),
+    )
+
+
+@contextmanager
+def ray_session() -> Iterator[Any]:
+    """Ray for the duration of a stage: the cluster at ``RAY_ADDRESS``, else a local instance
+    sized to this machine, stopped afterwards. Yields the ``ray`` module."""
+    import ray  # only the cross-validating stages pay for importing Ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
+    if address := os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=512 * 2**20, **quiet)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong in a trial, without Ray's wrapping."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, GlomxError | ValueError | FileNotFoundError):
+        return str(cause)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+
+
+def _resources(ray: Any, cfg: CVConfig) -> dict[str, float]:
+    """The CPUs and GPUs one trial asks for, within what the cluster has (asking for more
+    than any node has would leave the trials pending forever)."""
+    total = ray.cluster_resources()
+    cpus = min(float(cfg.cpus_per_trial), total.get("CPU", 1.0))
+    gpus = cfg.gpus_per_trial
+    if gpus == "auto":
+        gpus = 1.0 if total.get("GPU", 0.0) >= 1 else 0.0
+    if not isinstance(gpus, int | float) or gpus < 0:
+        raise CVError(f"cv.gpus_per_trial must be auto or a number >= 0, got {gpus!r}")
+    return {"num_cpus": cpus, "num_gpus": float(gpus)}
+
+
+def run_trials(trials: Sequence[Trial], cfg: CVConfig) -> list[FoldResult]:
+    """Every trial as a Ray task; results in fold order. The first failure cancels the rest
+    and raises ``<family> fold <k>: <reason>``."""
+    with ray_session() as ray:
+        resources = _resources(ray, cfg)
+        task = ray.remote(max_calls=1, max_retries=0, **resources)(run_trial)
+        log.info("cross-validation: %d trials on Ray, %s each", len(trials), resources)
+        fold_of = {task.remote(t): t for t in trials}
+        pending, results = list(fold_of), []
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                results.append(ray.get(done[0]))
+            except Exception as err:  # a Ray error wrapping the trial's
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                failed = fold_of[done[0]]
+                raise CVError(f"{failed.family} fold {failed.fold}: {_reason(err)}") from None
+            r = results[-1]
+            log.info(
+                "%s fold %d done in %.0f s, peak RSS %.0f MiB",
+                fold_of[done[0]].family,
+                r.fold,
+                r.seconds,
+                r.peak_rss_mib,
+            )
+    return sorted(results, key=lambda r: r.fold)
