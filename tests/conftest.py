@@ -133,7 +133,7 @@ def registered_lr(lr_dir: Path, prepared: Path) -> str:
     clf = load_classifier(lr_dir)
     images = ArrayStore(prepared / "val").read([0])
     with stage_run("train-lr", {}, "synthetic") as run:
-        return run.log_and_register(lr_dir, clf, images, {"val_balanced_accuracy": 0.9})
+        return run.log_and_register(lr_dir, clf, images, {"cv_balanced_accuracy": 0.9})
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:

@@ -9,14 +9,10 @@ slide or swapping two until nothing helps; the first start whose every class sha
 ``TOLERANCE`` of its target wins (the best of all starts if none is). The seed picks among the
 many good assignments, so different seeds give different honest splits.
 
-With a site regex (``prepare.split.site_regex``: each slide's lab or hospital), the non-test
-slides are then re-divided between train and val by the same search, balancing each site's
-slides as well as each class's images. Balancing classes alone can hand one lab's slides
-mostly to val, so that validation speaks for one lab and training barely knows it. The test
-slides stay exactly where the class search put them, so test results remain comparable.
-
 Cross-validation (:func:`assign_folds`) divides the non-test slides into K folds by the same
-search, balancing classes and sites; :func:`inner_validation` picks, inside a fold's training
+search, balancing each class's images and, with a site regex (``prepare.split.site_regex``:
+each slide's lab or hospital), each site's slides: balancing classes alone can hand one lab's
+slides mostly to one fold. :func:`inner_validation` picks, inside a fold's training
 slides, the few slides that fit-time choices (epoch, C, early stopping) are made on, so that no
 choice ever sees the held-out fold. The pipeline writes no validation store any more: the
 ``val`` fraction only shapes the class search that picks the test slides, and is kept so that
@@ -72,12 +68,8 @@ def assign_splits(
     test: float,
     seed: int,
     strategy: Strategy = "grouped",
-    site_regex: str | None = None,
 ) -> list[str]:
-    """One of ``train``/``val``/``test`` per record, in record order; same seed, same split.
-
-    ``site_regex`` (grouped only) names each slide's site by its group ``site``; train and val
-    are then balanced by site as well as by class."""
+    """One of ``train``/``val``/``test`` per record, in record order; same seed, same split."""
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
         raise SplitError(
             f"split fractions val={val}, test={test} must each be in (0, 1) with val + test < 1 "
@@ -89,7 +81,7 @@ def assign_splits(
     order = sorted(range(len(records)), key=lambda i: records[i].name)
     ordered = [records[i] for i in order]
     if strategy == "grouped":
-        chosen = _grouped(ordered, fractions, seed, site_regex)
+        chosen = _grouped(ordered, fractions, seed)
     else:
         chosen = _random(ordered, fractions, seed)
     splits = [""] * len(records)
@@ -126,11 +118,8 @@ def _random(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list
     return chosen.tolist()
 
 
-def _grouped(
-    records: Sequence[Record], fractions: np.ndarray, seed: int, site_regex: str | None
-) -> list[int]:
-    """Slide-grouped, class-balanced split found by seeded local search; with ``site_regex``
-    train and val are then re-divided to balance sites as well (test stays as it was)."""
+def _grouped(records: Sequence[Record], fractions: np.ndarray, seed: int) -> list[int]:
+    """Slide-grouped, class-balanced split found by seeded local search."""
     slides = sorted({r.slide for r in records})
     index = {slide: i for i, slide in enumerate(slides)}
     counts = np.zeros((len(slides), 2))
@@ -149,10 +138,7 @@ def _grouped(
                 "from a slide of their own, so at least 3 are required. Add slides with this "
                 "class, or use strategy 'random' (leaky)"
             )
-    rng = np.random.default_rng(seed)
-    assignment = _search(counts, fractions, rng)
-    if site_regex is not None:
-        _balance_sites(assignment, counts, sites_of(slides, site_regex), fractions, rng)
+    assignment = _search(counts, fractions, np.random.default_rng(seed))
     return [int(assignment[index[r.slide]]) for r in records]
 
 
@@ -168,25 +154,6 @@ def _search(counts: np.ndarray, fractions: np.ndarray, rng: np.random.Generator)
         if score < best_score:
             best, best_score = assignment, score
     return best
-
-
-def _balance_sites(
-    assignment: np.ndarray,
-    counts: np.ndarray,
-    sites: np.ndarray,
-    fractions: np.ndarray,
-    rng: np.random.Generator,
-) -> None:
-    """Re-divide the non-test slides between train and val (in place) so that each class and
-    each site keeps the train : val ratio; test is untouched, so its results stay comparable.
-
-    Without this, a split balanced by class alone can hand one site's slides mostly to val
-    (a validation set that speaks for one lab and a training set that barely knows it)."""
-    rest = np.flatnonzero(assignment != SPLITS.index("test"))
-    if len(set(sites[rest].tolist())) < 2:
-        return
-    two = fractions[:2] / fractions[:2].sum()
-    assignment[rest] = _partition(counts[rest], sites[rest], two, rng)
 
 
 def _partition(

@@ -71,18 +71,18 @@ class Trained:
 
 
 def trained_models(
-    models_dir: Path, families: list[str], candidate: Path | None = None
+    models_dir: Path, families: list[str], paths: Mapping[str, str], decision: Mapping[str, Any]
 ) -> list[Trained]:
     """The saved models among ``families`` under ``models_dir``, and the choose stage's
-    ``candidate`` when it is not one of them (the ensemble)."""
+    candidate when it is not one of them (the ensemble)."""
     dirs = [models_dir / f for f in families if (models_dir / f / META_FILE).is_file()]
     if not dirs:
         raise EvaluateError(
             f"no trained model under {models_dir}/ ({', '.join(families)}); "
             "run the training stages first (`dvc repro`)"
         )
-    if candidate is not None and candidate.resolve() not in {d.resolve() for d in dirs}:
-        dirs.append(candidate)
+    if decision["candidate"] not in families:
+        dirs.append(candidate_dir(paths, decision))
     return [Trained(d.name, d, load_classifier(d)) for d in dirs]
 
 
@@ -401,7 +401,7 @@ def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
     data = data_summary(stores, sites)
     selection = read_decision(paths)
     models_dir = Path(paths["models"])
-    trained = trained_models(models_dir, cfg["families"], candidate_dir(paths, selection))
+    trained = trained_models(models_dir, cfg["families"], paths, selection)
     if data.kind != "real":
         log.warning("evaluating on %s data: results say nothing about real glomeruli", data.kind)
 

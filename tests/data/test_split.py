@@ -1,4 +1,5 @@
-"""Split: slide-grouped stratified assignment, the leaky random option, and split.csv."""
+"""Split and folds: slide-grouped stratified assignment, cross-validation folds balanced by
+class and site, the inner-validation slides, the leaky random option, and split.csv."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import pytest
 
 from glomx.data.catalogue import Record, read_catalogue
 from glomx.data.split import (
+    NO_FOLD,
     SPLITS,
     TOLERANCE,
     SplitError,
     SplitRow,
+    assign_folds,
     assign_splits,
+    inner_validation,
     read_split_csv,
     sites_of,
     write_split_csv,
@@ -146,19 +150,26 @@ def test_random_needs_three_images_per_class() -> None:
 def test_split_csv_round_trips(tmp_path: Path) -> None:
     records = make_records(uneven_slides(n=6))
     splits = assign_splits(records, VAL, TEST, 0, "random")
+    folds = assign_folds(records, splits, 3, 0, "random")
     path = tmp_path / "prepared" / "split.csv"
-    write_split_csv(path, records, splits)
-    assert path.read_text().splitlines()[0] == "name,label,slide,split"
-    expected = [SplitRow(r.name, r.label, r.slide, s) for r, s in zip(records, splits, strict=True)]
+    write_split_csv(path, records, splits, folds)
+    assert path.read_text().splitlines()[0] == "name,label,slide,split,fold"
+    expected = [
+        SplitRow(r.name, r.label, r.slide, s, k)
+        for r, s, k in zip(records, splits, folds, strict=True)
+    ]
     assert read_split_csv(path) == expected
+    assert {r.fold for r in expected if r.split == "test"} == {NO_FOLD}
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("name,label,split\na.png,0,train\n", "has columns"),
-        ("name,label,slide,split\na.png,0,a,holdout\n", "line 2: split 'holdout'"),
-        ("name,label,slide,split\na.png,2,a,train\n", "line 2: .*label '2'"),
+        ("name,label,slide,split\na.png,0,a,train\n", "has columns"),  # before folds
+        ("name,label,slide,split,fold\na.png,0,a,holdout,0\n", "line 2: split 'holdout'"),
+        ("name,label,slide,split,fold\na.png,2,a,train,0\n", "line 2: .*label '2'"),
+        ("name,label,slide,split,fold\na.png,0,a,train,\n", "line 2: .*fold ''"),
     ],
 )
 def test_malformed_split_csv_is_refused(tmp_path: Path, text: str, message: str) -> None:
@@ -188,42 +199,75 @@ def test_sites_of_reads_the_site_group() -> None:
         sites_of(["SAS_1"], "^[A-Z]+")
 
 
-def site_share_gap(records: Sequence[Record], splits: Sequence[str]) -> float:
-    """Largest gap, over sites, between a site's share of non-test slides in val and val's."""
-    split_of = {r.slide: s for r, s in zip(records, splits, strict=True)}
-    site_of = dict(zip(split_of, sites_of(list(split_of), SITE_REGEX), strict=True))
-    gaps = []
-    for site in set(site_of.values()):
-        rest = [g for g in split_of if site_of[g] == site and split_of[g] != "test"]
-        share = sum(split_of[g] == "val" for g in rest) / len(rest)
-        gaps.append(abs(share - VAL / (1 - TEST)))
-    return max(gaps)
+def fold_sites(records: Sequence[Record], folds: Sequence[int]) -> Counter[tuple[int, str]]:
+    """Slides per (fold, site)."""
+    slide_fold = {r.slide: k for r, k in zip(records, folds, strict=True) if k != NO_FOLD}
+    sites = sites_of(list(slide_fold), SITE_REGEX)
+    return Counter((k, site) for k, site in zip(slide_fold.values(), sites, strict=True))
 
 
 @pytest.mark.parametrize("seed", [0, 2, 7])
-def test_site_balance_keeps_test_and_spreads_every_site_over_train_and_val(seed: int) -> None:
+def test_folds_group_slides_and_balance_classes_and_sites(seed: int) -> None:
     records = sited(make_records(uneven_slides(seed, n=36)))
-    by_class = assign_splits(records, VAL, TEST, seed, "grouped")
-    by_site = assign_splits(records, VAL, TEST, seed, "grouped", SITE_REGEX)
-    assert [s == "test" for s in by_site] == [s == "test" for s in by_class]
-    assert by_site == assign_splits(records, VAL, TEST, seed, "grouped", SITE_REGEX)
-    # ~8 non-test slides per site: within one slide of val's share, where classes alone miss
-    assert site_share_gap(records, by_site) < 0.07 < site_share_gap(records, by_class)
-    for split in ("train", "val"):
-        assert {r.label for r, s in zip(records, by_site, strict=True) if s == split} == {0, 1}
+    splits = assign_splits(records, VAL, TEST, seed, "grouped")
+    folds = assign_folds(records, splits, 3, seed, "grouped", SITE_REGEX)
+    assert folds == assign_folds(records, splits, 3, seed, "grouped", SITE_REGEX)
+    assert [k == NO_FOLD for k in folds] == [s == "test" for s in splits]  # test is untouched
+    fold_of: dict[str, int] = {}
+    for r, k in zip(records, folds, strict=True):
+        assert fold_of.setdefault(r.slide, k) == k  # a slide lies in one fold
+    for label in (0, 1):  # each fold holds about a third of each class
+        held = Counter(k for r, k in zip(records, folds, strict=True) if r.label == label)
+        total = sum(v for k, v in held.items() if k != NO_FOLD)
+        assert all(abs(held[k] / total - 1 / 3) < 0.08 for k in range(3)), held
+    # every site in every fold, ~8 non-test slides per site: 2-3 of them per fold
+    per_site = fold_sites(records, folds)
+    assert {k for k, _ in per_site} == {0, 1, 2}
+    assert all(2 <= per_site[k, site] <= 4 for k in range(3) for site in ("L0", "L1", "L2"))
 
 
-def test_real_data_site_balance_gives_val_every_site_and_keeps_test(real_data: Path) -> None:
+def test_folds_refuse_more_folds_than_sclerotic_slides() -> None:
+    records = make_records([(20, 3), (20, 3), (20, 0), (20, 3), (20, 0)] * 2)
+    splits = assign_splits(records, VAL, TEST, 0, "grouped")
+    with pytest.raises(SplitError, match=r"lower prepare\.split\.folds"):
+        assign_folds(records, splits, 6, 0, "grouped")
+    with pytest.raises(SplitError, match="at least 2"):
+        assign_folds(records, splits, 1, 0, "grouped")
+
+
+def test_random_folds_are_stratified_per_image() -> None:
+    records = make_records(uneven_slides(n=24))
+    splits = assign_splits(records, VAL, TEST, 0, "random")
+    folds = assign_folds(records, splits, 4, 0, "random")
+    assert sorted(set(folds)) == [NO_FOLD, 0, 1, 2, 3]
+    assert [k == NO_FOLD for k in folds] == [s == "test" for s in splits]
+
+
+def test_inner_validation_sets_apart_both_classes_and_every_site() -> None:
+    records = sited(make_records(uneven_slides(3, n=24)))
+    slides, labels = [r.slide for r in records], [r.label for r in records]
+    chosen = inner_validation(slides, labels, 0.25, seed=5, site_regex=SITE_REGEX)
+    assert chosen == inner_validation(slides, labels, 0.25, seed=5, site_regex=SITE_REGEX)
+    assert 3 <= len(chosen) <= 9 and len(chosen) < len(set(slides))
+    assert {r.label for r in records if r.slide in chosen} == {0, 1}
+    assert {r.label for r in records if r.slide not in chosen} == {0, 1}
+    assert set(sites_of(sorted(chosen), SITE_REGEX).tolist()) == {"L0", "L1", "L2"}
+    with pytest.raises(SplitError, match="fewer than 2"):
+        inner_validation(["a", "a", "b"], [0, 1, 0], 0.25, seed=0)
+
+
+def test_real_data_folds_keep_the_test_split_and_give_each_fold_every_site(
+    real_data: Path,
+) -> None:
     records = read_catalogue(real_data).records
-    by_class = assign_splits(records, VAL, TEST, 42, "grouped")
-    by_site = assign_splits(records, VAL, TEST, 42, "grouped", SITE_REGEX)
-    assert [s == "test" for s in by_site] == [s == "test" for s in by_class]
-    sites = sites_of([r.slide for r in records], SITE_REGEX)
-    for split in ("train", "val"):
-        held = Counter(
-            (site, r.label)
-            for site, r, s in zip(sites, records, by_site, strict=True)
-            if s == split
-        )
-        assert {site for site, _ in held} == {"SAS", "SESCAM", "VUHSK"}, split
-        assert {label for _, label in held} == {0, 1}, split
+    splits = assign_splits(records, VAL, TEST, 42, "grouped")
+    test_slides = sorted({r.slide for r, s in zip(records, splits, strict=True) if s == "test"})
+    assert test_slides == [  # the test slides every earlier run was scored on
+        "SAS_21908_001", "SAS_21924_001", "SESCAM_2_0", "SESCAM_6_0", "VUHSK_1502", "VUHSK_2072"
+    ]  # fmt: skip
+    folds = assign_folds(records, splits, 3, 42, "grouped", SITE_REGEX)
+    assert sum(k != NO_FOLD for k in folds) == 618
+    per_site = fold_sites(records, folds)
+    assert all(per_site[k, site] == 2 for k in range(3) for site in ("SAS", "SESCAM", "VUHSK"))
+    for k in range(3):
+        assert {r.label for r, f in zip(records, folds, strict=True) if f == k} == {0, 1}

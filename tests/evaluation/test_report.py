@@ -51,34 +51,52 @@ def test_undefined_values_read_n_a() -> None:
     assert with_interval({"value": 0.5, "ci_low": math.nan, "ci_high": math.nan}) == "0.500"
 
 
-def _ranked(*scores: tuple[str, float, float]) -> dict:
-    ranking = [
-        {"version": str(i), "family": f, "balanced_accuracy": ba, "roc_auc": auc}
-        for i, (f, ba, auc) in enumerate(scores, 1)
-    ]
-    return {"version": "1", "family": scores[0][0], "changed": True, "reason": "first champion.",
-            "ranking": ranking, "metric": "balanced_accuracy"}  # fmt: skip
+def _ci(value: float, low: float, high: float) -> dict:
+    return {"value": value, "ci_low": low, "ci_high": high}
 
 
-def test_champion_section_ranks_the_candidates_and_flags_a_lead_under_one_patch() -> None:
-    splits = {**SPLITS, "val": {"images": 114, "class_1": 22, "slides": 3}}
-    data = DataSummary("real", splits, SITES)
-    metrics = {"resnet": _intervals(0.8)}
-
-    def summary(champion: dict) -> str:
-        return summary_markdown(data, metrics, {}, {}, champion, SETTINGS)
-
-    tie = summary(
-        _ranked(("resnet", 0.9511, 0.9995), ("mobilenet", 0.9501, 0.9837), ("probe", 0.9447, 0.97),
-                 ("lr", 0.9111, 0.97))
-    )  # fmt: skip
-    assert "| candidate | version | val balanced_accuracy | val roc_auc |" in tie
-    assert "| resnet | 1 | 0.9511 | 0.9995 |\n| mobilenet | 2 | 0.9501 | 0.9837 |" in tie
-    assert "leads the next by 0.0010" in tie and "is worth 0.0227" in tie and "0.0054" in tie
-    assert "Validation does not separate resnet from mobilenet, probe**" in tie  # lr: 0.04 off
-
-    clear = summary(_ranked(("probe", 0.99, 0.99), ("lr", 0.91, 0.97)))
-    assert "leads the next by 0.0800" in clear and "does not separate" not in clear
-
-    alone = summary(_ranked(("lr", 0.91, 0.97)))
-    assert "| lr | 1 | 0.9100 | 0.9700 |" in alone and "leads the next" not in alone
+def test_champion_section_shows_the_out_of_fold_table_intervals_ties_and_decision() -> None:
+    data = DataSummary("real", SPLITS, SITES)
+    metrics = {"ensemble": _intervals(0.9)}
+    champion = {"version": "6", "family": "ensemble", "changed": True,
+                "reason": "Tied. version 6 (ensemble): first champion."}  # fmt: skip
+    selection = {
+        "rule": "the rule",
+        "ranking": [
+            {"family": "cnn", "balanced_accuracy": _ci(0.954, 0.90, 0.99),
+             "roc_auc": _ci(0.995, 0.98, 1.0)},
+            {"family": "probe", "balanced_accuracy": _ci(0.938, 0.88, 0.98),
+             "roc_auc": _ci(0.990, 0.97, 1.0)},
+            {"family": "resnet", "balanced_accuracy": _ci(0.813, 0.70, 0.90),
+             "roc_auc": _ci(0.860, 0.75, 0.95)},
+        ],
+        "differences": {
+            "probe": {**_ci(0.016, -0.02, 0.05), "tied": True},
+            "resnet": {**_ci(0.141, 0.06, 0.22), "tied": False},
+        },
+        "tied": ["cnn", "probe"],
+        "candidate": "ensemble",
+        "reason": "cnn and probe cannot be told apart.",
+        "ensemble": {"members": ["cnn", "probe"], "balanced_accuracy": _ci(0.96, 0.91, 0.99),
+                     "roc_auc": _ci(0.996, 0.99, 1.0)},
+    }  # fmt: skip
+    text = summary_markdown(data, metrics, {}, {}, champion, SETTINGS, selection)
+    assert "Alias `champion` moved to version 6 (ensemble). Tied." in text
+    assert "| model | OOF bal. acc. | OOF ROC-AUC | cnn minus it (paired) | vs best |" in text
+    assert "| cnn | 0.954 [0.900, 0.990] | 0.995 [0.980, 1.000] | — | best |" in text
+    assert (
+        "| probe | 0.938 [0.880, 0.980] | 0.990 [0.970, 1.000] | 0.016 [-0.020, 0.050] | **tied** |"
+        in text
+    )
+    assert (
+        "| resnet | 0.813 [0.700, 0.900] | 0.860 [0.750, 0.950] | 0.141 [0.060, 0.220] "
+        "| separated |" in text
+    )
+    assert (
+        "| ensemble (cnn, probe) | 0.960 [0.910, 0.990] | 0.996 [0.990, 1.000] | — | candidate |"
+        in text
+    )
+    assert "Decision: cnn and probe cannot be told apart." in text
+    assert "Out-of-fold selection" not in summary_markdown(
+        data, metrics, {}, {}, champion, SETTINGS
+    )

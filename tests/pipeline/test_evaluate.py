@@ -1,4 +1,5 @@
-"""The evaluate stage end to end on tiny stores: metrics, reports, plots, promotion, MLflow."""
+"""The evaluate stage end to end on tiny stores: metrics, reports, plots, promotion of the
+choose stage's candidate, MLflow; and the ensemble scored from its members."""
 
 from __future__ import annotations
 
@@ -11,11 +12,28 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from glomx.data.store import ArrayStore
 from glomx.evaluation.bootstrap import METRICS
+from glomx.evaluation.scoring import score_store
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
-from glomx.pipeline.evaluate import EvaluateError, evaluate
+from glomx.models.mean import MeanClassifier, copy_member
+from glomx.pipeline.evaluate import EvaluateError, evaluate, score_models, trained_models
 from glomx.tracking.runs import MODEL_DESCRIPTION, REGISTERED_MODEL
+
+DECISION = {
+    "rule": "the rule",
+    "ranking": [
+        {"family": f, "balanced_accuracy": {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.05},
+         "roc_auc": {"value": v, "ci_low": v - 0.1, "ci_high": 1.0}}
+        for f, v in (("lr", 0.9), ("cnn", 0.6))
+    ],
+    "differences": {"cnn": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "tied": False}},
+    "tied": ["lr"],
+    "candidate": "lr",
+    "reason": "lr leads every family beyond its interval.",
+    "ensemble": {},
+}  # fmt: skip
 
 
 def _params(root: Path, prepared: Path) -> dict[str, Any]:
@@ -25,6 +43,7 @@ def _params(root: Path, prepared: Path) -> dict[str, Any]:
         "metrics": str(root / "metrics"),
         "plots": str(root / "plots"),
         "reports": str(root / "reports"),
+        "selection": str(root / "select"),
     }
     evaluate_cfg = {
         "families": ["lr", "cnn", "resnet"],
@@ -35,7 +54,7 @@ def _params(root: Path, prepared: Path) -> dict[str, Any]:
         "calibration_bins": 5,
         "site_regex": "^(?P<site>[^_-]+)",
         "gradcam_per_case": 2,
-        "promotion": {"metric": "balanced_accuracy", "tiebreak": "roc_auc", "margin": 0.01},
+        "promotion": {"metric": "balanced_accuracy", "margin": 0.01},
     }
     return {"paths": paths, "evaluate": evaluate_cfg}
 
@@ -47,8 +66,11 @@ def params(
     lr_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
-    """models/lr (a copy of ``lr_dir``) and an untrained, never registered models/cnn."""
+    """models/lr (a copy of ``lr_dir``), an untrained, never registered models/cnn, and the
+    choose stage's decision: lr is the candidate."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "select").mkdir()
+    (tmp_path / "select" / "decision.json").write_text(json.dumps(DECISION))
     shutil.copytree(lr_dir, tmp_path / "models" / "lr")
     pre = load_classifier(lr_dir).meta.preprocessing
     cnn = CNNClassifier.from_params({"model": {"size": 16, "filters": [4, 8]}}, pre)
@@ -58,7 +80,7 @@ def params(
     return _params(tmp_path, prepared)
 
 
-def test_evaluate_writes_everything_and_promotes_on_validation(
+def test_evaluate_writes_everything_and_promotes_the_candidate(
     params: dict[str, Any], registered_lr: str, tmp_path: Path
 ) -> None:
     result = evaluate(params)
@@ -78,8 +100,8 @@ def test_evaluate_writes_everything_and_promotes_on_validation(
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert "SYNTHETIC DATA" in summary and f"version {registered_lr} (lr)" in summary
     assert "| test | 32 | 11 | 6 |" in summary and "| SAS | lr | 16 | 6 | 3 |" in summary
-    assert "| candidate | version | val balanced_accuracy | val roc_auc |" in summary
-    assert f"| lr | {registered_lr} | 0." in summary and "leads the next" not in summary
+    assert "| lr | 0.900 [0.800, 0.950] | 0.900 [0.800, 1.000] | — | best |" in summary
+    assert "lr leads every family beyond its interval. version" in summary
     # three slides per site: point values only, marked, and the report says why
     assert "No interval: fewer than 5 test slides" in summary
     sas_row = next(line for line in summary.splitlines() if line.startswith("| SAS | lr |"))
@@ -159,3 +181,25 @@ def test_nothing_to_evaluate(params: dict[str, Any], tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "models")
     with pytest.raises(EvaluateError, match="no trained model"):
         evaluate(params)
+
+
+def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass(
+    params: dict[str, Any], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    members = {f: load_classifier(models / f) for f in ("lr", "cnn")}
+    directory = tmp_path / "select" / "ensemble"
+    for family in members:
+        copy_member(models / family, directory / family)
+    ensemble = MeanClassifier.of("ensemble", members, members["lr"].meta.preprocessing)
+    ensemble.meta.save(directory)
+    decision = {**DECISION, "candidate": "ensemble"}
+    trained = trained_models(models, ["lr", "cnn"], params["paths"], decision)
+    assert [t.family for t in trained] == ["lr", "cnn", "ensemble"]
+    stores = {s: ArrayStore(Path(params["paths"]["prepared"]) / s) for s in ("train", "test")}
+    cfg = {**params["evaluate"], "baseline": False}
+    scored = score_models(trained, stores, cfg, models)
+    mean = (scored["lr"].proba + scored["cnn"].proba) / 2
+    assert scored["ensemble"].proba == pytest.approx(mean)
+    direct = score_store(trained[2].classifier, stores["test"], True, 16)  # the long way
+    assert scored["ensemble"].proba == pytest.approx(direct, abs=1e-6)

@@ -45,11 +45,17 @@ def _check_outputs(out: Path, metrics: Path, expected_kind: str) -> dict:
     counts = json.loads(metrics.read_text())
     rows = read_split_csv(out / "split.csv")
     assert counts["total"] == len(rows) and counts["data_kind"] == expected_kind
-    slides_by_split = {s: {r.slide for r in rows if r.split == s} for s in ("train", "val", "test")}
-    assert not slides_by_split["train"] & slides_by_split["val"]
+    slides_by_split = {s: {r.slide for r in rows if r.split == s} for s in ("train", "test")}
     assert not slides_by_split["train"] & slides_by_split["test"]
-    assert not slides_by_split["val"] & slides_by_split["test"]
-    for split in ("train", "val", "test"):
+    assert not (out / "val").exists()  # no validation store: the folds replace it
+    folds = {r.slide: r.fold for r in rows if r.split == "train"}
+    assert all(r.fold == folds[r.slide] for r in rows if r.split == "train")  # slide-grouped
+    assert {r.fold for r in rows if r.split == "test"} == {-1}
+    for fold, c in counts["folds"].items():
+        held = [r for r in rows if r.fold == int(fold)]
+        assert c["images"] == len(held) and c["class_1"] == sum(r.label for r in held) > 0
+    assert len(counts["folds"]) == 3
+    for split in ("train", "test"):
         store = ArrayStore(out / split)
         expected = [r for r in rows if r.split == split]
         assert store.names == [r.name for r in expected]
@@ -77,7 +83,7 @@ def test_prepare_is_deterministic_and_worker_independent(
     assert (tmp_path / "a" / "split.csv").read_bytes() == (
         tmp_path / "b" / "split.csv"
     ).read_bytes()
-    for split in ("train", "val", "test"):
+    for split in ("train", "test"):
         a = np.load(tmp_path / "a" / split / "images.npy")
         b = np.load(tmp_path / "b" / split / "images.npy")
         assert (a == b).all()
@@ -169,12 +175,20 @@ def test_prepare_stage_logs_its_run_and_writes_what_prepare_alone_writes(
         next(tag.value for tag in d.tags if tag.key == "mlflow.data.context")
         for d in client.get_run(run_id).inputs.dataset_inputs
     ]
-    assert sorted(contexts) == ["test", "train", "val"]
+    assert sorted(contexts) == ["test", "train"]
+    assert metrics["fold0_images"] == counts["folds"]["0"]["images"] > 0
 
 
 def test_prepare_real_shared_data(real_data: Path, params: dict, tmp_path: Path) -> None:
     counts = prepare(real_data, tmp_path / "prep", tmp_path / "prepare.json", params)
     assert counts["total"] == 772 and counts["skipped"] == 0
     checked = _check_outputs(tmp_path / "prep", tmp_path / "prepare.json", "real")
-    assert {s["split"] for s in checked["slides"].values()} == {"train", "val", "test"}
+    assert {s["split"] for s in checked["slides"].values()} == {"train", "test"}
     assert len(checked["slides"]) == 24
+    assert checked["splits"]["train"] == {
+        "images": 618,
+        "class_0": 489,
+        "class_1": 129,
+        "slides": 18,
+    }
+    assert sorted(c["slides"] for c in checked["folds"].values()) == [6, 6, 6]

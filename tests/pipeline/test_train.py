@@ -1,24 +1,25 @@
-"""run_training end to end on tiny stores: outputs on disk and what lands in MLflow."""
+"""run_training end to end on tiny stores, on a local Ray instance: the out-of-fold outputs,
+the bag of fold models, and what lands in MLflow."""
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pytest
+from cv_layout import SITE_REGEX, cv_layout
 from mlflow import MlflowClient
 
-from glomx.data.store import StoreWriter
+from glomx.data.store import ArrayStore
+from glomx.evaluation.selection import OOF
 from glomx.models import load_classifier
-from glomx.models.base import Preprocessing
-from glomx.models.logistic import LogisticClassifier
-from glomx.pipeline.train import class_weights, prepared_preprocessing, run_training
+from glomx.models.mean import MeanClassifier
+from glomx.pipeline.cv import CVConfig
+from glomx.pipeline.train import replace_model, run_training
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
-PRE = Preprocessing(size=24, channels=3, method="pad", fill="white")
+CFG = CVConfig(cpus_per_trial=1, bootstrap={"n_resamples": 200, "confidence": 0.95, "seed": 0})
 PARAMS = {
     "model": {"size": 12, "channels": 3},
     "fit": {"epochs": 3, "alpha": 0.1, "seed": 1},
@@ -27,99 +28,78 @@ PARAMS = {
 }
 
 
-def centre_images(labels: np.ndarray, seed: int, size: int = PRE.size) -> np.ndarray:
-    """Noisy tiles; class 1 has a dark centre, class 0 a bright one."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(90, 170, (len(labels), size, size, 3))
-    c = slice(size // 4, 3 * size // 4)
-    images[:, c, c] += np.where(labels == 1, -70, 70)[:, None, None, None]
-    return images.astype(np.uint8)
-
-
-def write_store(path: Path, n: int, seed: int, positives: int) -> None:
-    labels = (np.arange(n) < positives).astype(np.uint8)
-    with StoreWriter(path, (PRE.size, PRE.size, 3), {"image": asdict(PRE)}, "src") as w:
-        w.append(centre_images(labels, seed), labels, [f"s{seed}-{i}.png" for i in range(n)],
-                 [f"s{seed}_{i % 3}" for i in range(n)])  # fmt: skip
-        w.close({"data_kind": "synthetic"})
-
-
 @pytest.fixture
 def paths(tmp_path: Path) -> dict[str, str]:
-    """The pipeline layout: prepared val store, balanced store with class weights."""
-    p = {k: str(tmp_path / k) for k in ("prepared", "balanced", "models", "metrics", "plots")}
-    write_store(Path(p["prepared"]) / "val", 16, seed=1, positives=5)
-    write_store(Path(p["balanced"]), 40, seed=0, positives=12)
-    (Path(p["balanced"]) / "class_weights.json").write_text('{"0": 0.71, "1": 1.67}')
-    return p
+    return cv_layout(tmp_path)
 
 
-def test_run_training_writes_outputs_and_logs_a_registered_run(
+def test_run_training_cross_validates_saves_the_bag_and_logs_a_registered_run(
     paths: dict[str, str], isolated_mlflow: str
 ) -> None:
-    classifier = LogisticClassifier.from_params(PARAMS, prepared_preprocessing(paths))
-    scores = run_training("train-lr", classifier, PARAMS, paths)
-    assert scores["roc_auc"] == 1.0  # the centre cue separates the classes
+    report = run_training("train-lr", "lr", PARAMS, paths, CFG, SITE_REGEX)
+    oof = OOF.read(Path(paths["cv"]) / "lr.csv")
+    originals = ArrayStore(Path(paths["prepared"]) / "train")
+    assert sorted(oof.names) == sorted(originals.names)  # every original once, no copy
+    assert report["oof"]["images"] == 72 and report["oof"]["slides"] == 12
+    assert report["oof"]["roc_auc"]["value"] == pytest.approx(oof.metrics()["roc_auc"])
+    assert report["oof"]["roc_auc"]["value"] > 0.9  # the centre cue separates the classes
+    assert set(report["folds"]) == {"0", "1", "2"}
+    for k, fold in report["folds"].items():
+        assert set(fold["heldout_slides"]) == set(oof.slides[oof.folds == int(k)].tolist())
+        assert not set(fold["inner_val_slides"]) & set(fold["heldout_slides"])
+    written = json.loads((Path(paths["metrics"]) / "lr.json").read_text())
+    assert written["oof"]["balanced_accuracy"] == report["oof"]["balanced_accuracy"]
+    assert written["data_kind"] == "synthetic" and written["class_weight"] == "balanced"
 
-    report = json.loads((Path(paths["metrics"]) / "lr.json").read_text())
-    assert report["data_kind"] == "synthetic" and report["class_weight"] == "balanced"
-    assert report["balanced_accuracy"] == pytest.approx(scores["balanced_accuracy"])
-    model = load_classifier(Path(paths["models"]) / "lr")
-    assert model.meta.threshold == report["threshold"] != 0.5  # tuned on validation
+    bag = load_classifier(Path(paths["models"]) / "lr")
+    assert isinstance(bag, MeanClassifier) and bag.meta.family == "lr"
+    assert bag.meta.extra["members"] == ["fold-0", "fold-1", "fold-2"]
+    thresholds = [m.meta.threshold for m in bag.members]
+    assert len(set(thresholds)) > 1 or thresholds[0] != 0.5  # tuned on inner validation
+    assert bag.meta.threshold == pytest.approx(sum(thresholds) / 3)
+    images = originals.read([0, 1, 2])
+    expected = sum(m.predict_proba(images) for m in bag.members) / 3
+    assert bag.predict_proba(images) == pytest.approx(expected)
     with open(Path(paths["plots"]) / "lr" / "confusion.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 16
-    assert (Path(paths["plots"]) / "lr" / "roc.csv").is_file()
+        assert len(list(csv.DictReader(f))) == 72  # out-of-fold, every original
 
     client = MlflowClient(isolated_mlflow)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    (run,) = client.search_runs([exp.experiment_id])
-    assert run.info.run_name == "train-lr" and run.info.status == "FINISHED"
-    tags = run.data.tags
-    assert tags["glomx.stage"] == "train-lr" and tags["data.kind"] == "synthetic"
-    assert {"git.commit", "git.dirty", "data.dvc_md5", "params.md5"} <= set(tags)
-    params = run.data.params
-    assert params["train_lr.fit.alpha"] == "0.1" and params["train_lr.class_weight"] == "balanced"
-    assert params["data.val.image.method"] == "pad"
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (run,) = client.search_runs([exp], "attributes.run_name = 'train-lr'")
+    assert run.info.status == "FINISHED" and run.data.tags["glomx.stage"] == "train-lr"
+    assert run.data.params["train_lr.fit.alpha"] == "0.1" and run.data.params["cv.inner_val"]
     metrics = run.data.metrics
-    assert metrics["selected/val_roc_auc"] == 1.0
-    assert metrics["selected/threshold"] == report["threshold"]
-    history = client.get_metric_history(run.info.run_id, "epoch/val_auc")
-    assert [h.step for h in history] == [0, 1, 2]
-
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {f"plots/{n}" for n in ("confusion.png", "confusion.json", "roc.png", "pr.png")} <= (
-        artifacts
-    )
-    summary = client.download_artifacts(run.info.run_id, "model/summary.txt")
-    assert "SGDClassifier" in Path(summary).read_text()
+    assert metrics["selected/cv_roc_auc"] == pytest.approx(oof.metrics()["roc_auc"])
+    trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert len(trials) == 3
+    history = client.get_metric_history(trials[0].info.run_id, "epoch/val_auc")
+    assert [h.step for h in history] == [0, 1, 2]  # each fold's epochs, on its inner slides
     inputs = {
-        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+        next(t.value for t in i.tags if t.key == "mlflow.data.context")
         for i in run.inputs.dataset_inputs
     }
-    assert set(inputs) == {"training", "validation"}
-    assert inputs["validation"].name == "val"
+    assert inputs == {"training", "cv"}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {f"plots/{n}" for n in ("confusion.png", "roc.png", "pr.png")} <= artifacts
 
     (version,) = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
-    assert version.run_id == run.info.run_id
-    assert version.tags["family"] == "lr" and version.tags["stage"] == "train-lr"
-    assert float(version.tags["val_roc_auc"]) == 1.0 and version.tags["data_kind"] == "synthetic"
+    assert version.run_id == run.info.run_id and version.tags["family"] == "lr"
+    assert float(version.tags["cv_roc_auc"]) == pytest.approx(oof.metrics()["roc_auc"], 1e-5)
 
 
-def test_run_training_refuses_a_model_built_for_other_preprocessing(
-    paths: dict[str, str],
-) -> None:
-    other = Preprocessing(size=64, channels=3, method="resize", fill="white")
-    classifier = LogisticClassifier.from_params(PARAMS, other)
-    with pytest.raises(ValueError, match="preprocessing"):
-        run_training("train-lr", classifier, PARAMS, paths)
+def test_a_partial_model_folder_is_replaced_and_a_foreign_one_refused(tmp_path: Path) -> None:
+    build, target = tmp_path / "build", tmp_path / "models" / "lr"
+    (build / "fold-0").mkdir(parents=True)
+    (build / "glomx.json").write_text("{}")
+    (target / "fold-0").mkdir(parents=True)  # an interrupted save: members, no top-level meta
+    (target / "fold-0" / "glomx.json").write_text("{}")
+    replace_model(build, target)
+    assert (target / "glomx.json").is_file() and not build.exists()
 
-
-def test_class_weights_follow_params(paths: dict[str, str]) -> None:
-    assert class_weights({"class_weight": "none"}, paths) is None
-    assert class_weights({}, paths) is None
-    assert class_weights({"class_weight": "balanced"}, paths) == {0: 0.71, 1: 1.67}
-    (Path(paths["balanced"]) / "class_weights.json").write_text('{"0": 1.0}')
-    with pytest.raises(ValueError, match=r"class_weights\.json"):
-        class_weights({"class_weight": "balanced"}, paths)
-    with pytest.raises(ValueError, match="none or balanced"):
-        class_weights({"class_weight": "auto"}, paths)
+    foreign = tmp_path / "models" / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    (tmp_path / "again").mkdir()
+    with pytest.raises(FileExistsError, match="not a glomx model"):
+        replace_model(tmp_path / "again", foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"

@@ -1,9 +1,9 @@
-"""Promotion rules against a real (temporary SQLite) MLflow registry."""
+"""Promotion rules against a real (temporary SQLite) MLflow registry: the choose stage's
+candidate against the sitting champion, on out-of-fold metrics."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 
 import mlflow
@@ -16,15 +16,15 @@ from glomx.tracking import registry
 from glomx.tracking.runs import REGISTERED_MODEL, connect
 
 
-def _version(tmp_path: Path, family: str, bal_acc: float, auc: float, val_data: str) -> str:
-    """A registered version as training leaves it: val metrics as tags, val set as run input."""
+def _version(tmp_path: Path, family: str, bal_acc: float, auc: float, cv_data: str) -> str:
+    """A registered version as training leaves it: OOF metrics as tags, CV store as run input."""
     connect()
     with mlflow.start_run() as run:
-        dataset = mlflow.data.from_pandas(pd.DataFrame({"split": [val_data]}), name="val")
-        mlflow.log_input(dataset, context="validation")
+        dataset = mlflow.data.from_pandas(pd.DataFrame({"split": [cv_data]}), name="train")
+        mlflow.log_input(dataset, context="cv")
         (tmp_path / "model").mkdir(exist_ok=True)
         mlflow.log_artifact(str(tmp_path / "model"))
-    tags = {"family": family, "val_balanced_accuracy": str(bal_acc), "val_roc_auc": str(auc)}
+    tags = {"family": family, "cv_balanced_accuracy": str(bal_acc), "cv_roc_auc": str(auc)}
     client = MlflowClient()
     with contextlib.suppress(MlflowException):  # exists after the first version
         client.create_registered_model(REGISTERED_MODEL)
@@ -45,27 +45,28 @@ def _count() -> int:
 
 def test_promotion_rules_through_the_registry(tmp_path: Path) -> None:
     lr = _version(tmp_path, "lr", 0.70, 0.80, "A")
-    first = registry.promote([lr], margin=0.01)
+    first = registry.promote(lr, "lr is best.", margin=0.01)
     assert first.changed and first.version == lr
     assert _aliases() == {"champion": lr}
     mv = MlflowClient().get_model_version(REGISTERED_MODEL, lr)
+    assert mv.description.startswith("lr is best. version")  # the selection's reason leads
     assert "first champion" in mv.description and mv.tags[registry.REASON_TAG] == mv.description
 
     # rerun with nothing changed: no new version, no alias move, no tag rewrite
     before = MlflowClient().get_model_version(REGISTERED_MODEL, lr).last_updated_timestamp
-    again = registry.promote([lr], margin=0.01)
+    again = registry.promote(lr, "lr is best.", margin=0.01)
     assert not again.changed and _aliases() == {"champion": lr} and _count() == 1
     assert MlflowClient().get_model_version(REGISTERED_MODEL, lr).last_updated_timestamp == before
 
-    # a better candidate on the same validation data wins; the old one stays reachable
+    # a better candidate on the same folds wins; the old one stays reachable
     cnn = _version(tmp_path, "cnn", 0.80, 0.85, "A")
-    better = registry.promote([lr, cnn], margin=0.01)
+    better = registry.promote(cnn, margin=0.01)
     assert better.changed and better.version == cnn and better.previous == lr
     assert _aliases() == {"champion": cnn, "previous": lr}
 
     # within the margin: champion stays, the candidate is told why
     close = _version(tmp_path, "resnet", 0.805, 0.99, "A")
-    kept = registry.promote([close], margin=0.01)
+    kept = registry.promote(close, margin=0.01)
     assert not kept.changed and kept.version == cnn
     assert _aliases() == {"champion": cnn, "previous": lr}
     assert (
@@ -73,9 +74,9 @@ def test_promotion_rules_through_the_registry(tmp_path: Path) -> None:
         in MlflowClient().get_model_version(REGISTERED_MODEL, close).tags[registry.REASON_TAG]
     )
 
-    # different validation data: scores are not comparable, the new model wins even if lower
+    # different CV data: scores are not comparable, the new model wins even if lower
     moved = _version(tmp_path, "lr", 0.60, 0.70, "B")
-    changed = registry.promote([moved], margin=0.01)
+    changed = registry.promote(moved, margin=0.01)
     assert changed.changed and "different data" in changed.reason
     assert _aliases() == {"champion": moved, "previous": cnn}
     assert _count() == 4
@@ -84,21 +85,20 @@ def test_promotion_rules_through_the_registry(tmp_path: Path) -> None:
     assert f"models:/{REGISTERED_MODEL}/{moved}" in report and "balanced_accuracy 0.6000" in report
 
 
-def test_choice_uses_validation_metric_then_tiebreak() -> None:
-    def cand(v: str, ba: float, auc: float) -> registry.Candidate:
-        return registry.Candidate(v, "lr", "", {"balanced_accuracy": ba, "roc_auc": auc}, "A")
+def test_margin_applies_to_out_of_fold_figures_on_the_same_folds() -> None:
+    def cand(v: str, ba: float, data: str | None = "A") -> registry.Candidate:
+        return registry.Candidate(v, "cnn", "", {"balanced_accuracy": ba}, data)
 
-    tied = [cand("1", 0.8, 0.85), cand("2", 0.8, 0.90), cand("3", math.nan, 0.99)]
-    assert registry.best(tied, "balanced_accuracy", "roc_auc").version == "2"
-    decision = registry.decide(tied, cand("2", 0.8, 0.90), "balanced_accuracy", "roc_auc", 0.0)
-    assert not decision.changed and decision.version == "2"
-    assert [r["version"] for r in decision.ranking] == ["2", "1", "3"]  # NaN ranks last
-    assert decision.ranking[0] == {
-        "version": "2", "family": "lr", "balanced_accuracy": 0.8, "roc_auc": 0.90
-    }  # fmt: skip
-    assert decision.as_dict()["metric"] == "balanced_accuracy"
-    with pytest.raises(ValueError):
-        registry.best([], "balanced_accuracy", "roc_auc")
+    metric = "balanced_accuracy"
+    assert registry.decide(cand("2", 0.90), None, metric, 0.01).version == "2"
+    within = registry.decide(cand("2", 0.905), cand("1", 0.90), metric, 0.01)
+    assert not within.changed and within.version == "1" and within.candidate == "2"
+    beyond = registry.decide(cand("2", 0.92), cand("1", 0.90), metric, 0.01, "Tied: ensemble.")
+    assert beyond.changed and beyond.previous == "1" and beyond.reason.startswith("Tied")
+    other_folds = registry.decide(cand("2", 0.5), cand("1", 0.9, "B"), metric, 0.01)
+    assert other_folds.changed and "different data" in other_folds.reason
+    unknown = registry.decide(cand("2", 0.5), cand("1", 0.9, None), metric, 0.01)
+    assert unknown.changed and unknown.version == "2"
 
 
 def test_unknown_model_uri_names_what_is_missing() -> None:

@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import PRE
 
 from glomx.cli_predict import add_champion_parser
 from glomx.data.images import load_image
 from glomx.data.store import ArrayStore
 from glomx.models import load_classifier
+from glomx.models.logistic import LogisticClassifier
+from glomx.models.mean import MeanClassifier, copy_member
 from glomx.predict import load_model, predict_files
 from glomx.server.main import ServerError, terminate, wait_ready
 from glomx.server.postgres import free_port
@@ -41,7 +45,7 @@ SERVE_TIMEOUT_S = 180
 @pytest.fixture
 def champion(registered_lr: str) -> str:
     """The registered LR model promoted to champion."""
-    assert promote([registered_lr]).version == registered_lr
+    assert promote(registered_lr).version == registered_lr
     return registered_lr
 
 
@@ -80,16 +84,37 @@ def strict_json(text: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``lr_dir`` registered and promoted in a store of its own, served by ``mlflow models
-    serve`` for the whole module; yields the base URL."""
-    root = tmp_path_factory.mktemp("served")
+def ensemble_dir(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ``ensemble`` as the choose stage builds it: the mean of two saved models (``lr_dir``
+    and a second LR at another size), each copied into a folder of its own."""
+    root = tmp_path_factory.mktemp("ensemble")
+    other = LogisticClassifier.from_params({"model": {"size": 6}, "fit": {"epochs": 2}}, PRE)
+    other.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
+    other.save(root / "lr6")
+    members = {"lr": load_classifier(lr_dir), "lr6": load_classifier(root / "lr6")}
+    copy_member(lr_dir, root / "ensemble" / "lr")
+    copy_member(root / "lr6", root / "ensemble" / "lr6")
+    MeanClassifier.of("ensemble", members, PRE).meta.save(root / "ensemble")
+    return root / "ensemble"
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The served model's own tracking store."""
+    return f"sqlite:///{tmp_path_factory.mktemp('served')}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
+    """``ensemble_dir`` registered and promoted in a store of its own, served by ``mlflow
+    models serve`` for the whole module; yields the base URL."""
+    root = Path(store_uri.removeprefix("sqlite:///")).parent
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
         images = ArrayStore(prepared / "val").read([0])
-        with stage_run("train-lr", {}, "synthetic") as run:
-            version = run.log_and_register(lr_dir, load_classifier(lr_dir), images)
-        promote([version])
+        with stage_run("choose", {}, "synthetic") as run:
+            version = run.log_and_register(ensemble_dir, load_classifier(ensemble_dir), images)
+        promote(version)
         port = free_port()
         # mlflow execs `uvicorn` from PATH: the one installed beside this interpreter
         env = {
@@ -130,7 +155,7 @@ def _post(base: str, columns: list[str], rows: list[list[str | None]]) -> tuple[
 
 
 def test_served_champion_answers_in_strict_json_with_null_for_failed_rows(
-    server: str, lr_dir: Path, png_folder: Path, cut_short_png: bytes
+    server: str, ensemble_dir: Path, png_folder: Path, cut_short_png: bytes
 ) -> None:
     good = png_folder / "SAS_1-0.png"
     rows = [
@@ -142,7 +167,7 @@ def test_served_champion_answers_in_strict_json_with_null_for_failed_rows(
     status, text = _post(server, ["image"], rows)
     assert status == 200, text
     ok, *failed = strict_json(text)["predictions"]
-    local = load_classifier(lr_dir)
+    local = load_classifier(ensemble_dir)
     expected = local.predict_proba(load_image(good, local.meta.preprocessing)[None])[0]
     assert ok["probability"] == pytest.approx(expected, abs=1e-6)
     assert ok["label"] == int(expected >= local.meta.threshold) and ok["error"] is None
@@ -185,7 +210,7 @@ def readme_serve_command() -> str:
 
 
 def test_readme_serve_command_on_the_largest_real_patch(
-    server: str, lr_dir: Path, real_data: Path, tmp_path: Path
+    server: str, ensemble_dir: Path, real_data: Path, tmp_path: Path
 ) -> None:
     largest = max(real_data.rglob("*.png"), key=lambda p: p.stat().st_size)
     assert largest.stat().st_size > 120_000  # well above the ~98 KB that broke inlining
@@ -199,9 +224,39 @@ def test_readme_serve_command_on_the_largest_real_patch(
     )  # fmt: skip
     assert done.returncode == 0 and not done.stderr, done.stderr
     (row,) = strict_json(done.stdout)["predictions"]
-    local = load_classifier(lr_dir)
+    local = load_classifier(ensemble_dir)
     expected = local.predict_proba(load_image(largest, local.meta.preprocessing)[None])[0]
     assert row["error"] is None and row["probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_served_ensemble_and_glomx_predict_agree(
+    server: str, store_uri: str, ensemble_dir: Path, png_folder: Path, tmp_path: Path
+) -> None:
+    """The ensemble over real HTTP and through `glomx predict` (same registry version):
+    the same probability and label per image, and both the mean of its two members."""
+    files = [png_folder / "SAS_1-0.png", png_folder / "SAS_1-1.png"]
+    status, text = _post(server, ["image"], [[_b64(f)] for f in files])
+    assert status == 200, text
+    served = strict_json(text)["predictions"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri}
+    glomx = Path(sys.executable).with_name("glomx")
+    out = tmp_path / "pred.csv"
+    done = subprocess.run(
+        [str(glomx), "predict", *map(str, files), "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open(out, newline="") as f:
+        rows = {Path(r["name"]).name: r for r in csv.DictReader(f)}
+    ensemble = load_classifier(ensemble_dir)
+    for file, answer in zip(files, served, strict=True):
+        row = rows[file.name]
+        assert float(row["probability"]) == pytest.approx(answer["probability"], abs=1e-6)
+        assert int(row["label"]) == answer["label"] and row["model"].endswith("/1")
+        image = load_image(file, ensemble.meta.preprocessing)[None]
+        members = [m.predict_proba(image)[0] for m in ensemble.members]
+        assert answer["probability"] == pytest.approx(np.mean(members), abs=1e-6)
+        assert members[0] != pytest.approx(members[1], abs=1e-4)  # a mean of two models
 
 
 def test_champion_command(champion: str, capsys: pytest.CaptureFixture[str]) -> None:
