@@ -43,6 +43,7 @@ def _paths() -> dict[str, str]:
         "models": str(WORK / "models"),
         "metrics": str(WORK / "metrics"),
         "plots": str(WORK / "plots"),
+        "cv": str(WORK / "cv"),
     }
 
 
@@ -76,16 +77,21 @@ def _child_balance() -> dict[str, Any]:
 def _child_train_lr() -> dict[str, Any]:
     import os
 
-    from glomx.models.logistic import LogisticClassifier
-    from glomx.pipeline.train import prepared_preprocessing, run_training
+    from glomx.params import dataclass_from
+    from glomx.pipeline.cv import CVConfig
+    from glomx.pipeline.train import run_training
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
-    paths = _paths()
-    section = _params()["train_lr"]
+    params = _params()
+    section = params["train_lr"]
     section["model"] = {"size": 256, "channels": 4}  # the original study's input
-    clf = LogisticClassifier.from_params(section, prepared_preprocessing(paths))
-    scores = run_training("train-lr", clf, section, paths)
-    return {"val_roc_auc": scores["roc_auc"], "val_balanced_accuracy": scores["balanced_accuracy"]}
+    cfg = dataclass_from(CVConfig, params["cv"], "cv")
+    site_regex = params["prepare"]["split"]["site_regex"]
+    oof = run_training("train-lr", "lr", section, _paths(), cfg, site_regex)["oof"]
+    return {
+        "oof_roc_auc": oof["roc_auc"]["value"],
+        "oof_balanced_accuracy": oof["balanced_accuracy"]["value"],
+    }
 
 
 def _cnn(size: int):
