@@ -18,6 +18,7 @@ def _predict(args: argparse.Namespace) -> int:
         load_model,
         predict_files,
         slide_regex_from,
+        slide_report,
     )
 
     try:
@@ -43,6 +44,7 @@ def _predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     slides = args.out.with_name(f"{args.out.stem}_slides.csv")
+    print(slide_report(summary))
     print(
         f"{summary.predicted} predicted, {summary.failed} unreadable (see column 'error'); "
         f"model {model.source}\nwrote {args.out} and {slides}"

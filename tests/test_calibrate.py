@@ -122,6 +122,14 @@ def test_calibrated_version_predicts_and_serves_alike(champion: str, tmp_path: P
         truth = {r["name"]: int(r["ground truth"]) for r in csv.DictReader(f)}
     assert labels == truth  # the calibrated threshold separates the lab's patches
 
+    with open(tmp_path / "pred_slides.csv", newline="") as f:
+        slides = list(csv.DictReader(f))
+    assert [r["slide"] for r in slides] == ["NORTH_0", "NORTH_1", "NORTH_2"]
+    for row in slides:  # its calibration figures (perfect on these patches) correct %GS
+        assert row["accuracy_source"] == f"calibration of version {version} on lab north"
+        assert row["percent_gs"] == row["percent_sclerotic"] == "50.0"
+        assert row["flags"].startswith("fewer than 25 glomeruli")
+
     served = mlflow.pyfunc.load_model(uri)
     request = pd.DataFrame(
         {"image": [base64.b64encode(Path(r["path"]).read_bytes()).decode() for r in rows]}

@@ -36,6 +36,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
 from glomx.models.base import META_FILE
 from glomx.tracking.pyfunc import ARTIFACT, DIGEST_TAG, files_digest
 from glomx.tracking.runs import (
@@ -395,3 +396,48 @@ def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
             f"`glomx calibrate DATA_DIR --lab {lab}` to use it"
         )
     return "\n".join(lines)
+
+
+def _val_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
+    """(positives, negatives) of the validation store the training run logged, if known."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    for item in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in item.tags}
+        if tags.get("mlflow.data.context") in VAL_CONTEXTS:
+            try:
+                return int(tags["class_1"]), int(tags["class_0"])
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+def version_accuracy(uri: str) -> ClassifierAccuracy:
+    """Sensitivity and specificity of a registered version at its own threshold, with the
+    patch counts behind them: a calibrated version's calibration figures, else the validation
+    figures training tagged (``val_recall``, ``val_specificity``; counts from the run's
+    validation input), else unknown."""
+    name, version = resolve(uri)
+    client = MlflowClient()
+    mv = client.get_model_version(name, version)
+    tags = mv.tags
+    if "calibration.sensitivity" in tags:
+        return ClassifierAccuracy(
+            float(tags["calibration.sensitivity"]),
+            float(tags["calibration.specificity"]),
+            int(tags.get("calibration.n_sclerotic", 0)),
+            int(tags.get("calibration.n_non_sclerotic", 0)),
+            f"calibration of version {version} on lab {tags.get('lab', '?')}",
+        )
+    if "val_recall" in tags and "val_specificity" in tags:
+        counts = _val_counts(client, mv.run_id) if mv.run_id else None
+        where = f"validation of version {version}"
+        return ClassifierAccuracy(
+            float(tags["val_recall"]),
+            float(tags["val_specificity"]),
+            *(counts or (0, 0)),
+            where if counts else f"{where} (patch counts unknown: taken as exact)",
+        )
+    return unknown_accuracy(f"version {version} has no sensitivity and specificity tags")
