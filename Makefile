@@ -54,6 +54,9 @@ bench-select: setup data ## 5-fold CV on the train + val slides only, each promo
 	dvc repro prepare
 	python bench/models.py --scope trainval
 
+bench-calibrate: setup data ## leave-one-site-out lab calibration on the train + val slides (bench/out/calibrate.md); needs `dvc repro prepare`
+	python bench/calibrate.py
+
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000
 SERVE_PORT ?= 5001
