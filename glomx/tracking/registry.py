@@ -398,15 +398,15 @@ def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
     return "\n".join(lines)
 
 
-def _val_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
-    """(positives, negatives) of the validation store the training run logged, if known."""
+def _cv_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
+    """(positives, negatives) of the store the training run cross-validated, if known."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
         return None
     for item in run.inputs.dataset_inputs:
         tags = {t.key: t.value for t in item.tags}
-        if tags.get("mlflow.data.context") in VAL_CONTEXTS:
+        if tags.get("mlflow.data.context") == CV_CONTEXT:
             try:
                 return int(tags["class_1"]), int(tags["class_0"])
             except (KeyError, ValueError):
@@ -416,9 +416,9 @@ def _val_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
 
 def version_accuracy(uri: str) -> ClassifierAccuracy:
     """Sensitivity and specificity of a registered version at its own threshold, with the
-    patch counts behind them: a calibrated version's calibration figures, else the validation
-    figures training tagged (``val_recall``, ``val_specificity``; counts from the run's
-    validation input), else unknown."""
+    patch counts behind them: a calibrated version's calibration figures, else the pooled
+    out-of-fold figures training tagged (``cv_recall``, ``cv_specificity``; counts from the
+    run's cross-validated input), else unknown."""
     name, version = resolve(uri)
     client = MlflowClient()
     mv = client.get_model_version(name, version)
@@ -431,12 +431,12 @@ def version_accuracy(uri: str) -> ClassifierAccuracy:
             int(tags.get("calibration.n_non_sclerotic", 0)),
             f"calibration of version {version} on lab {tags.get('lab', '?')}",
         )
-    if "val_recall" in tags and "val_specificity" in tags:
-        counts = _val_counts(client, mv.run_id) if mv.run_id else None
-        where = f"validation of version {version}"
+    if f"{CV_PREFIX}recall" in tags and f"{CV_PREFIX}specificity" in tags:
+        counts = _cv_counts(client, mv.run_id) if mv.run_id else None
+        where = f"cross-validation of version {version}"
         return ClassifierAccuracy(
-            float(tags["val_recall"]),
-            float(tags["val_specificity"]),
+            float(tags[f"{CV_PREFIX}recall"]),
+            float(tags[f"{CV_PREFIX}specificity"]),
             *(counts or (0, 0)),
             where if counts else f"{where} (patch counts unknown: taken as exact)",
         )
