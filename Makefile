@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
-        plots ui server serve predict clean
+        plots ui server serve predict calibrate bench-calibrate clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench-select: setup data ## 5-fold CV on the train + val slides only, each promo
 	dvc repro prepare
 	python bench/models.py --scope trainval
 
+bench-calibrate: setup data ## leave-one-site-out lab calibration on the train + val slides (bench/out/calibrate.md); needs `dvc repro prepare`
+	python bench/calibrate.py
+
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000
 SERVE_PORT ?= 5001
@@ -75,6 +78,10 @@ serve: setup ## serve the champion model on http://127.0.0.1:$(SERVE_PORT)/invoc
 
 predict: setup ## classify a folder of patches with the champion: make predict DIR=path
 	glomx predict "$(DIR)" --out predictions/predictions.csv
+
+calibrate: setup ## a lab's threshold on its labelled patches (alias lab-LAB): make calibrate DIR=path LAB=name
+	@test -n "$(LAB)" || { echo "make calibrate needs LAB=<lab name> (and DIR=<its labelled patches>)"; exit 1; }
+	glomx calibrate "$(DIR)" --lab "$(LAB)"
 
 plots: setup ## DVC plots as an offline HTML page (dvc_plots/index.html, no internet needed)
 	python -m glomx.evaluation.offline_plots dvc_plots/offline.html

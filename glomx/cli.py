@@ -1,5 +1,5 @@
-"""The ``glomx`` command: synthetic demo data, predictions, the current champion and the team's
-tracking server."""
+"""The ``glomx`` command: synthetic demo data, predictions, the current champion, lab
+calibration and the team's tracking server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from glomx.cli_calibrate import add_calibrate_parser
 from glomx.cli_predict import add_champion_parser, add_predict_parser
 from glomx.server.main import add_server_parser
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
     add_predict_parser(sub)
     add_champion_parser(sub)
+    add_calibrate_parser(sub)
     add_server_parser(sub)
     return parser
 

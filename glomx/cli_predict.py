@@ -18,6 +18,7 @@ def _predict(args: argparse.Namespace) -> int:
         load_model,
         predict_files,
         slide_regex_from,
+        slide_report,
     )
 
     try:
@@ -43,6 +44,7 @@ def _predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     slides = args.out.with_name(f"{args.out.stem}_slides.csv")
+    print(slide_report(summary))
     print(
         f"{summary.predicted} predicted, {summary.failed} unreadable (see column 'error'); "
         f"model {model.source}\nwrote {args.out} and {slides}"
@@ -89,10 +91,10 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _champion(args: argparse.Namespace) -> int:
     from glomx.tracking import TrackingError
-    from glomx.tracking.registry import champion_report
+    from glomx.tracking.registry import champion_report, lab_report
 
     try:
-        print(champion_report(args.name))
+        print(lab_report(args.lab, args.name) if args.lab else champion_report(args.name))
     except (TrackingError, LookupError) as err:
         print(f"glomx champion: {err}", file=sys.stderr)
         return 1
@@ -108,5 +110,6 @@ def add_champion_parser(subparsers: Any) -> argparse.ArgumentParser:
         "promotion reason. Uses MLFLOW_TRACKING_URI or ./mlruns.",
     )
     p.add_argument("--name", default="glomx", help="registered model name")
+    p.add_argument("--lab", help="show the lab's calibrated version (alias lab-LAB) instead")
     p.set_defaults(func=_champion)
     return p

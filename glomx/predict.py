@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -22,6 +22,12 @@ from tqdm import tqdm
 
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
 from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from glomx.evaluation.prevalence import (
+    ClassifierAccuracy,
+    SlidePrevalence,
+    slide_prevalence,
+    unknown_accuracy,
+)
 from glomx.evaluation.scoring import predict_batch
 from glomx.models import load_classifier
 from glomx.models.base import Classifier, Preprocessing
@@ -31,7 +37,10 @@ log = logging.getLogger(__name__)
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_MODEL = "models:/glomx@champion"
 COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error"]
-SLIDE_COLUMNS = ["slide", "n_glomeruli", "n_sclerotic", "percent_sclerotic", "n_errors"]
+SLIDE_COLUMNS = [
+    "slide", "n_glomeruli", "n_sclerotic", "percent_sclerotic", "n_errors",
+    "percent_gs", "percent_gs_low", "percent_gs_high", "accuracy_source", "flags",
+]  # fmt: skip
 NO_SLIDE = "(no slide id)"
 
 
@@ -130,11 +139,24 @@ def _decoded(
 
 
 @dataclass
+class SlideRow:
+    """One slide of ``<out>_slides.csv``: counts and, when any was predicted, its %GS."""
+
+    slide: str
+    n: int
+    sclerotic: int
+    errors: int
+    gs: SlidePrevalence | None
+
+
+@dataclass
 class PredictSummary:
-    """Counts of a predict run."""
+    """Counts of a predict run, and its per-slide %GS with the accuracy it was corrected by."""
 
     predicted: int = 0
     failed: int = 0
+    slides: list[SlideRow] = field(default_factory=list)
+    accuracy: ClassifierAccuracy | None = None
 
 
 def predict_files(
@@ -183,19 +205,48 @@ def predict_files(
                     summary.failed += 1
                 writer.writerow([path.name, str(path), slide, *row])
             bar.update(len(batch))
-    write_slide_summary(slides, out.with_name(f"{out.stem}_slides.csv"))
+    summary.accuracy = model_accuracy(model, threshold)
+    summary.slides = write_slide_summary(
+        slides, out.with_name(f"{out.stem}_slides.csv"), summary.accuracy
+    )
     return summary
 
 
-def write_slide_summary(slides: dict[str, list[int]], path: Path) -> None:
-    """Per slide: glomeruli predicted, how many sclerotic, their percentage, unreadable files."""
+def model_accuracy(model: LoadedModel, threshold: float | None) -> ClassifierAccuracy:
+    """The sensitivity and specificity that correct %GS: a registry version's own, at its own
+    threshold; unknown for a model folder or an overridden threshold."""
+    if threshold is not None and threshold != model.classifier.meta.threshold:
+        return unknown_accuracy(f"--threshold {threshold} is not the model's")
+    if not model.source.startswith("models:/"):
+        return unknown_accuracy("a model folder: pass --model models:/... to correct")
+    from glomx.tracking import TrackingError
+    from glomx.tracking.registry import version_accuracy
+
+    try:
+        return version_accuracy(model.source)
+    except (TrackingError, LookupError) as err:
+        return unknown_accuracy(f"registry: {err}")
+
+
+def write_slide_summary(
+    slides: dict[str, list[int]], path: Path, accuracy: ClassifierAccuracy
+) -> list[SlideRow]:
+    """Per slide: glomeruli predicted, how many sclerotic, their percentage, unreadable files,
+    and %GS corrected by ``accuracy`` with its interval and flags
+    (:mod:`glomx.evaluation.prevalence`)."""
+    rows = []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SLIDE_COLUMNS)
         for slide in sorted(slides):
             n, pos, errors = slides[slide]
+            gs = slide_prevalence(n, pos, accuracy) if n else None
+            rows.append(SlideRow(slide, n, pos, errors, gs))
             percent = f"{100 * pos / n:.1f}" if n else ""
-            writer.writerow([slide, n, pos, percent, errors])
+            estimate = [f"{v:.1f}" for v in (gs.percent, gs.low, gs.high)] if gs else [""] * 3
+            flags = "; ".join(gs.flags) if gs else ""
+            writer.writerow([slide, n, pos, percent, errors, *estimate, accuracy.source, flags])
+    return rows
 
 
 def slide_regex_from(params_file: Path) -> str:
@@ -207,3 +258,19 @@ def slide_regex_from(params_file: Path) -> str:
         if regex:
             return regex
     return DEFAULT_SLIDE_REGEX
+
+
+def slide_report(summary: PredictSummary) -> str:
+    """The per-slide %GS lines ``glomx predict`` prints."""
+    source = summary.accuracy.source if summary.accuracy else "?"
+    lines = [f"%GS per slide, 95 % interval (classifier error from: {source})"]
+    for row in summary.slides:
+        if row.gs is None:
+            lines.append(f"  {row.slide}: nothing predicted ({row.errors} unreadable)")
+            continue
+        flags = f"  [{'; '.join(row.gs.flags)}]" if row.gs.flags else ""
+        lines.append(
+            f"  {row.slide}: {row.sclerotic} of {row.n} called sclerotic, %GS "
+            f"{row.gs.percent:.1f} ({row.gs.low:.1f}–{row.gs.high:.1f}){flags}"
+        )
+    return "\n".join(lines)

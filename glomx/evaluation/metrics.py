@@ -103,13 +103,21 @@ def classification_metrics(
 
 
 def choose_threshold(
-    y_true: np.ndarray, proba: np.ndarray, metric: str = "balanced_accuracy"
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    metric: str = "balanced_accuracy",
+    ties: str = "nearest",
 ) -> float:
     """The threshold maximising ``metric`` on (validation) data.
 
     Candidates are midpoints between consecutive distinct probabilities, so the choice does not
-    sit exactly on a validation score; ties go to the candidate closest to 0.5.
+    sit exactly on a validation score. With ``ties="nearest"`` ties go to the candidate closest
+    to 0.5; with ``ties="interval"`` adjacent tied candidates form one interval of equally good
+    thresholds and the choice is its midpoint (the interval nearest 0.5 when several), the
+    choice least sensitive to where the few scores of a small calibration set happened to fall.
     """
+    if ties not in ("nearest", "interval"):
+        raise ValueError(f"ties must be 'nearest' or 'interval', got {ties!r}")
     if metric not in THRESHOLD_METRICS:
         raise ValueError(
             f"cannot tune the threshold for {metric!r}; use one of {THRESHOLD_METRICS}"
@@ -130,7 +138,11 @@ def choose_threshold(
     fn = y.sum() - tp
     tn = len(y) - k - fn
     score = np.nan_to_num(_from_counts(tp, fp, tn, fn)[metric], nan=-1.0)
-    best = np.flatnonzero(score == score.max())
+    best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
+    if ties == "interval":
+        runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+        mids = np.array([(values[run[0]] + values[run[-1] + 1]) / 2 for run in runs])
+        return float(mids[np.argmin(np.abs(mids - 0.5))])
     return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 

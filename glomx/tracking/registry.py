@@ -22,6 +22,7 @@ its description. A candidate that loses is tagged ``promotion.reason`` with why.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -29,13 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
+from glomx.models.base import META_FILE
 from glomx.tracking.pyfunc import ARTIFACT, DIGEST_TAG, files_digest
-from glomx.tracking.runs import EXPERIMENT, REGISTERED_MODEL, connect, tracking_uri
+from glomx.tracking.runs import (
+    EXPERIMENT,
+    REGISTERED_MODEL,
+    TrackingError,
+    connect,
+    stage_run,
+    tracking_uri,
+)
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -293,3 +304,140 @@ def champion_report(name: str = REGISTERED_MODEL) -> str:
         f"why: {mv.tags.get(REASON_TAG, mv.description or '?')}",
     ]
     return "\n".join(lines)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> Any:
+    """The version behind ``alias``, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register_calibrated(
+    name: str,
+    version: str,
+    threshold: float,
+    alias: str,
+    tags: dict[str, str],
+    example: np.ndarray,
+    data_kind: str,
+    report: dict[str, Any],
+) -> str:
+    """Register a copy of version ``version`` whose top-level glomx.json carries ``threshold``
+    (every other file, members of a composite model included, as they are), tagged with
+    ``tags``, and point ``alias`` at it; ``champion`` and ``previous`` are left alone. The
+    calibrate run logs ``report``. Returns the new version."""
+    from glomx.models import load_classifier
+
+    if name != REGISTERED_MODEL:
+        raise LookupError(f"calibration registers versions of {REGISTERED_MODEL!r}, not {name!r}")
+    params = {"source": f"models:/{name}/{version}", "alias": alias, "threshold": threshold}
+    with tempfile.TemporaryDirectory(prefix="glomx-calibrate-") as tmp:
+        path = _model_path(name, version, Path(tmp))
+        local = Path(
+            download_artifacts(artifact_uri=f"models:/{name}/{version}/{path}", dst_path=tmp)
+        )
+        meta = json.loads((local / META_FILE).read_text())
+        meta["threshold"] = threshold
+        (local / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        classifier = load_classifier(local)
+        try:
+            with stage_run("calibrate", params, data_kind) as run:
+                run.log_dict(report, "calibration.json")
+                new = run.log_and_register(local, classifier, example, tags=tags)
+            client = MlflowClient()
+            description = (
+                f"Threshold {threshold:.4g} calibrated for {tags.get('lab', alias)} on "
+                f"{tags.get('calibration.n_patches', '?')} patches from "
+                f"{tags.get('calibration.n_slides', '?')} slides; model files of version "
+                f"{version}."
+            )
+            client.update_model_version(name, new, description=description)
+            client.set_registered_model_alias(name, alias, new)
+        except MlflowException as err:
+            raise TrackingError(
+                f"registering the calibrated version failed: {err.message}"
+            ) from err
+    return new
+
+
+def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
+    """Text for ``glomx champion --lab``: the lab's calibrated version, what it was calibrated
+    on, and whether the champion has moved on since."""
+    client = _existing_registry()
+    alias = f"lab-{lab}"
+    mv = version_by_alias(client, name, alias)
+    if mv is None:
+        raise LookupError(
+            f"registered model {name!r} has no alias {alias!r} at {client.tracking_uri}; "
+            f"run `glomx calibrate DATA_DIR --lab {lab}`"
+        )
+    tags = mv.tags
+    champ = current_champion(client, name)
+    source = tags.get("calibrated_from", "?")
+    lines = [
+        f"lab {lab}: models:/{name}/{mv.version} ({tags.get('family', '?')}), alias {alias}",
+        f"threshold {tags.get('threshold', '?')}, calibrated from version {source} on "
+        f"{tags.get('calibration.n_patches', '?')} patches "
+        f"({tags.get('calibration.n_sclerotic', '?')} sclerotic) from "
+        f"{tags.get('calibration.n_slides', '?')} slides"
+        + (", TTA scores" if tags.get("calibration.tta") == "true" else ""),
+        "on the lab's patches: "
+        + ", ".join(
+            f"{k} {tags[f'calibration.{k}']}"
+            for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")
+            if f"calibration.{k}" in tags
+        ),
+    ]
+    if champ is not None and champ.version != source:
+        lines.append(
+            f"note: the champion is now version {champ.version}; recalibrate with "
+            f"`glomx calibrate DATA_DIR --lab {lab}` to use it"
+        )
+    return "\n".join(lines)
+
+
+def _cv_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
+    """(positives, negatives) of the store the training run cross-validated, if known."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    for item in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in item.tags}
+        if tags.get("mlflow.data.context") == CV_CONTEXT:
+            try:
+                return int(tags["class_1"]), int(tags["class_0"])
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+def version_accuracy(uri: str) -> ClassifierAccuracy:
+    """Sensitivity and specificity of a registered version at its own threshold, with the
+    patch counts behind them: a calibrated version's calibration figures, else the pooled
+    out-of-fold figures training tagged (``cv_recall``, ``cv_specificity``; counts from the
+    run's cross-validated input), else unknown."""
+    name, version = resolve(uri)
+    client = MlflowClient()
+    mv = client.get_model_version(name, version)
+    tags = mv.tags
+    if "calibration.sensitivity" in tags:
+        return ClassifierAccuracy(
+            float(tags["calibration.sensitivity"]),
+            float(tags["calibration.specificity"]),
+            int(tags.get("calibration.n_sclerotic", 0)),
+            int(tags.get("calibration.n_non_sclerotic", 0)),
+            f"calibration of version {version} on lab {tags.get('lab', '?')}",
+        )
+    if f"{CV_PREFIX}recall" in tags and f"{CV_PREFIX}specificity" in tags:
+        counts = _cv_counts(client, mv.run_id) if mv.run_id else None
+        where = f"cross-validation of version {version}"
+        return ClassifierAccuracy(
+            float(tags[f"{CV_PREFIX}recall"]),
+            float(tags[f"{CV_PREFIX}specificity"]),
+            *(counts or (0, 0)),
+            where if counts else f"{where} (patch counts unknown: taken as exact)",
+        )
+    return unknown_accuracy(f"version {version} has no sensitivity and specificity tags")

@@ -61,6 +61,20 @@ def test_choose_threshold_is_best_over_all_cut_points():
     assert metrics.classification_metrics(y, p, t)["f1"] == pytest.approx(best)
 
 
+def test_choose_threshold_ties_nearest_or_interval_midpoint():
+    # one positive and one negative share 0.4: cutting at 0.3 or at 0.55 is equally good
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.4, 0.4, 0.7, 0.8])
+    assert metrics.choose_threshold(y, p) == pytest.approx(0.55)
+    assert metrics.choose_threshold(y, p, ties="interval") == pytest.approx((0.2 + 0.7) / 2)
+    # two separate best intervals, (0.2, 0.3] and (0.6, 0.7]: the one nearer 0.5, its midpoint
+    y = np.array([0, 0, 1, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    assert metrics.choose_threshold(y, p, ties="interval") == pytest.approx(0.65)
+    with pytest.raises(ValueError, match="ties"):
+        metrics.choose_threshold(y, p, ties="lowest")
+
+
 def test_choose_threshold_needs_both_classes_and_a_known_metric():
     with pytest.raises(ValueError, match="both classes"):
         metrics.choose_threshold(np.ones(3), np.array([0.2, 0.5, 0.9]))

@@ -1,0 +1,70 @@
+"""The ``glomx calibrate`` subcommand (registered by :mod:`glomx.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from glomx.data.images import DEFAULT_MAX_PIXELS
+from glomx.errors import GlomxError
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from glomx.calibrate import calibrate_lab
+    from glomx.predict import DEFAULT_MODEL, slide_regex_from
+
+    try:
+        result, paths = calibrate_lab(
+            args.data_dir,
+            args.lab,
+            model=args.model or DEFAULT_MODEL,
+            tta=args.tta,
+            reports=args.reports,
+            slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            max_pixels=args.max_pixels,
+        )
+    except (GlomxError, LookupError, ValueError, OSError, RuntimeError) as err:
+        print(f"glomx calibrate failed: {err}", file=sys.stderr)
+        return 1
+    print(result.markdown())
+    print(f"wrote {' and '.join(map(str, paths))}")
+    return 0
+
+
+def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``glomx calibrate DATA_DIR --lab NAME [--model URI] [--tta]``."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="choose a lab's threshold on its labelled patches; registers alias lab-NAME",
+        description="DATA_DIR is in the challenge layout (public.csv with 'name,ground truth', "
+        "globally_sclerotic_glomeruli/ and non_globally_sclerotic_glomeruli/). Every patch is "
+        "scored, the threshold maximising balanced accuracy is chosen, and a new version of "
+        "the model with that threshold is registered under alias lab-NAME (champion and "
+        "previous never move). Writes reports/calibration_NAME.{md,json}. Uses "
+        "MLFLOW_TRACKING_URI or ./mlruns. Exit status 1, writing nothing, on bad input.",
+    )
+    p.add_argument("data_dir", type=Path, help="the lab's labelled patches")
+    p.add_argument("--lab", required=True, help="lab name: letters, digits, '-' or '_'")
+    p.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (default: models:/glomx@champion)",
+    )
+    p.add_argument(
+        "--tta", action="store_true", help="calibrate TTA scores (then predict with --tta)"
+    )
+    p.add_argument("--reports", type=Path, default=Path("reports"), help="report folder")
+    p.add_argument(
+        "--slide-regex",
+        help="regex with a group (?P<slide>…) (default: prepare.slide_regex of ./params.yaml)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+    )
+    p.set_defaults(func=_calibrate)
+    return p
