@@ -3,7 +3,8 @@
 Images are decoded by a small process pool exactly as the prepare stage decodes them (the
 model's own preprocessing), predicted in batches, and written row by row, so memory holds
 two batches whatever the number of files. A file that cannot be read gets a row with its
-error and no prediction; the run goes on.
+error and no prediction; the run goes on. A file name that is not valid UTF-8 is written with
+``\\xNN`` escapes, and its row's ``note`` says so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
 from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from glomx.evaluation.scoring import predict_batch
+from glomx.files import escaped
 from glomx.models import load_classifier
 from glomx.models.base import Classifier, Preprocessing
 
@@ -30,9 +32,10 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_MODEL = "models:/glomx@champion"
-COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error"]
+COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error", "note"]
 SLIDE_COLUMNS = ["slide", "n_glomeruli", "n_sclerotic", "percent_sclerotic", "n_errors"]
 NO_SLIDE = "(no slide id)"
+ESCAPED_NOTE = "file name is not valid UTF-8: its undecodable bytes are written as \\xNN"
 
 
 class PredictError(RuntimeError):
@@ -80,7 +83,8 @@ def load_model(spec: str | Path) -> LoadedModel:
             f"model {spec} is neither a saved model folder nor a models:/ URI "
             f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"
         )
-    return LoadedModel(load_classifier(directory), f"{directory} ({_registration(directory)})")
+    source = f"{escaped(str(directory))} ({_registration(directory)})"
+    return LoadedModel(load_classifier(directory), source)
 
 
 def _registration(directory: Path) -> str:
@@ -169,7 +173,8 @@ def predict_files(
             proba = predict_batch(clf, np.stack([results[i] for i in ok]), tta) if ok else []
             probs = dict(zip(ok, proba, strict=True))
             for i, path in enumerate(batch):
-                slide = slide_of(path.name, pattern) or ""
+                name = escaped(path.name)
+                slide = slide_of(name, pattern) or ""
                 counts = slides.setdefault(slide or NO_SLIDE, [0, 0, 0])
                 if i in probs:
                     label = int(probs[i] >= cut)
@@ -178,10 +183,11 @@ def predict_files(
                     counts[1] += label
                     summary.predicted += 1
                 else:
-                    row = ["", "", model.source, results[i]]
+                    row = ["", "", model.source, escaped(results[i])]
                     counts[2] += 1
                     summary.failed += 1
-                writer.writerow([path.name, str(path), slide, *row])
+                note = ESCAPED_NOTE if name != path.name else ""
+                writer.writerow([name, escaped(str(path)), slide, *row, note])
             bar.update(len(batch))
     write_slide_summary(slides, out.with_name(f"{out.stem}_slides.csv"))
     return summary
