@@ -88,17 +88,18 @@ def replacing(*targets: Path, directory: bool = False) -> Iterator[tuple[Path, .
     """Temporary siblings to write ``targets`` into; they replace their targets together, in
     order, when the block completes, and are removed when it fails.
 
-    An ``OSError`` without a file name (a full disk while writing) is given the folder of the
-    targets, so its message says where.
+    An ``OSError`` without a file name (a full disk while writing) or naming a temporary is
+    given the folder of the targets instead, so that its message says where.
     """
-    temporaries = tuple(temporary_sibling(t, directory) for t in targets)
+    temporaries: list[Path] = []
     try:
-        yield temporaries
+        temporaries += [temporary_sibling(t, directory) for t in targets]
+        yield tuple(temporaries)
     except BaseException as err:
         for temporary in temporaries:
             discard(temporary)
-        if isinstance(err, OSError) and err.filename is None:
-            err.filename = str(targets[0].parent)
+        if isinstance(err, OSError) and str(err.filename or ".tmp").endswith(".tmp"):
+            err.filename = str(targets[0].parent)  # the folder, not a temporary's name
         raise
     try:
         for temporary, target in zip(temporaries, targets, strict=True):

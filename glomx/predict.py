@@ -24,7 +24,7 @@ from tqdm import tqdm
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
 from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from glomx.evaluation.scoring import predict_batch
-from glomx.files import escaped
+from glomx.files import escaped, replacing
 from glomx.models import load_classifier
 from glomx.models.base import Classifier, Preprocessing
 
@@ -141,6 +141,32 @@ class PredictSummary:
     failed: int = 0
 
 
+def slides_path(out: Path) -> Path:
+    """Where the per-slide summary of ``out`` goes: ``<out stem>_slides.csv`` beside it."""
+    return out.with_name(f"{out.stem}_slides.csv")
+
+
+def _earlier_output(path: Path, columns: list[str]) -> bool:
+    """Whether ``path`` starts like a file glomx predict wrote (header's first two columns)."""
+    with open(path, "rb") as f:
+        first = f.readline(4096).decode("utf-8", "replace").strip().split(",")
+    return first[:2] == columns[:2]
+
+
+def check_outputs(out: Path, force: bool = False) -> None:
+    """Refuse ``out`` (or its slide summary) when it is a folder, or, unless ``force``, a file
+    that is not an earlier output of glomx predict: a rerun replaces its own outputs only."""
+    for path, columns in ((out, COLUMNS), (slides_path(out), SLIDE_COLUMNS)):
+        if path.is_dir():
+            raise PredictError(f"--out: {escaped(str(path))} is a folder; name a CSV file")
+        if path.exists() and not force and not _earlier_output(path, columns):
+            raise PredictError(
+                f"--out: {escaped(str(path))} exists and is not an earlier glomx predict output "
+                f"(its header does not start '{','.join(columns[:2])}'); choose another --out, "
+                "or pass --force to replace it"
+            )
+
+
 def predict_files(
     files: Sequence[Path],
     model: LoadedModel,
@@ -154,15 +180,16 @@ def predict_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
 ) -> PredictSummary:
-    """Write ``out`` (one row per file) and ``<out stem>_slides.csv`` beside it."""
+    """Write ``out`` (one row per file) and :func:`slides_path` beside it, together: both are
+    written to temporary siblings and replace earlier files only once both are complete."""
     clf = model.classifier
     cut = clf.meta.threshold if threshold is None else threshold
     pattern = slide_pattern(slide_regex)
     slides: dict[str, list[int]] = {}  # slide -> [n predicted, n sclerotic, n errors]
     summary = PredictSummary()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with (
-        open(out, "w", newline="") as f,
+        replacing(out, slides_path(out)) as (rows_file, slides_file),
+        open(rows_file, "w", newline="", encoding="utf-8") as f,
         tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
     ):
         writer = csv.writer(f)
@@ -189,13 +216,13 @@ def predict_files(
                 note = ESCAPED_NOTE if name != path.name else ""
                 writer.writerow([name, escaped(str(path)), slide, *row, note])
             bar.update(len(batch))
-    write_slide_summary(slides, out.with_name(f"{out.stem}_slides.csv"))
+        write_slide_summary(slides, slides_file)
     return summary
 
 
 def write_slide_summary(slides: dict[str, list[int]], path: Path) -> None:
     """Per slide: glomeruli predicted, how many sclerotic, their percentage, unreadable files."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(SLIDE_COLUMNS)
         for slide in sorted(slides):

@@ -8,15 +8,20 @@ import copy
 import csv
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from glomx.cli import main
 from glomx.data.catalogue import FOLDERS, CatalogueError, read_catalogue
 from glomx.data.synth import make_dataset
 from glomx.params import load_params
 from glomx.pipeline.prepare import prepare
 from glomx.predict import ESCAPED_NOTE, collect_files, load_model, predict_files
+from glomx.stage_main import DEBUG_ENV, stage_main
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_NAME = b"SAS_\xff-7.png"  # legal on Linux, not UTF-8
@@ -80,3 +85,128 @@ def test_a_labels_csv_that_is_not_utf8_names_its_line(synth_data: Path, tmp_path
     lines = len((data / "public.csv").read_bytes().splitlines())
     with pytest.raises(CatalogueError, match=rf"not UTF-8 text: line {lines} holds byte 0xff"):
         read_catalogue(data)
+
+
+def _glomx(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str]:
+    """``glomx ARGV`` in this process → (exit status, stderr)."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--threshold", "nan"], "--threshold must be a number from 0 to 1, got nan"),
+        (["--threshold", "1.5"], "--threshold must be a number from 0 to 1, got 1.5"),
+        (["--threshold=-inf"], "--threshold must be a number from 0 to 1, got -inf"),
+    ],
+)
+def test_predict_arguments_out_of_range_are_one_line(
+    args: list[str], message: str, png_folder: Path, lr_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "p.csv"
+    status, err = _glomx(capsys, "predict", png_folder, "--model", lr_dir, "--out", out, *args)
+    assert (status, err) == (2, f"glomx predict: {message}\n")
+    assert not out.exists()
+
+
+def test_predict_missing_input_is_one_line(lr_dir: Path, tmp_path: Path, capsys) -> None:
+    status, err = _glomx(capsys, "predict", tmp_path / "nope", "--model", lr_dir, "-q")
+    assert status == 2 and err.count("\n") == 1 and "nope does not exist" in err
+
+
+def test_predict_replaces_only_its_own_outputs_unless_forced(
+    png_folder: Path, lr_dir: Path, tmp_path: Path, capsys
+) -> None:
+    notes, good = tmp_path / "notes.csv", png_folder / "SAS_1-0.png"
+    notes.write_text("my,own\nwork,here\n")
+    status, err = _glomx(capsys, "predict", good, "--model", lr_dir, "--out", notes, "-q")
+    assert status == 2 and "not an earlier glomx predict output" in err and "--force" in err
+    assert notes.read_text() == "my,own\nwork,here\n"
+    assert (
+        _glomx(capsys, "predict", good, "--model", lr_dir, "--out", notes, "-q", "--force")[0] == 0
+    )
+    assert _rows(notes)[0]["name"] == "SAS_1-0.png"
+    # an earlier output is replaced without --force
+    assert _glomx(capsys, "predict", png_folder, "--model", lr_dir, "--out", notes, "-q")[0] == 0
+    assert len(_rows(notes)) == 5
+
+
+def test_synth_onto_a_folder_that_is_not_synthetic_is_one_message(tmp_path: Path, capsys) -> None:
+    (tmp_path / "mine.txt").write_text("keep")
+    status, err = _glomx(capsys, "synth", tmp_path, "--n", "4")
+    assert status == 1 and err.startswith(f"glomx synth failed: {tmp_path} exists and is not")
+    assert "Traceback" not in err and (tmp_path / "mine.txt").read_text() == "keep"
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount small tmpfs file systems (``mount -t tmpfs``, as root); skipped where mounting is
+    impossible (not root, no mount), whether under CI or not: that is no glomx failure."""
+    mounted: list[Path] = []
+
+    def mount(size: str = "256k", read_only: bool = False) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+def test_predict_on_a_full_disk_keeps_the_earlier_outputs(
+    tmpfs: Callable[..., Path], png_folder: Path, lr_dir: Path, capsys
+) -> None:
+    disk = tmpfs("256k")
+    out = disk / "pred.csv"
+    assert (
+        _glomx(
+            capsys, "predict", png_folder / "SAS_1-0.png", "--model", lr_dir, "--out", out, "-q"
+        )[0]
+        == 0
+    )
+    before = {p.name: p.read_bytes() for p in disk.iterdir()}
+    with open(disk / "filler", "wb", buffering=0) as f, pytest.raises(OSError, match="No space"):
+        while True:  # fill the disk to its last byte
+            f.write(b"\0" * 4096)
+    status, err = _glomx(capsys, "predict", png_folder, "--model", lr_dir, "--out", out, "-q")
+    assert status == 1
+    assert err.splitlines()[0] == (
+        f"glomx predict failed: no space left on the device writing {disk}: "
+        "free space there or write elsewhere"
+    )
+    assert "Traceback" not in err
+    (disk / "filler").unlink()
+    assert {p.name: p.read_bytes() for p in disk.iterdir()} == before  # nothing torn or left
+
+
+def test_read_only_output_is_one_message_for_commands_and_stages(
+    tmpfs: Callable[..., Path], png_folder: Path, lr_dir: Path, capsys, monkeypatch
+) -> None:
+    disk = tmpfs("64k", read_only=True)
+    out = disk / "pred.csv"
+    status, err = _glomx(capsys, "predict", png_folder, "--model", lr_dir, "--out", out, "-q")
+    assert status == 1 and err.splitlines()[0] == (
+        f"glomx predict failed: read-only file system writing {disk}: "
+        "write to a folder on a writable disk"
+    )
+    monkeypatch.setattr(sys, "argv", ["stage.py"])
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_, stage_main("prepare"):
+        (disk / "x.json").write_text("{}")
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.startswith(
+        f"prepare failed: read-only file system writing {disk / 'x.json'}: "
+    )
