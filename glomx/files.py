@@ -17,11 +17,16 @@ It imports nothing from glomx, so every layer may use it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_TOKEN_BYTES = 4
+# a temporary sibling, or a file inside a temporary folder
+_TEMPORARY = re.compile(rf"(^|/)\.[^/]+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp(/|$)")
 
 
 def escaped(text: str) -> str:
@@ -40,7 +45,7 @@ def temporary_sibling(target: Path, directory: bool = False) -> Path:
     is created."""
     target.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        path = target.with_name(f".{target.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
         try:
             if directory:
                 path.mkdir()
@@ -84,22 +89,32 @@ def put_in_place(temporary: Path, target: Path) -> None:
 
 
 @contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an ``OSError`` raised in the block ``path`` as its file name when it has none (a
+    full disk while writing) or names a temporary sibling or a file in one, so that its
+    message says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None or _TEMPORARY.search(os.fsdecode(err.filename)):
+            err.filename = str(path)
+        raise
+
+
+@contextmanager
 def replacing(*targets: Path, directory: bool = False) -> Iterator[tuple[Path, ...]]:
     """Temporary siblings to write ``targets`` into; they replace their targets together, in
-    order, when the block completes, and are removed when it fails.
-
-    An ``OSError`` without a file name (a full disk while writing) or naming a temporary is
-    given the folder of the targets instead, so that its message says where.
+    order, when the block completes, and are removed when it fails. An ``OSError`` in the
+    block names the targets' folder (:func:`naming`).
     """
     temporaries: list[Path] = []
     try:
-        temporaries += [temporary_sibling(t, directory) for t in targets]
-        yield tuple(temporaries)
-    except BaseException as err:
+        with naming(targets[0].parent):
+            temporaries += [temporary_sibling(t, directory) for t in targets]
+            yield tuple(temporaries)
+    except BaseException:
         for temporary in temporaries:
             discard(temporary)
-        if isinstance(err, OSError) and str(err.filename or ".tmp").endswith(".tmp"):
-            err.filename = str(targets[0].parent)  # the folder, not a temporary's name
         raise
     try:
         for temporary, target in zip(temporaries, targets, strict=True):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import errno
 import os
 import shutil
 import subprocess
@@ -13,10 +14,12 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from glomx.cli import main
 from glomx.data.catalogue import FOLDERS, CatalogueError, read_catalogue
+from glomx.data.store import StoreWriter
 from glomx.data.synth import make_dataset
 from glomx.params import load_params
 from glomx.pipeline.prepare import prepare
@@ -210,3 +213,17 @@ def test_read_only_output_is_one_message_for_commands_and_stages(
     assert capsys.readouterr().err.startswith(
         f"prepare failed: read-only file system writing {disk / 'x.json'}: "
     )
+
+
+def test_a_store_on_a_full_disk_keeps_the_previous_store(tmpfs: Callable[..., Path]) -> None:
+    disk = tmpfs("256k")
+    images = np.zeros((4, 16, 16, 3), np.uint8)
+    with StoreWriter(disk / "train", (16, 16, 3)) as writer:
+        writer.append(images, [0, 1, 0, 1], list("abcd"), ["s"] * 4)
+    before = sorted((p.name, p.read_bytes()) for p in (disk / "train").iterdir())
+    with pytest.raises(OSError) as err, StoreWriter(disk / "train", (16, 16, 3)) as writer:
+        for _ in range(1000):  # 750 KiB: more than the disk holds
+            writer.append(images, [0, 1, 0, 1], list("abcd"), ["s"] * 4)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(disk / "train")
+    assert sorted((p.name, p.read_bytes()) for p in (disk / "train").iterdir()) == before
+    assert [p.name for p in disk.iterdir()] == ["train"]
