@@ -9,6 +9,7 @@ import csv
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ from glomx.params import load_params
 from glomx.pipeline.prepare import prepare
 from glomx.predict import ESCAPED_NOTE, collect_files, load_model, predict_files
 from glomx.stage_main import DEBUG_ENV, stage_main
+from glomx.tracking.registry import promote
+from glomx.tracking.runs import SQLITE_LOCKED
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_NAME = b"SAS_\xff-7.png"  # legal on Linux, not UTF-8
@@ -227,3 +230,31 @@ def test_a_store_on_a_full_disk_keeps_the_previous_store(tmpfs: Callable[..., Pa
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(disk / "train")
     assert sorted((p.name, p.read_bytes()) for p in (disk / "train").iterdir()) == before
     assert [p.name for p in disk.iterdir()] == ["train"]
+
+
+def test_a_locked_store_is_one_message_for_predict_and_champion(
+    registered_lr: str, png_folder: Path, isolated_mlflow: str, tmp_path: Path
+) -> None:
+    """Another process holds the SQLite store's write lock for longer than MLflow waits (20 s):
+    both commands, run side by side, say why in the training stages' words, not a traceback."""
+    assert promote(registered_lr).version == registered_lr
+    holder = sqlite3.connect(isolated_mlflow.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        out = tmp_path / "p.csv"
+        commands = [
+            ["champion"],
+            ["predict", png_folder, "--model", "models:/glomx@champion", "--out", out],
+        ]
+        glomx = [sys.executable, "-m", "glomx.cli"]
+        running = [
+            subprocess.Popen([*glomx, *map(str, argv)], stderr=subprocess.PIPE, text=True)
+            for argv in commands
+        ]
+        done = [(p.wait(timeout=120), p.stderr.read()) for p in running]
+    finally:
+        holder.rollback()
+        holder.close()
+    expected = SQLITE_LOCKED.format(uri=isolated_mlflow)
+    assert done == [(1, f"glomx champion: {expected}\n"), (2, f"glomx predict: {expected}\n")]
+    assert not out.exists()
