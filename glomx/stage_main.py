@@ -34,12 +34,13 @@ from glomx.files import escaped
 DEBUG_ENV = "GLOMX_DEBUG"
 DEBUG_FLAG = "--debug"
 USER_ERRORS: tuple[type[Exception], ...] = (GlomxError, FileNotFoundError)
-# errno -> what went wrong, what to do; for an OSError anywhere in an exception's chain
+# errno -> what went wrong (followed by the path), what to do; for an OSError anywhere in an
+# exception's chain
 DISK_ERRORS = {
-    errno.ENOSPC: ("no space left on the device", "free space there or write elsewhere"),
-    errno.EDQUOT: ("disk quota exceeded", "free space there or write elsewhere"),
-    errno.EROFS: ("read-only file system", "write to a folder on a writable disk"),
-    errno.EACCES: ("permission denied", "check the permissions there or use another folder"),
+    errno.ENOSPC: ("no space left on the device writing", "free space there or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded writing", "free space there or write elsewhere"),
+    errno.EROFS: ("read-only file system: cannot write", "write to a folder on a writable disk"),
+    errno.EACCES: ("permission denied on", "check its permissions, or use another folder"),
 }
 
 
@@ -67,7 +68,7 @@ def _what(err: BaseException) -> str:
         return str(err)
     what, fix = DISK_ERRORS[disk.errno]
     where = disk.filename or f"somewhere under {Path.cwd()}"
-    return escaped(f"{what} writing {where}: {fix}")
+    return escaped(f"{what} {where}: {fix}")
 
 
 def user_message(stage: str, err: BaseException, flag: bool = True) -> str:

@@ -147,6 +147,8 @@ def test_synth_onto_a_folder_that_is_not_synthetic_is_one_message(tmp_path: Path
     status, err = _glomx(capsys, "synth", tmp_path, "--n", "4")
     assert status == 1 and err.startswith(f"glomx synth failed: {tmp_path} exists and is not")
     assert "Traceback" not in err and (tmp_path / "mine.txt").read_text() == "keep"
+    status, err = _glomx(capsys, "synth", tmp_path / "new", "--n", "1")
+    assert status == 1 and err.startswith("glomx synth failed: n must be at least 2 (one per")
 
 
 @pytest.fixture
@@ -205,7 +207,7 @@ def test_read_only_output_is_one_message_for_commands_and_stages(
     out = disk / "pred.csv"
     status, err = _glomx(capsys, "predict", png_folder, "--model", lr_dir, "--out", out, "-q")
     assert status == 1 and err.splitlines()[0] == (
-        f"glomx predict failed: read-only file system writing {disk}: "
+        f"glomx predict failed: read-only file system: cannot write {disk}: "
         "write to a folder on a writable disk"
     )
     monkeypatch.setattr(sys, "argv", ["stage.py"])
@@ -214,7 +216,7 @@ def test_read_only_output_is_one_message_for_commands_and_stages(
         (disk / "x.json").write_text("{}")
     assert exit_.value.code == 1
     assert capsys.readouterr().err.startswith(
-        f"prepare failed: read-only file system writing {disk / 'x.json'}: "
+        f"prepare failed: read-only file system: cannot write {disk / 'x.json'}: "
     )
 
 

@@ -54,6 +54,14 @@ _PAS_PURPLE = np.array([0.35, 0.05, -0.10], np.float32)  # direction of the slid
 _HEM = np.array([1.00, 1.15, 0.50], np.float32)
 
 
+class SynthError(GlomxError, ValueError):
+    """A dataset size, size range, class fraction or slide count that cannot be drawn."""
+
+
+class SynthFolderError(GlomxError, FileExistsError):
+    """The output folder is a file, or holds something other than a synthetic dataset."""
+
+
 @dataclass(frozen=True)
 class Stain:
     """One slide's staining: stain vectors, overall intensity and diffuse counterstain."""
@@ -386,14 +394,6 @@ def _sizes(rng: np.random.Generator, n: int, size_range: tuple[int, int]) -> np.
     aspect = np.where(rng.random(n) < 0.3, 1.0, np.exp(rng.normal(0, 0.1, n)))
     shape = np.stack([side * np.sqrt(aspect), side / np.sqrt(aspect)], axis=1)
     return np.clip(np.rint(shape), lo, hi).astype(np.int64)
-
-
-class SynthError(GlomxError, ValueError):
-    """A dataset size, size range, class fraction or slide count that cannot be drawn."""
-
-
-class SynthFolderError(GlomxError, FileExistsError):
-    """The output folder is a file, or holds something other than a synthetic dataset."""
 
 
 def _prepare_out(out: Path) -> None:
