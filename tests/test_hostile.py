@@ -83,11 +83,14 @@ def test_prepare_reports_a_non_utf8_file_name_escaped(synth_data: Path, tmp_path
     assert "not valid UTF-8" in row["detail"] and "rename it" in row["fix"]
 
 
-def test_a_labels_csv_that_is_not_utf8_names_its_line(synth_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "bom"])
+def test_a_labels_csv_that_is_not_utf8_names_its_line(
+    bom: bytes, synth_data: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_data, data)
-    with open(data / "public.csv", "ab") as f:
-        f.write(RAW_NAME + b",0\n")
+    csv_file = data / "public.csv"
+    csv_file.write_bytes(bom + csv_file.read_bytes() + RAW_NAME + b",0\n")
     lines = len((data / "public.csv").read_bytes().splitlines())
     with pytest.raises(CatalogueError, match=rf"not UTF-8 text: line {lines} holds byte 0xff"):
         read_catalogue(data)

@@ -176,14 +176,14 @@ def _read_rows(csv_path: Path) -> list[tuple[int, str, str | None]]:
                 rows.append((reader.line_num, name, label))
             return rows
     except UnicodeDecodeError:
-        raw = csv_path.read_bytes()
         try:
-            raw.decode("utf-8-sig")
+            csv_path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
+            text = err.object  # what was decoded: the file after any BOM
+            line = text[: err.start].count(b"\n") + 1
             raise CatalogueError(
                 f"{csv_path} is not UTF-8 text: line {line} holds byte "
-                f"0x{raw[err.start]:02x}, which UTF-8 cannot decode (a name in another "
+                f"0x{text[err.start]:02x}, which UTF-8 cannot decode (a name in another "
                 "encoding, such as Latin-1?). Save the file as UTF-8, and rename any image "
                 "whose name is not UTF-8"
             ) from None
