@@ -11,6 +11,7 @@ from pathlib import Path
 from glomx.cli_calibrate import add_calibrate_parser
 from glomx.cli_predict import add_champion_parser, add_predict_parser
 from glomx.server.main import add_server_parser
+from glomx.stage_main import user_errors_exit
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -50,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``glomx`` console script."""
+    """Entry point of the ``glomx`` console script: a user error, a full disk or an unwritable
+    output ends it with one ``glomx <command> failed: ...`` message and status 1."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with user_errors_exit(f"glomx {args.command}", flag=False):
+        return args.func(args)
 
 
 if __name__ == "__main__":

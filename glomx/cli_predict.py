@@ -10,24 +10,41 @@ from typing import Any
 from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a batch size below 1 and a threshold outside [0, 1] (NaN and infinity too)."""
+    from glomx.predict import PredictError
+
+    if args.batch_size < 1:
+        raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise PredictError(f"--threshold must be a number from 0 to 1, got {args.threshold}")
+
+
 def _predict(args: argparse.Namespace) -> int:
+    from glomx.files import escaped
     from glomx.predict import (
         DEFAULT_MODEL,
         PredictError,
+        check_outputs,
         collect_files,
         load_model,
         predict_files,
         slide_regex_from,
         slide_report,
+        slides_path,
     )
+    from glomx.tracking import lock_explained, tracking_uri
 
     try:
+        _check_numbers(args)
+        check_outputs(args.out, args.force)
         files = collect_files(args.paths)
         if not files:
             raise PredictError(
                 f"no image files (PNG/JPEG/TIFF) under {' '.join(map(str, args.paths))}"
             )
-        model = load_model(args.model or DEFAULT_MODEL)
+        with lock_explained(tracking_uri()):
+            model = load_model(args.model or DEFAULT_MODEL)
     except (PredictError, FileNotFoundError, LookupError, ImageError, RuntimeError) as err:
         print(f"glomx predict: {err}", file=sys.stderr)
         return 2
@@ -43,11 +60,11 @@ def _predict(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=not args.quiet,
     )
-    slides = args.out.with_name(f"{args.out.stem}_slides.csv")
     print(slide_report(summary))
     print(
         f"{summary.predicted} predicted, {summary.failed} unreadable (see column 'error'); "
-        f"model {model.source}\nwrote {args.out} and {slides}"
+        f"model {model.source}\nwrote {escaped(str(args.out))} and "
+        f"{escaped(str(slides_path(args.out)))}"
     )
     return 0 if summary.predicted else 1
 
@@ -58,8 +75,8 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         "predict",
         help="predict image files or folders of patches (PNG/JPEG/TIFF, recursively)",
         description="Writes one row per file (an unreadable file gets its error and no "
-        "prediction) and a per-slide summary <out>_slides.csv. Exit status 1 when nothing "
-        "could be predicted.",
+        "prediction) and a per-slide summary <out>_slides.csv, both complete or not at all. "
+        "Exit status 1 when nothing could be predicted.",
     )
     p.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument(
@@ -69,7 +86,15 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("predictions.csv"), help="output CSV")
     p.add_argument(
-        "--threshold", type=float, help="label threshold (default: the model's, set on val)"
+        "--force",
+        action="store_true",
+        help="replace --out (and <out>_slides.csv) even when it is not an earlier glomx "
+        "predict output",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="label threshold from 0 to 1 (default: the model's, set on val)",
     )
     p.add_argument(
         "--tta", action="store_true", help="average over the 8 rotations/reflections (8× slower)"
@@ -79,7 +104,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="regex with a group (?P<slide>…) matching file names "
         "(default: prepare.slide_regex of ./params.yaml)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (at least 1)")
     p.add_argument("--workers", type=int, default=2, help="processes decoding images")
     p.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
@@ -90,11 +115,12 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _champion(args: argparse.Namespace) -> int:
-    from glomx.tracking import TrackingError
+    from glomx.tracking import TrackingError, lock_explained, tracking_uri
     from glomx.tracking.registry import champion_report, lab_report
 
     try:
-        print(lab_report(args.lab, args.name) if args.lab else champion_report(args.name))
+        with lock_explained(tracking_uri()):
+            print(lab_report(args.lab, args.name) if args.lab else champion_report(args.name))
     except (TrackingError, LookupError) as err:
         print(f"glomx champion: {err}", file=sys.stderr)
         return 1

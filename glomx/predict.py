@@ -3,7 +3,8 @@
 Images are decoded by a small process pool exactly as the prepare stage decodes them (the
 model's own preprocessing), predicted in batches, and written row by row, so memory holds
 two batches whatever the number of files. A file that cannot be read gets a row with its
-error and no prediction; the run goes on.
+error and no prediction; the run goes on. A file name that is not valid UTF-8 is written with
+``\\xNN`` escapes, and its row's ``note`` says so.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from glomx.evaluation.prevalence import (
     unknown_accuracy,
 )
 from glomx.evaluation.scoring import predict_batch
+from glomx.files import escaped, replacing
 from glomx.models import load_classifier
 from glomx.models.base import Classifier, Preprocessing
 
@@ -36,12 +38,13 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_MODEL = "models:/glomx@champion"
-COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error"]
+COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error", "note"]
 SLIDE_COLUMNS = [
     "slide", "n_glomeruli", "n_sclerotic", "percent_sclerotic", "n_errors",
     "percent_gs", "percent_gs_low", "percent_gs_high", "accuracy_source", "flags",
 ]  # fmt: skip
 NO_SLIDE = "(no slide id)"
+ESCAPED_NOTE = "file name is not valid UTF-8: its undecodable bytes are written as \\xNN"
 
 
 class PredictError(RuntimeError):
@@ -89,7 +92,8 @@ def load_model(spec: str | Path) -> LoadedModel:
             f"model {spec} is neither a saved model folder nor a models:/ URI "
             f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"
         )
-    return LoadedModel(load_classifier(directory), f"{directory} ({_registration(directory)})")
+    source = f"{escaped(str(directory))} ({_registration(directory)})"
+    return LoadedModel(load_classifier(directory), source)
 
 
 def _registration(directory: Path) -> str:
@@ -159,6 +163,32 @@ class PredictSummary:
     accuracy: ClassifierAccuracy | None = None
 
 
+def slides_path(out: Path) -> Path:
+    """Where the per-slide summary of ``out`` goes: ``<out stem>_slides.csv`` beside it."""
+    return out.with_name(f"{out.stem}_slides.csv")
+
+
+def _earlier_output(path: Path, columns: list[str]) -> bool:
+    """Whether ``path`` starts like a file glomx predict wrote (header's first two columns)."""
+    with open(path, "rb") as f:
+        first = f.readline(4096).decode("utf-8", "replace").strip().split(",")
+    return first[:2] == columns[:2]
+
+
+def check_outputs(out: Path, force: bool = False) -> None:
+    """Refuse ``out`` (or its slide summary) when it is a folder, or, unless ``force``, a file
+    that is not an earlier output of glomx predict: a rerun replaces its own outputs only."""
+    for path, columns in ((out, COLUMNS), (slides_path(out), SLIDE_COLUMNS)):
+        if path.is_dir():
+            raise PredictError(f"--out: {escaped(str(path))} is a folder; name a CSV file")
+        if path.exists() and not force and not _earlier_output(path, columns):
+            raise PredictError(
+                f"--out: {escaped(str(path))} exists and is not an earlier glomx predict output "
+                f"(its header does not start '{','.join(columns[:2])}'); choose another --out, "
+                "or pass --force to replace it"
+            )
+
+
 def predict_files(
     files: Sequence[Path],
     model: LoadedModel,
@@ -172,15 +202,16 @@ def predict_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
 ) -> PredictSummary:
-    """Write ``out`` (one row per file) and ``<out stem>_slides.csv`` beside it."""
+    """Write ``out`` (one row per file) and :func:`slides_path` beside it, together: both are
+    written to temporary siblings and replace earlier files only once both are complete."""
     clf = model.classifier
     cut = clf.meta.threshold if threshold is None else threshold
     pattern = slide_pattern(slide_regex)
     slides: dict[str, list[int]] = {}  # slide -> [n predicted, n sclerotic, n errors]
-    summary = PredictSummary()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary(accuracy=model_accuracy(model, threshold))
     with (
-        open(out, "w", newline="") as f,
+        replacing(out, slides_path(out)) as (rows_file, slides_file),
+        open(rows_file, "w", newline="", encoding="utf-8") as f,
         tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
     ):
         writer = csv.writer(f)
@@ -191,7 +222,8 @@ def predict_files(
             proba = predict_batch(clf, np.stack([results[i] for i in ok]), tta) if ok else []
             probs = dict(zip(ok, proba, strict=True))
             for i, path in enumerate(batch):
-                slide = slide_of(path.name, pattern) or ""
+                name = escaped(path.name)
+                slide = slide_of(name, pattern) or ""
                 counts = slides.setdefault(slide or NO_SLIDE, [0, 0, 0])
                 if i in probs:
                     label = int(probs[i] >= cut)
@@ -200,15 +232,13 @@ def predict_files(
                     counts[1] += label
                     summary.predicted += 1
                 else:
-                    row = ["", "", model.source, results[i]]
+                    row = ["", "", model.source, escaped(results[i])]
                     counts[2] += 1
                     summary.failed += 1
-                writer.writerow([path.name, str(path), slide, *row])
+                note = ESCAPED_NOTE if name != path.name else ""
+                writer.writerow([name, escaped(str(path)), slide, *row, note])
             bar.update(len(batch))
-    summary.accuracy = model_accuracy(model, threshold)
-    summary.slides = write_slide_summary(
-        slides, out.with_name(f"{out.stem}_slides.csv"), summary.accuracy
-    )
+        summary.slides = write_slide_summary(slides, slides_file, summary.accuracy)
     return summary
 
 
@@ -235,7 +265,7 @@ def write_slide_summary(
     and %GS corrected by ``accuracy`` with its interval and flags
     (:mod:`glomx.evaluation.prevalence`)."""
     rows = []
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(SLIDE_COLUMNS)
         for slide in sorted(slides):

@@ -1,5 +1,6 @@
 """The top-level DVC plots of dvc.yaml, rendered through DVC and Vega-Lite as `make plots` does:
-one colour per model, counts and class names in every confusion matrix."""
+one colour per model, each curve joined in threshold order, counts and class names in every
+confusion matrix."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 # 7 negatives (one scored high), 4 positives (one scored low): tn 6, fp 1, fn 1, tp 3
 LABELS = np.array([0] * 7 + [1] * 4)
 PROBA = np.array([0.1, 0.2, 0.3, 0.15, 0.25, 0.05, 0.7, 0.8, 0.9, 0.6, 0.4])
+# scores so small that "%g" writes their thresholds as 7.6e-06: as text they sort after "1"
+TINY = np.array([7.6e-06, 3.1e-07, 2.2e-05])
 # every model the top-level plots name (plots/evaluate/<model>/...)
 MODELS = sorted(set(re.findall(r"plots/evaluate/(\w+)/", (REPO / "dvc.yaml").read_text())))
 
@@ -38,6 +41,7 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     rng = np.random.default_rng(0)
     for model in MODELS:
         proba = PROBA if model == "cnn" else rng.random(len(LABELS))
+        proba = np.r_[TINY, proba[len(TINY) :]]  # the first negatives scored near 0
         write_plot_data(root / "plots" / "evaluate" / model, LABELS, proba, 0.5)
     shown = subprocess.run(
         [sys.executable, "-m", "dvc", "plots", "show", "--json"],
@@ -61,6 +65,25 @@ def test_curves_have_one_colour_per_model(specs: dict[str, dict]) -> None:
         assert legend == set(MODELS), plot
         lines = re.findall(r'aria-roledescription="line mark".*?stroke="(#[0-9a-f]{6})"', svg)
         assert len(set(lines)) == len(MODELS), plot
+
+
+def _line_xs(node: dict) -> list[list[float]]:
+    """The x pixel of every point of every line mark in a Vega scenegraph, in drawing order."""
+    if node.get("marktype") == "line":
+        return [[point["x"] for point in node["items"]]]
+    return [xs for child in node.get("items", []) for xs in _line_xs(child)]
+
+
+def test_curves_join_points_in_threshold_order(specs: dict[str, dict]) -> None:
+    """DVC hands the template every value as text; joined in text order, a threshold such as
+    7.6e-06 came after 1 and drew a false diagonal. In numeric order fpr (ROC) and recall (PR)
+    never rise along a curve, from threshold 0 up to 1."""
+    for plot in ("test_roc", "test_pr"):
+        scene = vl_convert.vegalite_to_scenegraph(specs[plot], vl_version="5.21")
+        lines = _line_xs(scene["scenegraph"])
+        assert len(lines) == len(MODELS), plot
+        for xs in lines:
+            assert xs == sorted(xs, reverse=True), (plot, xs)
 
 
 def test_confusion_matrices_print_counts_and_class_names(specs: dict[str, dict]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import runpy
@@ -48,7 +49,23 @@ def test_user_error_prints_its_message_and_exits_1(
     assert DEBUG_ENV in lines[2]
 
 
+def test_a_disk_error_behind_another_error_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write on a full disk: no path
+    wrapped = RuntimeError("saving the model failed")
+    wrapped.__cause__ = full
+    with pytest.raises(SystemExit) as exit_:
+        _fail(wrapped)
+    assert exit_.value.code == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == (
+        f"demo failed: no space left on the device writing somewhere under {Path.cwd()}: "
+        "free space there or write elsewhere"
+    )
+
+
 def test_a_bug_keeps_its_exception_and_traceback() -> None:
+    with pytest.raises(OSError, match="Bad file descriptor"):  # not a disk the user can fix
+        _fail(OSError(errno.EBADF, os.strerror(errno.EBADF)))
     with pytest.raises(KeyError):
         _fail(KeyError("prepare"))
     with pytest.raises(ValueError, match="shapes"):  # plain ValueError: not a user error

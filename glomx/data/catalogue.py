@@ -10,7 +10,10 @@ Decisions: the CSV is read as UTF-8 with or without a BOM, with LF or CRLF line 
 names match ignoring case and surrounding spaces, extra columns are ignored; a label is ``0``
 or ``1`` with optional surrounding spaces, nothing else (``1.0``, ``yes`` and empty are bad).
 Hidden entries (``.DS_Store``) in a class folder are ignored unless the CSV lists them; any
-other entry the CSV does not list (a ``.txt``, a sub-folder) is an ``unlisted_file``.
+other entry the CSV does not list (a ``.txt``, a sub-folder) is an ``unlisted_file``, as is a
+file whose name is not valid UTF-8 (no UTF-8 CSV row can name it). Reports write such a name
+with ``\\xNN`` escapes (:func:`glomx.files.escaped`); a CSV that is not UTF-8 is an error
+naming its line.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glomx.errors import GlomxError
+from glomx.files import escaped, replacing
 
 DEFAULT_SLIDE_REGEX = r"^(?P<slide>.+?)(?:_PAS_.*|-\d+)\.png$"
 NAME_COLUMN = "name"
@@ -83,7 +87,10 @@ class CatalogueError(GlomxError, ValueError):
     def from_problems(cls, where: str, problems: Sequence[Problem]) -> CatalogueError:
         """An error listing at most ``MAX_LISTED`` problems, each with its file and fix."""
         lines = [f"{len(problems)} problem(s) in {where} under policy 'error':"]
-        lines += [f"  [{p.kind}] {p.name}: {p.detail}. Fix: {p.fix}" for p in problems[:MAX_LISTED]]
+        lines += [
+            escaped(f"  [{p.kind}] {p.name}: {p.detail}. Fix: {p.fix}")
+            for p in problems[:MAX_LISTED]
+        ]
         if len(problems) > MAX_LISTED:
             lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
         lines.append("Fix the data, or set prepare.policy.<kind>: skip to drop those files.")
@@ -120,13 +127,13 @@ def slide_of(name: str, pattern: re.Pattern[str]) -> str | None:
 
 
 def write_problem_report(problems: Sequence[Problem], path: str | Path) -> None:
-    """Write problems as CSV with columns kind,name,detail,fix (header even when empty)."""
+    """Write problems as CSV with columns kind,name,detail,fix (header even when empty), whole
+    or not at all: an earlier report stays until the new one is complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with replacing(path) as (temporary,), temporary.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["kind", "name", "detail", "fix"])
-        writer.writerows([p.kind, p.name, p.detail, p.fix] for p in problems)
+        writer.writerows([escaped(v) for v in (p.kind, p.name, p.detail, p.fix)] for p in problems)
 
 
 def _read_rows(csv_path: Path) -> list[tuple[int, str, str | None]]:
@@ -168,8 +175,19 @@ def _read_rows(csv_path: Path) -> list[tuple[int, str, str | None]]:
                 label = row[i_label] if i_label < len(row) else None
                 rows.append((reader.line_num, name, label))
             return rows
-    except UnicodeDecodeError as err:
-        raise CatalogueError(f"{csv_path} is not UTF-8 text ({err}); save it as UTF-8") from err
+    except UnicodeDecodeError:
+        try:
+            csv_path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            text = err.object  # what was decoded: the file after any BOM
+            line = text[: err.start].count(b"\n") + 1
+            raise CatalogueError(
+                f"{csv_path} is not UTF-8 text: line {line} holds byte "
+                f"0x{text[err.start]:02x}, which UTF-8 cannot decode (a name in another "
+                "encoding, such as Latin-1?). Save the file as UTF-8, and rename any image "
+                "whose name is not UTF-8"
+            ) from None
+        raise
 
 
 def _check_not_empty(
@@ -365,6 +383,15 @@ def read_catalogue(
             if name in by_name or name.startswith("."):
                 continue
             what = "a folder" if path.is_dir() else "a file"
+            if escaped(name) != name:
+                checker.add(
+                    "unlisted_file",
+                    name,
+                    f"{what} in {FOLDERS[label]}/ whose name is not valid UTF-8 (shown with "
+                    f"\\xNN escapes), so no row of {csv_name} can name it",
+                    f"rename it to a UTF-8 name and add its row to {csv_name}, or remove it",
+                )
+                continue
             checker.add(
                 "unlisted_file",
                 name,

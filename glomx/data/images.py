@@ -289,6 +289,18 @@ def homogenise(img: np.ndarray, method: str, size: int, fill: str = "white") -> 
     return np.ascontiguousarray(out)
 
 
+def image_size(source: bytes) -> tuple[int, int] | None:
+    """Width and height of encoded image bytes from the header alone, no pixel decoded; None
+    when the header cannot be read (:func:`decode` then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source), formats=FORMATS) as im:
+                return im.size
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, struct.error):
+        return None
+
+
 def load_image(
     source: Path | str | bytes,
     pre: Preprocessing,

@@ -9,7 +9,8 @@ A store is a directory holding:
 
 Writing appends raw bytes after a header that is rewritten on close, and reading uses
 explicit ``readinto`` calls rather than memory maps, so resident memory stays at one chunk
-whatever the number of images.
+whatever the number of images. A store is written in a temporary sibling folder and renamed
+into place on close, so a failed writer leaves the previous complete store, or nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import csv
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from glomx.errors import GlomxError
+from glomx.files import discard, naming, put_in_place, temporary_sibling
 
 IMAGES = "images.npy"
 LABELS = "labels.npy"
@@ -59,8 +62,9 @@ class Row:
 class StoreWriter:
     """Appends chunks of images to a new store; use as a context manager.
 
-    The store only becomes readable when :meth:`close` writes its manifest, so an interrupted
-    writer never leaves something that looks complete.
+    Everything is written into a hidden temporary sibling of ``path``, which :meth:`close`
+    completes and renames over ``path``; a writer that fails (an exception, a full disk) removes
+    it, so ``path`` keeps its previous complete store, or stays absent.
     """
 
     def __init__(
@@ -74,10 +78,10 @@ class StoreWriter:
         self.image_shape = tuple(int(v) for v in image_shape)
         self.params = params or {}
         self.source_hash = source_hash
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / MANIFEST).unlink(missing_ok=True)
-        self._images = open(self.path / IMAGES, "wb")  # noqa: SIM115 - closed in close()
-        self._images.write(_npy_header((0, *self.image_shape)))
+        with naming(self.path):
+            self._temporary = temporary_sibling(self.path, directory=True)
+            self._images = open(self._temporary / IMAGES, "wb")  # noqa: SIM115 - see close()
+            self._images.write(_npy_header((0, *self.image_shape)))
         self._rows: list[Row] = []
 
     def append(
@@ -95,19 +99,31 @@ class StoreWriter:
             )
         if not (len(images) == len(labels) == len(names) == len(slides)):
             raise StoreError("images, labels, names and slides differ in length")
-        self._images.write(np.ascontiguousarray(images).tobytes())
+        with naming(self.path):
+            self._images.write(np.ascontiguousarray(images).tobytes())
         self._rows.extend(
             Row(str(n), int(lab), str(s)) for n, lab, s in zip(names, labels, slides, strict=True)
         )
 
     def close(self, extra: dict[str, Any] | None = None) -> ArrayStore:
-        """Finalise header, labels, index and manifest; returns the store opened for reading."""
+        """Finalise header, labels, index and manifest, and put the store in place; returns it
+        opened for reading."""
+        try:
+            with naming(self.path):
+                self._finish(extra)
+                put_in_place(self._temporary, self.path)
+        finally:
+            discard(self._temporary)  # gone once in place; removed when finishing failed
+        return ArrayStore(self.path)
+
+    def _finish(self, extra: dict[str, Any] | None) -> None:
         n = len(self._rows)
         self._images.seek(0)
         self._images.write(_npy_header((n, *self.image_shape)))
         self._images.close()
-        np.save(self.path / LABELS, np.array([r.label for r in self._rows], dtype=np.uint8))
-        with open(self.path / INDEX, "w", newline="") as f:
+        folder = self._temporary
+        np.save(folder / LABELS, np.array([r.label for r in self._rows], dtype=np.uint8))
+        with open(folder / INDEX, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["name", "label", "slide"])
             w.writerows((r.name, r.label, r.slide) for r in self._rows)
@@ -122,8 +138,7 @@ class StoreWriter:
             "source_hash": self.source_hash,
             **(extra or {}),
         }
-        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        return ArrayStore(self.path)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -131,8 +146,10 @@ class StoreWriter:
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None and not self._images.closed:
             self.close()
-        elif not self._images.closed:
+            return
+        with suppress(OSError):  # on a full disk this last flush fails too
             self._images.close()
+        discard(self._temporary)  # nothing once close() has put the store in place
 
 
 class ArrayStore:
@@ -150,7 +167,7 @@ class ArrayStore:
         shape = tuple(self.manifest["shape"])
         self.image_shape: tuple[int, int, int] = shape[1:]  # type: ignore[assignment]
         self.labels: np.ndarray = np.load(self.path / LABELS)
-        with open(self.path / INDEX, newline="") as f:
+        with open(self.path / INDEX, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         self.names = [r["name"] for r in rows]
         self.slides = [r["slide"] for r in rows]

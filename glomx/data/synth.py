@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from glomx.errors import GlomxError
+
 GENERATOR_VERSION = 1
 MARKER = "SYNTHETIC.json"
 CSV_NAME = "public.csv"
@@ -50,6 +52,14 @@ CHALLENGE_POSITIVE_FRACTION = 1054 / 5758
 _PAS = np.array([0.30, 1.30, 0.50], np.float32)
 _PAS_PURPLE = np.array([0.35, 0.05, -0.10], np.float32)  # direction of the slide hue shift
 _HEM = np.array([1.00, 1.15, 0.50], np.float32)
+
+
+class SynthError(GlomxError, ValueError):
+    """A dataset size, size range, class fraction or slide count that cannot be drawn."""
+
+
+class SynthFolderError(GlomxError, FileExistsError):
+    """The output folder is a file, or holds something other than a synthetic dataset."""
 
 
 @dataclass(frozen=True)
@@ -389,12 +399,12 @@ def _sizes(rng: np.random.Generator, n: int, size_range: tuple[int, int]) -> np.
 def _prepare_out(out: Path) -> None:
     """Create ``out``; an earlier synthetic dataset there is replaced, anything else refused."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file; choose a folder for the synthetic dataset")
+        raise SynthFolderError(f"{out} is a file; choose a folder for the synthetic dataset")
     if out.exists() and any(out.iterdir()):
         if data_kind(out) != "synthetic":
-            raise FileExistsError(
-                f"{out} exists and is not a synthetic dataset (no {MARKER}); "
-                "choose an empty or new folder"
+            raise SynthFolderError(
+                f"{out} exists and is not a synthetic dataset (no {MARKER}); choose an empty "
+                "or new folder: glomx synth replaces only a synthetic dataset it wrote"
             )
         for folder in CLASS_DIRS.values():
             shutil.rmtree(out / folder, ignore_errors=True)
@@ -421,13 +431,13 @@ def make_dataset(
     out = Path(out)
     lo, hi = size_range
     if n < 2:
-        raise ValueError(f"n must be at least 2 (one per class), got {n}")
+        raise SynthError(f"n must be at least 2 (one per class), got {n}")
     if not 16 <= lo <= hi:
-        raise ValueError(f"size_range must satisfy 16 <= min <= max, got {size_range}")
+        raise SynthError(f"size_range must satisfy 16 <= min <= max, got {size_range}")
     if not 0 < positive_fraction < 1:
-        raise ValueError(f"positive_fraction must be in (0, 1), got {positive_fraction}")
+        raise SynthError(f"positive_fraction must be in (0, 1), got {positive_fraction}")
     if n_slides is not None and n_slides < 1:
-        raise ValueError(f"n_slides must be positive, got {n_slides}")
+        raise SynthError(f"n_slides must be positive, got {n_slides}")
     n_slides = min(n, max(6, n // 40) if n_slides is None else n_slides)
 
     rng = np.random.default_rng(seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -175,9 +176,16 @@ def write_plot_data(
         precision, recall, thr = precision_recall_curve(y, p)
         thr = np.append(thr, 1.0)
         pr_rows = list(zip(recall, precision, thr, strict=True))
-    fmt = lambda rows: ([f"{v:.6g}" for v in row] for row in rows)  # noqa: E731
-    _write_csv(directory / "roc.csv", ["fpr", "tpr", "threshold"], fmt(roc_rows))
-    _write_csv(directory / "pr.csv", ["recall", "precision", "threshold"], fmt(pr_rows))
+    _write_csv(directory / "roc.csv", ["fpr", "tpr", "threshold"], _positional(roc_rows))
+    _write_csv(directory / "pr.csv", ["recall", "precision", "threshold"], _positional(pr_rows))
+
+
+def _positional(rows: list[tuple[float, float, float]]) -> list[list[str]]:
+    """Values in [0, 1] with 6 significant digits and never an exponent (7.6e-06 is written
+    0.0000076), so that sorting them as text, as DVC's plot data reaches its templates, is
+    sorting them as numbers."""
+    fmt = partial(np.format_float_positional, precision=6, fractional=False, trim="-")
+    return [[fmt(v) for v in row] for row in rows]
 
 
 def _figure(size: tuple[float, float] = (4.5, 4.0)) -> Figure:

@@ -15,6 +15,7 @@ from glomx.tracking.runs import (
     stage_run,
     tracking_uri,
 )
+from glomx.tracking.runs import _lock_explained as lock_explained  # the stages' own, for the CLI
 
 __all__ = [
     "EXPERIMENT",
@@ -23,6 +24,7 @@ __all__ = [
     "TrackingError",
     "connect",
     "experiment_id",
+    "lock_explained",
     "provenance_tags",
     "stage_run",
     "tracking_uri",

@@ -10,6 +10,13 @@ with the model's recorded preprocessing), so a served model sees the pixels it w
 An unreadable row does not fail the batch: its ``probability`` and ``label`` are None (JSON
 ``null``, never a bare ``NaN``) and ``error`` says why.
 
+Pixels are bounded before any is decoded, from each image's header: an image over
+``GLOMX_SERVE_MAX_PIXELS`` (default 4 Mpx; glomerulus patches are well under 1 Mpx), or one
+that would take the request over ``GLOMX_SERVE_MAX_REQUEST_PIXELS`` (default 64 Mpx) in all,
+gets an error row instead. MLflow's scoring server itself bounds no request body size (its
+only bound is ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, seconds per request): limit bodies
+in a proxy in front of it.
+
 The glomx package travels with the model (``code_paths``), so loading it needs only the pinned
 requirements, not this repository.
 """
@@ -38,7 +45,7 @@ from PIL import Image
 
 import glomx
 from glomx.data.adapt import adapt
-from glomx.data.images import ImageError, load_image
+from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
 from glomx.tracking.runs import EXPERIMENT, REGISTERED_MODEL
@@ -47,10 +54,19 @@ ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifa
 DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: files_digest() of the model directory
 BATCH = 32  # rows decoded and predicted at a time
 EXAMPLE_SIZE = 32  # side of the input example PNG
-# `image` is optional in the schema only so that a request without it (e.g. one naming a file
-# in `path`, which MLflow drops as undeclared) reaches GlomxModel and gets its refusal.
+# (environment variable, default): decoded pixels allowed per image and per request
+MAX_IMAGE_PIXELS = ("GLOMX_SERVE_MAX_PIXELS", 4_000_000)
+MAX_REQUEST_PIXELS = ("GLOMX_SERVE_MAX_REQUEST_PIXELS", 64_000_000)
+# MLflow drops columns the schema does not declare before GlomxModel sees the request. `image`
+# is optional and `path` declared only so that a request naming a file in `path`, alone or
+# beside `image`, reaches GlomxModel and gets its refusal, instead of `path` being ignored.
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec(DataType.string, "image", required=False)]),
+    inputs=Schema(
+        [
+            ColSpec(DataType.string, "image", required=False),
+            ColSpec(DataType.string, "path", required=False),
+        ]
+    ),
     outputs=Schema(
         [
             ColSpec(DataType.double, "probability", required=False),
@@ -104,11 +120,42 @@ def _file_bytes(image: object, name: str) -> bytes:
         raise ImageError(name, f"column 'image' is not valid base64 ({err})") from None
 
 
+def pixel_limit(setting: tuple[str, int]) -> int:
+    """The limit an environment variable sets (a positive whole number), else its default."""
+    name, default = setting
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r} is not a positive whole number of pixels; unset it")
+    return int(raw)
+
+
 class GlomxModel(mlflow.pyfunc.PythonModel):
-    """A saved glomx model served on raw image files."""
+    """A saved glomx model served on raw image files, with bounded pixels per request."""
 
     def load_context(self, context: Any) -> None:
         self.classifier: Classifier = load_classifier(context.artifacts[ARTIFACT])
+        self.max_pixels = pixel_limit(MAX_IMAGE_PIXELS)
+        self.max_request_pixels = pixel_limit(MAX_REQUEST_PIXELS)
+
+    def _within_limits(self, data: bytes, name: str, spent: int) -> int:
+        """Pixels of one image by its header; ImageError when over a limit."""
+        width, height = image_size(data) or (0, 0)  # unreadable: decode() says why
+        pixels = width * height
+        if pixels > self.max_pixels:
+            raise ImageError(
+                name,
+                f"{width}x{height} px is over this server's limit of {self.max_pixels} px per "
+                f"image ({MAX_IMAGE_PIXELS[0]}); send glomerulus patches, downscaled if need be",
+            )
+        if spent + pixels > self.max_request_pixels:
+            raise ImageError(
+                name,
+                f"over this server's limit of {self.max_request_pixels} px per request "
+                f"({MAX_REQUEST_PIXELS[0]}); send this row in another request",
+            )
+        return pixels
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -121,12 +168,15 @@ class GlomxModel(mlflow.pyfunc.PythonModel):
         meta = self.classifier.meta
         proba: list[float | None] = [None] * len(frame)
         errors: list[str | None] = [None] * len(frame)
+        spent = 0  # pixels decoded for this request
         for start in range(0, len(frame), BATCH):
             images, rows = [], []
             for i in range(start, min(start + BATCH, len(frame))):
                 try:
                     data = _file_bytes(frame["image"].iloc[i], f"row {i}")
-                    images.append(load_image(data, meta.preprocessing, name=f"row {i}"))
+                    spent += self._within_limits(data, f"row {i}", spent)
+                    pre = meta.preprocessing
+                    images.append(load_image(data, pre, self.max_pixels, name=f"row {i}"))
                     rows.append(i)
                 except ImageError as err:
                     errors[i] = str(err)

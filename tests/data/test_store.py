@@ -59,6 +59,29 @@ def test_interrupted_writer_leaves_no_readable_store(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     with pytest.raises(StoreError, match="not a finished array store"):
         ArrayStore(tmp_path / "s")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written beside it either
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_interrupted_rewrite_keeps_the_previous_store_whole(tmp_path: Path) -> None:
+    _write(tmp_path / "s", [3, 2])
+    before = _tree(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"), StoreWriter(tmp_path / "s", (4, 5, 3)) as w:
+        w.append(_images(7), [0] * 7, list("abcdefg"), ["s"] * 7)
+        assert (tmp_path / "s" / "manifest.json").is_file()  # the old store, readable meanwhile
+        raise RuntimeError("boom")
+    assert _tree(tmp_path) == before and len(ArrayStore(tmp_path / "s")) == 5
+
+
+def test_rewrite_replaces_the_whole_folder(tmp_path: Path) -> None:
+    _write(tmp_path / "s", [3, 2])
+    (tmp_path / "s" / "stray.txt").write_text("from an older writer")
+    assert len(_write(tmp_path / "s", [4])) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert not (tmp_path / "s" / "stray.txt").exists()
 
 
 def test_truncated_images_file_is_detected(tmp_path: Path) -> None:

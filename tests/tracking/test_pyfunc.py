@@ -91,8 +91,10 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
     assert out["error"][2].startswith("row 2: not a readable image")
     assert "row 3: no image" in out["error"][3] and "not valid base64" in out["error"][4]
     assert out["error"][5].startswith("row 5: greyscale image (PIL mode L)")
-    # a request without its image (a file path instead, any other column) is refused
-    for columns in ({"path": [str(tmp_path)]}, {"file": ["x.png"]}):
+    # a request without its image (a file path instead, any other column) is refused, and so
+    # is one naming a file beside its image
+    with_path = {"image": [base64.b64encode(png_bytes(dark)).decode()], "path": [str(tmp_path)]}
+    for columns in ({"path": [str(tmp_path)]}, {"file": ["x.png"]}, with_path):
         with pytest.raises(MlflowException, match=r"exactly one column, 'image'.*no file paths"):
             served.predict(pd.DataFrame(columns))
 
@@ -100,7 +102,7 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
     mv = client.get_model_version(REGISTERED_MODEL, version)
     assert mv.tags["family"] == "lr" and mv.tags["val_roc_auc"] == "1"
     info = mlflow.models.get_model_info(f"models:/{REGISTERED_MODEL}/{version}")
-    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.inputs.input_names() == ["image", "path"]
     requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
     assert "scikit-learn==" in requirements and "mlflow==" in requirements
 

@@ -1,12 +1,14 @@
 """The champion through the registry: pyfunc round trip, predict by URI, and one real REST
 server (``mlflow models serve``, started once for this module) answering every HTTP check:
-strict JSON with null for failed rows, no file paths, a PNG cut short, and README's command."""
+strict JSON with null for failed rows, no file paths, a PNG cut short, bounded pixels, and
+README's command."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import csv
+import io
 import json
 import os
 import re
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import PRE
+from PIL import Image
 
 from glomx.cli_predict import add_champion_parser
 from glomx.data.images import load_image
@@ -35,11 +38,12 @@ from glomx.predict import load_model, predict_files
 from glomx.server.main import ServerError, terminate, wait_ready
 from glomx.server.postgres import free_port
 from glomx.tracking import stage_run
-from glomx.tracking.pyfunc import INPUT_REFUSAL
+from glomx.tracking.pyfunc import INPUT_REFUSAL, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
 from glomx.tracking.registry import promote
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_TIMEOUT_S = 180
+REQUEST_PIXELS = 3_000_000  # the served module's request budget; images keep the default
 
 
 @pytest.fixture
@@ -120,6 +124,7 @@ def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            MAX_REQUEST_PIXELS[0]: str(REQUEST_PIXELS),
         }
     log_path = root / "serve.log"
     with open(log_path, "w") as log:
@@ -193,11 +198,38 @@ def test_served_model_never_opens_a_path(server: str, png_folder: Path, tmp_path
         assert not re.search("exist|directory|readable", text), text
         answers.add((status, answer["error_code"], error, tuple(answer.keys())))
     assert len(answers) == 1  # beyond the echo of the request, nothing differs
-    # beside an image column the path is dropped unread: a row without image bytes fails
-    status, text = _post(server, ["image", "path"], [[None, good]])
+    # beside an image the path is not dropped unread (as MLflow drops undeclared columns): the
+    # request is refused as a whole
+    status, text = _post(server, ["image", "path"], [[_b64(Path(good)), good]])
+    answer = strict_json(text)
+    assert status == 400 and answer["message"].endswith(f"\nError: {INPUT_REFUSAL}")
+
+
+def _blank_png(side: int) -> str:
+    """A base64 PNG of ``side``×``side`` white pixels: a few KiB that decode to megapixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), "white").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_served_model_bounds_pixels_from_headers(server: str, png_folder: Path) -> None:
+    """An image over the per-image limit, and the rows past the request's pixel budget, get
+    error rows; the rows within both are predicted."""
+    big, mid = _blank_png(2001), _blank_png(1200)  # 4.004 Mpx, 1.44 Mpx
+    rows = [[big], [mid], [_b64(png_folder / "SAS_1-0.png")], [mid], [mid]]
+    status, text = _post(server, ["image"], rows)
     assert status == 200, text
-    (row,) = strict_json(text)["predictions"]
-    assert row["probability"] is None and row["error"].startswith("row 0: no image")
+    answers = strict_json(text)["predictions"]
+    assert answers[0]["error"] == (
+        f"row 0: 2001x2001 px is over this server's limit of {MAX_IMAGE_PIXELS[1]} px per image "
+        f"({MAX_IMAGE_PIXELS[0]}); send glomerulus patches, downscaled if need be"
+    )
+    assert [a["error"] for a in answers[1:4]] == [None] * 3  # 1.44 + 0.0003 + 1.44 Mpx
+    assert answers[4]["error"] == (
+        f"row 4: over this server's limit of {REQUEST_PIXELS} px per request "
+        f"({MAX_REQUEST_PIXELS[0]}); send this row in another request"
+    )
+    assert answers[4]["probability"] is None and answers[1]["probability"] is not None
 
 
 def readme_serve_command() -> str:
