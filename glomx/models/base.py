@@ -116,6 +116,10 @@ class Classifier(ABC):
         """A human-readable description of the fitted model (logged as text)."""
         return repr(self.meta)
 
+    def flavors(self) -> set[str]:
+        """The MLflow flavors whose libraries loading this model needs (its requirements)."""
+        return {self.native_flavor} if self.native_flavor else set()
+
     def native_model(self, images: np.ndarray) -> tuple[Any, np.ndarray]:
         """The underlying library model and an input example for it, for ``native_flavor``."""
         raise NotImplementedError(f"{self.family} has no native MLflow flavor")

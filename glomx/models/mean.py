@@ -74,6 +74,9 @@ class MeanClassifier(Classifier):
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return np.mean([m.predict_proba(images) for m in self.members], axis=0)
 
+    def flavors(self) -> set[str]:
+        return set().union(*(m.flavors() for m in self.members))
+
     def summary(self) -> str:
         names = self.meta.extra[MEMBERS]
         lines = [f"{self.meta.family}: mean of {len(names)} models ({', '.join(names)})"]

@@ -27,6 +27,7 @@ from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import roc_figure
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, mean_of, select
+from glomx.files import discard, temporary_sibling
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE
 from glomx.models.mean import MeanClassifier, copy_member
@@ -64,15 +65,16 @@ def write_roc(path: Path, curves: Mapping[str, OOF]) -> None:
 
 def build_ensemble(members: list[str], paths: Mapping[str, str], directory: Path) -> MeanClassifier:
     """The tied families' bags, copied under ``directory``, as one mean model."""
-    build = directory.with_name(f".{directory.name}.partial")
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
+    build = temporary_sibling(directory, directory=True)
     for family in members:
         copy_member(Path(paths["models"]) / family, build / family)
     loaded = {f: load_classifier(build / f) for f in members}
     ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(dict(paths)))
     ensemble.meta.save(build)
-    replace_model(build, directory)
+    try:
+        replace_model(build, directory)
+    finally:
+        discard(build)
     return ensemble
 
 

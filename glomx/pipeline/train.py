@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from glomx.data.store import ArrayStore
 from glomx.evaluation import metrics as m
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
+from glomx.files import discard, put_in_place, temporary_sibling
 from glomx.models import family_class, load_classifier
 from glomx.models.base import META_FILE, Classifier, Preprocessing
 from glomx.models.mean import MeanClassifier
@@ -61,29 +61,19 @@ def prepared_preprocessing(paths: dict[str, str]) -> Preprocessing:
 
 
 def replace_model(build: Path, directory: Path) -> None:
-    """Move the finished model folder ``build`` to ``directory``, replacing a previous model
-    there (or a partial folder an interrupted run left), but nothing else."""
-    if directory.exists() and any(directory.iterdir()):
-        if not (directory / META_FILE).is_file() and not _partial(directory):
-            raise FileExistsError(f"{directory} exists and is not a glomx model; move it away")
-        shutil.rmtree(directory)
-    elif directory.exists():
-        directory.rmdir()
-    build.rename(directory)
-
-
-def _partial(directory: Path) -> bool:
-    """A folder an interrupted save left: glomx model files without the top-level meta."""
-    return any(directory.rglob(META_FILE))
+    """Swap the finished model folder ``build`` (a sibling) into ``directory``, replacing a
+    previous model there (or a partial folder an interrupted run left), but nothing else."""
+    foreign = directory.exists() and any(directory.iterdir())
+    if foreign and not any(directory.rglob(META_FILE)):  # a partial model holds a member's meta
+        raise FileExistsError(f"{directory} exists and is not a glomx model; move it away")
+    put_in_place(build, directory)
 
 
 def build_bag(
     family: str, results: list[FoldResult], preprocessing: Preprocessing, directory: Path
 ) -> MeanClassifier:
     """The bag of the fold models, saved into ``directory`` (built beside it first)."""
-    build = directory.with_name(f".{directory.name}.partial")
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
+    build = temporary_sibling(directory, directory=True)
     members: dict[str, Classifier] = {}
     for r in results:
         unpack(r.model, build / f"fold-{r.fold}")
@@ -92,7 +82,10 @@ def build_bag(
     cv = {"folds": len(results), "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results}}
     bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
     bag.meta.save(build)  # the members are already saved, as the trials wrote them
-    replace_model(build, directory)
+    try:
+        replace_model(build, directory)
+    finally:
+        discard(build)
     return bag
 
 

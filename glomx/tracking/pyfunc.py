@@ -84,12 +84,14 @@ _GLOMX = ("mlflow", "numpy", "pandas", "pillow", "pyyaml", "matplotlib", "scikit
 _FLAVOR = {"sklearn": ("scikit-learn",), "keras": ("keras", "tensorflow-cpu")}
 
 
-def requirements(flavor: str | None, glomx_code: bool = True) -> list[str]:
+def requirements(flavors: str | set[str] | None, glomx_code: bool = True) -> list[str]:
     """Pinned pip requirements (installed versions): the glomx pyfunc's, or with
-    ``glomx_code=False`` only the native flavor's."""
+    ``glomx_code=False`` only the native flavors'."""
     base = _GLOMX if glomx_code else ("mlflow", "numpy")
+    names = {flavors} if isinstance(flavors, str) else (flavors or set())
+    extra = tuple(p for f in sorted(names) for p in _FLAVOR.get(f, ()))
     pins = []
-    for name in dict.fromkeys(base + _FLAVOR.get(flavor or "", ())):
+    for name in dict.fromkeys(base + extra):
         try:
             pins.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -233,7 +235,7 @@ def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> Mo
         code_paths=[str(Path(glomx.__file__).parent)],
         signature=SIGNATURE,
         input_example=input_example(images),
-        pip_requirements=requirements(classifier.native_flavor),
+        pip_requirements=requirements(classifier.flavors()),
         tags={DIGEST_TAG: files_digest(model_dir)},
     )
 

@@ -25,7 +25,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PRE
 from PIL import Image
 
 from glomx.cli_predict import add_champion_parser
@@ -92,13 +91,14 @@ def ensemble_dir(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPath
     """An ``ensemble`` as the choose stage builds it: the mean of two saved models (``lr_dir``
     and a second LR at another size), each copied into a folder of its own."""
     root = tmp_path_factory.mktemp("ensemble")
-    other = LogisticClassifier.from_params({"model": {"size": 6}, "fit": {"epochs": 2}}, PRE)
+    pre = load_classifier(lr_dir).meta.preprocessing
+    other = LogisticClassifier.from_params({"model": {"size": 6}, "fit": {"epochs": 2}}, pre)
     other.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
     other.save(root / "lr6")
     members = {"lr": load_classifier(lr_dir), "lr6": load_classifier(root / "lr6")}
     copy_member(lr_dir, root / "ensemble" / "lr")
     copy_member(root / "lr6", root / "ensemble" / "lr6")
-    MeanClassifier.of("ensemble", members, PRE).meta.save(root / "ensemble")
+    MeanClassifier.of("ensemble", members, pre).meta.save(root / "ensemble")
     return root / "ensemble"
 
 
