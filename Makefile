@@ -50,7 +50,7 @@ bench: setup ## benchmarks vs in-run baselines (bench/out/); slow, needs `make r
 bench-models: setup data ## 5-fold CV of every model family on data/ (bench/out/models.md); ~1.5–2 h on 2 cores
 	python bench/models.py
 
-bench-select: setup data ## 5-fold CV on the train + val slides only, each promotable family with its stage's params (bench/out/models-trainval.md); ~1 h
+bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides, outside the pipeline (bench/out/models-trainval.md; docs/evaluation-history.md); ~1.5 h
 	dvc repro prepare
 	python bench/models.py --scope trainval
 
@@ -72,8 +72,9 @@ ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
 server: setup ## team MLflow server on http://$(HOST):$(PORT): PostgreSQL store in $(SERVER_DIR), artifacts in $(ARTIFACTS)
 	glomx server --dir "$(SERVER_DIR)" --artifacts "$(ARTIFACTS)" --host $(HOST) --port $(PORT)
 
-serve: setup ## serve the champion model on http://127.0.0.1:$(SERVE_PORT)/invocations
-	MLFLOW_TRACKING_URI="$(TRACKING)" mlflow models serve -m models:/glomx@champion \
+MODEL ?= models:/glomx@champion
+serve: setup ## serve the champion (or MODEL=models:/glomx@lab-x) on http://127.0.0.1:$(SERVE_PORT)/invocations
+	MLFLOW_TRACKING_URI="$(TRACKING)" mlflow models serve -m "$(MODEL)" \
 		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 predict: setup ## classify a folder of patches with the champion: make predict DIR=path

@@ -539,17 +539,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def close_stale_runs(client: MlflowClient, exp_id: str, stage: str) -> list[str]:
-    """Mark ``stage``'s runs that are still RUNNING but whose process on this host is gone
-    (killed with SIGKILL, out of memory, power cut) as KILLED; returns their ids. Runs of live
-    processes (a parallel ``dvc exp`` worker, this process) and of other hosts are left alone."""
+def close_stale_runs(client: MlflowClient, exp_id: str) -> list[str]:
+    """Mark every stage's (and fold trial's) runs that are still RUNNING but whose process on
+    this host is gone (killed with SIGKILL, out of memory, power cut) as KILLED; returns their
+    ids. Any stage closes them, not only the killed one's next run: DVC may restore that stage
+    from its cache without running any code. Runs of live processes (a parallel ``dvc exp``
+    worker, this process) and of other hosts are left alone."""
     host = socket.gethostname()
-    query = f"attributes.status = 'RUNNING' and tags.`glomx.stage` = '{stage}'"
+    query = "attributes.status = 'RUNNING'"
     closed = []
     for run in client.search_runs([exp_id], query):
         tags = run.data.tags
         pid = tags.get(PID_TAG, "")
-        if tags.get(HOST_TAG) != host or not pid.isdigit() or _alive(int(pid)):
+        if "glomx.stage" not in tags or tags.get(HOST_TAG) != host:
+            continue
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         note = f"process {pid} on {host} ended without closing this run; marked KILLED"
         client.set_tag(run.info.run_id, "glomx.closed", note)
@@ -581,7 +585,7 @@ def stage_run(
     with _lock_explained(tracking_uri(root)):
         uri = connect(root)
         exp = experiment_id(uri)
-        for stale in close_stale_runs(MlflowClient(uri), exp, stage):
+        for stale in close_stale_runs(MlflowClient(uri), exp):
             log.warning(
                 "%s: run %s was left RUNNING by a killed process; marked KILLED", stage, stale
             )
