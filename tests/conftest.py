@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from synthetic_images import SIZE, images_for, write_png
 
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.models import load_classifier
@@ -29,7 +29,6 @@ from glomx.tracking import stage_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REMOTE = REPO.parent / "shared" / "glomeruli" / "dvc-remote"
-SIZE = 16
 PRE = Preprocessing(size=SIZE, channels=3, method="pad", fill="white")
 SITES = ("SAS", "VUHSK")
 
@@ -90,13 +89,6 @@ def cut_short_png() -> bytes:
     )
 
 
-def images_for(labels: np.ndarray, seed: int, size: int = SIZE) -> np.ndarray:
-    """Noisy tiles, class 1 about 60 grey levels darker."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(140, 220, (len(labels), size, size, 3))
-    return (base - 60 * labels[:, None, None, None]).astype(np.uint8)
-
-
 def write_split(path: Path, n: int, seed: int, first_slide: int, n_slides: int = 4) -> ArrayStore:
     """``n`` images over ``n_slides`` slides (half per site), every third one sclerotic."""
     labels = (np.arange(n) % 3 == 0).astype(np.uint8)
@@ -134,12 +126,6 @@ def registered_lr(lr_dir: Path, prepared: Path) -> str:
     images = ArrayStore(prepared / "val").read([0])
     with stage_run("train-lr", {}, "synthetic") as run:
         return run.log_and_register(lr_dir, clf, images, {"cv_balanced_accuracy": 0.9})
-
-
-def write_png(path: Path, image: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import images_for, write_png
 from mlflow import MlflowClient
+from synthetic_images import images_for, write_png
 
 from glomx.cli import main
 from glomx.data.catalogue import FOLDERS
