@@ -188,7 +188,8 @@ def run_training(
         }
         metrics_file = Path(paths["metrics"]) / f"{family}.json"
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        metrics_file.write_text(json.dumps(strict({**report, **facts}), indent=2) + "\n")
+        report = {**report, **facts}
+        metrics_file.write_text(json.dumps(strict(report), indent=2) + "\n")
         m.write_plot_data(Path(paths["plots"]) / family, oof.labels, oof.proba, oof.thresholds)
 
         pooled = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
@@ -218,5 +219,9 @@ def train_stage(family: str) -> dict[str, Any]:
         f"{k} {oof[k]['value']:.3f} [{oof[k]['ci_low']:.3f}, {oof[k]['ci_high']:.3f}]"
         for k in ("balanced_accuracy", "roc_auc")
     )
-    print(f"train-{family} out-of-fold ({oof['images']} images, {oof['slides']} slides): {shown}")
+    tags = ", ".join(f"{k} {report[k]}" for k in ("weights", "stain") if k in report)
+    print(
+        f"train-{family} out-of-fold ({oof['images']} images, {oof['slides']} slides): {shown}"
+        + (f"; {tags}" if tags else "")
+    )
     return report

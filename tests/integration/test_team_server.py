@@ -31,7 +31,7 @@ from glomx.server.main import wait_ready
 from glomx.server.postgres import PASSFILE, PostgresError, free_port, pg_bin, server_user
 
 FAMILIES = ("lr", "cnn")
-STAGES = {"prepare", "augment", "balance", "train-lr", "train-cnn", "evaluate"}
+STAGES = {"prepare", "augment", "balance", "train-lr", "train-cnn", "choose", "evaluate"}
 QUEUED = {"lr-epochs-1": 1, "lr-epochs-3": 3}  # experiment name → train_lr.fit.epochs
 QUEUE_TIMEOUT_S = 420.0
 
@@ -182,7 +182,9 @@ def test_every_stage_logs_runs_artifacts_and_versions_on_the_server(team: Team) 
     assert not (team.clone / "mlruns").exists()  # nothing went to a local store
     model = team.server.api("registered-models/get", name="glomx")["registered_model"]
     versions = team.server.api("model-versions/search", filter="name='glomx'")["model_versions"]
-    assert sorted(v["version"] for v in versions) == ["1", "2"]  # one per family
+    decision = json.loads((team.clone / "artifacts" / "select" / "decision.json").read_text())
+    ensemble = decision["candidate"] == "ensemble"  # then registered by choose, after both
+    assert sorted(v["version"] for v in versions) == ["1", "2", "3"][: 2 + ensemble]
     assert {a["alias"] for a in model["aliases"]} == {"champion"}
     print(f"\nteam-server timings: {team.timings}")
 
@@ -236,7 +238,9 @@ def test_queued_experiments_run_two_at_a_time_each_with_its_own_runs(team: Team)
     runs = team.server.runs()
     for name, epochs in QUEUED.items():
         mine = _stage_runs(runs, name)
-        assert sorted(r["info"]["run_name"] for r in mine) == ["evaluate", "train-lr"], name
+        assert sorted(r["info"]["run_name"] for r in mine) == ["choose", "evaluate", "train-lr"], (
+            name
+        )
         assert all(r["info"]["status"] == "FINISHED" for r in mine)
         (lr,) = (r for r in mine if r["info"]["run_name"] == "train-lr")
         assert lr["params"]["train_lr.fit.epochs"] == str(epochs)

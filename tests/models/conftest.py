@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+from glomx.data.catalogue import Record
+from glomx.data.split import assign_folds, write_split_csv
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import CorruptModelError
 from glomx.models import load_classifier
@@ -60,24 +62,43 @@ def blob_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int],
 
 @pytest.fixture
 def training_paths(tmp_path: Path) -> dict[str, str]:
-    """The pipeline layout run_training reads: a balanced store of 24 blob images with class
-    weights and a prepared validation store of 12; models, metrics and plots go beside them."""
-    paths = {k: str(tmp_path / k) for k in ("prepared", "balanced", "models", "metrics", "plots")}
-    blob_store_at(tmp_path / "balanced", 24, seed=0)
-    blob_store_at(tmp_path / "prepared" / "val", 12, seed=1)
-    (tmp_path / "balanced" / "class_weights.json").write_text('{"0": 0.75, "1": 1.5}\n')
+    """The pipeline layout a training stage reads: prepare's store of 36 blob images on six
+    slides (two sclerotic each) in two slide-grouped folds, and the training store (here the
+    same images); models, metrics, plots and out-of-fold predictions go beside them."""
+    names = ("prepared", "balanced", "models", "metrics", "plots", "cv")
+    paths = {k: str(tmp_path / k) for k in names}
+    labels = (np.arange(36) % 3 == 0).astype(np.uint8)
+    images = blob_images(labels, PREPROCESSING.size, seed=0)
+    slides = [f"S_{i // 6}" for i in range(36)]
+    records = [Record(f"img{i}", Path(f"img{i}"), int(y), s) for i, (y, s) in
+               enumerate(zip(labels, slides, strict=True))]  # fmt: skip
+    for store in (tmp_path / "prepared" / "train", tmp_path / "balanced"):
+        with StoreWriter(store, images.shape[1:], {"image": asdict(PREPROCESSING)}) as w:
+            w.append(images, labels, [r.name for r in records], slides)
+            w.close({"data_kind": "synthetic"})
+    splits = ["train"] * len(records)
+    folds = assign_folds(records, splits, 2, 0, "grouped")
+    write_split_csv(tmp_path / "prepared" / "split.csv", records, splits, folds)
     return paths
+
+
+CV = {"cpus_per_trial": 1, "bootstrap": {"n_resamples": 100, "confidence": 0.95, "seed": 0}}
 
 
 @pytest.fixture
 def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, str, Any], str]:
     """``run(script, section, params)``: run ``stages/<script>`` as DVC would, in a directory
-    whose params.yaml holds ``training_paths`` and the stage's section; returns its stdout."""
+    whose params.yaml holds ``training_paths``, a quick ``cv`` section and the stage's
+    section; returns its stdout."""
 
     def run(script: str, section: str, params: dict[str, Any]) -> str:
-        (tmp_path / "params.yaml").write_text(
-            yaml.safe_dump({"paths": training_paths, section: params})
-        )
+        config = {
+            "paths": training_paths,
+            "prepare": {"split": {"site_regex": None}},
+            "cv": CV,
+            section: params,
+        }
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
         done = subprocess.run(
             [sys.executable, str(STAGES / script)],
             cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
@@ -106,3 +127,17 @@ def assert_damage_is_named() -> Callable[[Path, str, str, str], None]:
     (``truncated`` or ``garbage``); loading it must name the file, say it is corrupt and how
     to rebuild it, not fail somewhere inside."""
     return _assert_damage_is_named
+
+
+def _stage_runs(client: Any, stage: str) -> tuple[Any, list[Any]]:
+    exp = client.get_experiment_by_name("glomx").experiment_id
+    (run,) = client.search_runs([exp], f"attributes.run_name = '{stage}'")
+    trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    return run, sorted(trials, key=lambda t: int(t.data.tags["cv.fold"]))
+
+
+@pytest.fixture
+def stage_runs() -> Callable[[Any, str], tuple[Any, list[Any]]]:
+    """``find(client, stage)``: a training stage's run and its fold trials' nested runs, in
+    fold order."""
+    return _stage_runs

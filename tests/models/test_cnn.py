@@ -18,7 +18,7 @@ from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
 from glomx.models.cnn import CNNClassifier
 from glomx.models.cnn_viz import save_cnn_figures
-from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
+from glomx.tracking import REGISTERED_MODEL
 
 PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
 TINY = {"model": {"size": 32, "filters": [8, 16]}, "fit": {"epochs": 1, "batch_size": 8}}
@@ -121,7 +121,10 @@ def test_bad_settings_and_unfitted_use_fail_clearly(blob_store: Callable) -> Non
 
 
 def test_train_cnn_stage_records_the_run_model_and_pictures(
-    run_stage: Callable[[str, str, dict], str], training_paths: dict[str, str], isolated_mlflow: str
+    run_stage: Callable[[str, str, dict], str],
+    training_paths: dict[str, str],
+    isolated_mlflow: str,
+    stage_runs: Callable[[Any, str], tuple[Any, list[Any]]],
 ) -> None:
     params = {**TINY, "fit": {**TINY["fit"], "epochs": 2}, "class_weight": "balanced"}
     run_stage("train_cnn.py", "train_cnn", params)
@@ -130,16 +133,18 @@ def test_train_cnn_stage_records_the_run_model_and_pictures(
     names = ("confusion.csv", "roc.csv", "pr.csv", "filters.png", "feature_maps.png")
     assert all((plots / n).is_file() for n in names)
     report = json.loads((Path(training_paths["metrics"]) / "cnn.json").read_text())
-    assert report["class_weight"] == "balanced" and 0 <= report["balanced_accuracy"] <= 1
-    assert isinstance(load_classifier(Path(training_paths["models"]) / "cnn"), CNNClassifier)
+    assert report["class_weight"] == "balanced"
+    assert 0 <= report["oof"]["balanced_accuracy"]["value"] <= 1 and report["oof"]["images"] == 36
+    bag = load_classifier(Path(training_paths["models"]) / "cnn")
+    assert [type(m) for m in bag.members] == [CNNClassifier, CNNClassifier]  # one per fold
 
     client = MlflowClient(isolated_mlflow)
-    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    assert run.info.run_name == "train-cnn" and run.info.status == "FINISHED"
+    run, trials = stage_runs(client, "train-cnn")
+    assert run.info.status == "FINISHED" and len(trials) == 2
     for metric in ("epoch/loss", "epoch/val_auc", "epoch/val_balanced_accuracy"):
-        assert [h.step for h in client.get_metric_history(run.info.run_id, metric)] == [0, 1]
+        assert [h.step for h in client.get_metric_history(trials[0].info.run_id, metric)] == [0, 1]
     summary = client.download_artifacts(run.info.run_id, "model/summary.txt")
-    assert "conv1_bn" in Path(summary).read_text()
+    assert "conv1_bn" in Path(summary).read_text()  # the bag's summary shows its members
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/confusion.png", "plots/confusion.json"} <= artifacts
     assert {"plots/filters.png", "plots/feature_maps.png"} <= artifacts

@@ -7,6 +7,7 @@ import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -23,7 +24,7 @@ from glomx.models import load_classifier
 from glomx.models.base import Preprocessing
 from glomx.models.probe import ProbeClassifier
 from glomx.params import ParamsError
-from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
+from glomx.tracking import REGISTERED_MODEL
 
 PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
 PARAMS = {"model": {"size": 32}, "fit": {"C": [0.01, 1.0], "batch_size": 8}}
@@ -108,22 +109,24 @@ def test_train_probe_stage_with_stain_normalisation_end_to_end(
     training_paths: dict[str, str],
     isolated_mlflow: str,
     tmp_path: Path,
+    stage_runs: Callable[[Any, str], tuple[Any, list[Any]]],
 ) -> None:
     params = {**PARAMS, "model": {"size": 64}, "class_weight": "balanced", "stain": "reinhard"}
     stdout = run_stage("train_probe.py", "train_probe", params)
     assert "weights imagenet" in stdout
 
-    model = load_classifier(Path(training_paths["models"]) / "probe")
-    assert model.meta.extra["stain"]["method"] == "reinhard"
-    assert model.stain.method == "reinhard" and model.meta.extra["C"] in (0.01, 1.0)
+    bag = load_classifier(Path(training_paths["models"]) / "probe")
+    for model in bag.members:  # each fold model fitted its own stain target
+        assert model.meta.extra["stain"]["method"] == "reinhard"
+        assert model.stain.method == "reinhard" and model.meta.extra["C"] in (0.01, 1.0)
     report = json.loads((Path(training_paths["metrics"]) / "probe.json").read_text())
     assert report["weights"] == "imagenet" and report["stain"] == "reinhard"
 
     client = MlflowClient(isolated_mlflow)
-    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    assert run.info.run_name == "train-probe" and run.info.status == "FINISHED"
-    assert run.data.tags["stain"] == "reinhard"
-    assert [h.value for h in client.get_metric_history(run.info.run_id, "epoch/C")] == [0.01, 1.0]
+    run, trials = stage_runs(client, "train-probe")
+    assert run.info.status == "FINISHED" and run.data.tags["stain"] == "reinhard"
+    history = client.get_metric_history(trials[0].info.run_id, "epoch/C")
+    assert [h.value for h in history] == [0.01, 1.0]
     (version,) = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
     assert version.run_id == run.info.run_id and version.tags["family"] == "probe"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ from glomx.models import load_classifier
 from glomx.models.backbones import RESNET50_FILE, BackboneWeightsError, ImageNetPreprocess
 from glomx.models.base import Preprocessing
 from glomx.models.transfer import ResNetClassifier, TransferClassifier
-from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
+from glomx.tracking import REGISTERED_MODEL
 
 PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
 FIT = {"epochs": 1, "batch_size": 8, "jit_compile": False}
@@ -134,14 +135,17 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
 
 @pytest.mark.slow
 def test_train_resnet_stage_records_the_run_and_the_weights_source(
-    run_stage: Callable[[str, str, dict], str], training_paths: dict[str, str], isolated_mlflow: str
+    run_stage: Callable[[str, str, dict], str],
+    training_paths: dict[str, str],
+    isolated_mlflow: str,
+    stage_runs: Callable[[Any, str], tuple[Any, list[Any]]],
 ) -> None:
     params = {"model": {"size": 32, "weights": "none"}, "fit": FIT, "class_weight": "none"}
     stdout = run_stage("train_resnet.py", "train_resnet", params)
     assert "weights random" in stdout
 
-    model = load_classifier(Path(training_paths["models"]) / "resnet")
-    assert model.meta.extra["weights"] == "random"
+    bag = load_classifier(Path(training_paths["models"]) / "resnet")
+    assert [m.meta.extra["weights"] for m in bag.members] == ["random", "random"]
     assert (
         json.loads((Path(training_paths["metrics"]) / "resnet.json").read_text())["weights"]
         == "random"
@@ -149,10 +153,10 @@ def test_train_resnet_stage_records_the_run_and_the_weights_source(
     assert (Path(training_paths["plots"]) / "resnet" / "roc.csv").is_file()
 
     client = MlflowClient(isolated_mlflow)
-    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
-    assert run.info.run_name == "train-resnet" and run.info.status == "FINISHED"
-    assert run.data.tags["weights"] == "random"
-    history = client.get_metric_history(run.info.run_id, "epoch/val_balanced_accuracy")
+    run, trials = stage_runs(client, "train-resnet")
+    assert run.info.status == "FINISHED" and run.data.tags["weights"] == "random"
+    assert all(t.data.tags["weights"] == "random" for t in trials)
+    history = client.get_metric_history(trials[0].info.run_id, "epoch/val_balanced_accuracy")
     assert [h.step for h in history] == [0]
     summary = client.download_artifacts(run.info.run_id, "model/summary.txt")
     assert "resnet50" in Path(summary).read_text()
