@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
-        plots ui server serve predict calibrate bench-calibrate clean
+        plots ui server serve predict calibrate bench-calibrate bench-label-free clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 
 bench-calibrate: setup data ## leave-one-site-out lab calibration on the train + val slides (bench/out/calibrate.md); needs `dvc repro prepare`
 	python bench/calibrate.py
+
+bench-label-free: setup data ## label-free adaptation (prior-shift EM, per-site features) vs 0.5, same leave-one-site-out (bench/out/label_free.md)
+	python bench/label_free.py
 
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000

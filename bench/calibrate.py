@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from glomx.calibrate import MIN_PER_CLASS, MIN_SLIDES
@@ -80,13 +80,28 @@ def features(paths: list[Path], params: dict) -> np.ndarray:
     return feats
 
 
-def held_out_scores(x: np.ndarray, y: np.ndarray, sites: np.ndarray, site: str) -> np.ndarray:
-    """The probe fitted on the other sites, scoring ``site``'s patches."""
-    probe = make_pipeline(
+def site_data(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels, slides and sites of the train + val patches of ``SPLIT`` (never test),
+    shared with ``bench/label_free.py`` so both benches score the same patches."""
+    rows = [r for r in read_split_csv(SPLIT) if r.split != "test"]
+    data = ROOT / params["paths"]["data"]
+    x = features([data / FOLDERS[r.label] / r.name for r in rows], params)
+    y = np.array([r.label for r in rows])
+    slides = np.array([r.slide for r in rows])
+    return x, y, slides, sites_of(slides, params["prepare"]["split"]["site_regex"])
+
+
+def probe() -> Pipeline:
+    """An unfitted probe head: standardise, then balanced logistic regression at ``C``."""
+    return make_pipeline(
         StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
     )
-    probe.fit(x[sites != site], y[sites != site])
-    return probe.predict_proba(x[sites == site])[:, 1]
+
+
+def held_out_scores(x: np.ndarray, y: np.ndarray, sites: np.ndarray, site: str) -> np.ndarray:
+    """The probe fitted on the other sites, scoring ``site``'s patches."""
+    model = probe().fit(x[sites != site], y[sites != site])
+    return model.predict_proba(x[sites == site])[:, 1]
 
 
 def draw(rng: np.random.Generator, slides: np.ndarray, n: int, mode: str) -> np.ndarray | None:
@@ -155,14 +170,7 @@ def main() -> None:
         print(f"{SPLIT.relative_to(ROOT)} not found: run dvc repro prepare first")
         return
     started = time.time()
-    params = load_params(ROOT / "params.yaml")
-    rows = [r for r in read_split_csv(SPLIT) if r.split != "test"]
-    data = ROOT / params["paths"]["data"]
-    paths = [data / FOLDERS[r.label] / r.name for r in rows]
-    x = features(paths, params)
-    y = np.array([r.label for r in rows])
-    slides = np.array([r.slide for r in rows])
-    sites = sites_of(slides, params["prepare"]["split"]["site_regex"])
+    x, y, slides, sites = site_data(load_params(ROOT / "params.yaml"))
     sizes = [int(s) for s in args.sizes.split(",")]
     head = ["site", "patches (scl.)", "slides", "AUC", "BA @0.5", "oracle BA"]
     site_lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
