@@ -99,10 +99,11 @@ def load_model(spec: str | Path) -> LoadedModel:
 def _registration(directory: Path) -> str:
     """The registered versions logged from exactly this folder's files, else "unregistered"."""
     from glomx.tracking import TrackingError
-    from glomx.tracking.pyfunc import registered_versions
+    from glomx.tracking.registry import REGISTERED_MODEL, registered_versions
 
     try:
-        return ", ".join(registered_versions(directory)) or "unregistered"
+        versions = registered_versions(directory)
+        return ", ".join(f"models:/{REGISTERED_MODEL}/{v}" for v in versions) or "unregistered"
     except LookupError:  # no registry here at all
         return "unregistered"
     except TrackingError as err:

@@ -48,7 +48,6 @@ from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
-from glomx.tracking.runs import EXPERIMENT, REGISTERED_MODEL
 
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
 DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: files_digest() of the model directory
@@ -200,29 +199,6 @@ def files_digest(model_dir: Path) -> str:
             content = hashlib.file_digest(f, "sha256").hexdigest()
         digest.update(f"{path.relative_to(model_dir).as_posix()}\0{content}\n".encode())
     return digest.hexdigest()
-
-
-def registered_versions(model_dir: Path) -> list[str]:
-    """``models:/NAME/VERSION`` of each registered version logged from exactly the files in
-    ``model_dir``. Raises LookupError where there is no registry (none is created)."""
-    from glomx.tracking.registry import _existing_registry  # registry imports this module
-
-    client = _existing_registry()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return []
-    logged = mlflow.search_logged_models(
-        experiment_ids=[experiment.experiment_id],
-        filter_string=f"tags.`{DIGEST_TAG}` = '{files_digest(model_dir)}'",
-        output_format="list",
-    )
-    sources = {f"models:/{m.model_id}" for m in logged}  # what a version registered from it
-    versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
-    return [
-        f"models:/{REGISTERED_MODEL}/{v.version}"
-        for v in sorted(versions, key=lambda v: int(v.version))
-        if v.source in sources
-    ]
 
 
 def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> ModelInfo:

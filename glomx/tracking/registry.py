@@ -215,24 +215,32 @@ def _model_path(name: str, version: str, tmp: Path) -> str:
     return str(artifacts[ARTIFACT]["path"])
 
 
-def version_of(model_dir: Path, name: str = REGISTERED_MODEL) -> Candidate | None:
-    """The newest registered version logged from exactly the files of ``model_dir`` (found by
-    the files digest its logged model is tagged with; nothing is downloaded)."""
-    connect()
-    client = MlflowClient()
+def registered_versions(model_dir: Path, name: str = REGISTERED_MODEL) -> list[str]:
+    """Numbers, ascending, of the registered versions logged from exactly the files of
+    ``model_dir`` (found by the files digest their logged models are tagged with; nothing is
+    downloaded). Raises LookupError where there is no registry (none is created)."""
+    client = _existing_registry()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        return None
+        return []
     logged = mlflow.search_logged_models(
         experiment_ids=[experiment.experiment_id],
         filter_string=f"tags.`{DIGEST_TAG}` = '{files_digest(model_dir)}'",
         output_format="list",
     )
-    sources = {f"models:/{m.model_id}" for m in logged}
-    versions = [v for v in client.search_model_versions(f"name='{name}'") if v.source in sources]
-    if not versions:
+    sources = {f"models:/{m.model_id}" for m in logged}  # what a version registered from it
+    versions = client.search_model_versions(f"name='{name}'")
+    return sorted((str(v.version) for v in versions if v.source in sources), key=int)
+
+
+def version_of(model_dir: Path, name: str = REGISTERED_MODEL) -> Candidate | None:
+    """The newest registered version logged from exactly the files of ``model_dir``; None
+    when none is, or when there is no registry yet."""
+    try:
+        versions = registered_versions(model_dir, name)
+    except LookupError:
         return None
-    return candidate(client, str(max(int(v.version) for v in versions)), name)
+    return candidate(MlflowClient(), versions[-1], name) if versions else None
 
 
 def _parse(uri: str) -> tuple[str, str]:
