@@ -154,6 +154,16 @@ def _write_csv(path: Path, header: list[str], rows: object) -> None:
         w.writerows(rows)  # type: ignore[arg-type]
 
 
+def roc_points(y_true: np.ndarray, proba: np.ndarray) -> list[tuple[float, float, float]]:
+    """``(fpr, tpr, threshold)`` along the ROC curve; the end point that no finite threshold
+    reaches carries threshold 1.0. Empty with one class present (the curve is undefined)."""
+    y, p = _check(y_true, proba)
+    if not _both_classes(y):
+        return []
+    fpr, tpr, thr = roc_curve(y, p)
+    return [(f, t, min(h, 1.0)) for f, t, h in zip(fpr, tpr, thr, strict=True)]
+
+
 def write_plot_data(
     directory: str | Path, y_true: np.ndarray, proba: np.ndarray, threshold: float | np.ndarray
 ) -> None:
@@ -168,11 +178,9 @@ def write_plot_data(
     y, p = _check(y_true, proba)
     pred = (p >= threshold).astype(np.int64)
     _write_csv(directory / "confusion.csv", ["actual", "predicted"], zip(y, pred, strict=True))
-    roc_rows: list[tuple[float, float, float]] = []
+    roc_rows = roc_points(y, p)
     pr_rows: list[tuple[float, float, float]] = []
     if _both_classes(y):
-        fpr, tpr, thr = roc_curve(y, p)
-        roc_rows = [(f, t, min(h, 1.0)) for f, t, h in zip(fpr, tpr, thr, strict=True)]
         precision, recall, thr = precision_recall_curve(y, p)
         thr = np.append(thr, 1.0)
         pr_rows = list(zip(recall, precision, thr, strict=True))

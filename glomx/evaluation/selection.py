@@ -192,7 +192,9 @@ class Selection:
     tied: list[str]  # the best family and every family tied with it, in rank order
     candidate: str  # a family, or ENSEMBLE
     reason: str
+    intervals: dict[str, dict[str, dict[str, float]]]  # family -> every pooled metric, interval
     ensemble: dict[str, Any] = field(default_factory=dict)  # its OOF metrics, when candidate
+    ensemble_oof: OOF | None = None  # its OOF predictions, when candidate
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -237,7 +239,7 @@ def select(oofs: Mapping[str, OOF], boot: Mapping[str, Any]) -> Selection:
             f"({pooled[best][METRIC]:.4f}) and the {conf} paired slide-bootstrap interval of its "
             "lead excludes 0 against every other family, so it is the candidate."
         )
-        return Selection(ranking, differences, tied, best, reason)
+        return Selection(ranking, differences, tied, best, reason, intervals)
     ensemble = mean_of(oofs, tied)
     reason = (
         f"{best} has the best out-of-fold balanced accuracy ({pooled[best][METRIC]:.4f}), but "
@@ -246,4 +248,13 @@ def select(oofs: Mapping[str, OOF], boot: Mapping[str, Any]) -> Selection:
         f"{ENSEMBLE}, the equal-weight mean of {', '.join(tied)} (threshold 0.5)."
     )
     summary = {k: v for k, v in ensemble.intervals(boot).items() if k in SHOWN}
-    return Selection(ranking, differences, tied, ENSEMBLE, reason, {"members": tied, **summary})
+    return Selection(
+        ranking,
+        differences,
+        tied,
+        ENSEMBLE,
+        reason,
+        intervals,
+        {"members": tied, **summary},
+        ensemble,
+    )

@@ -21,19 +21,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sklearn.metrics import roc_curve
-
 from glomx.data.store import ArrayStore
-from glomx.evaluation.metrics import roc_figure
+from glomx.evaluation.metrics import roc_figure, roc_points
 from glomx.evaluation.report import strict
-from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, mean_of, select
-from glomx.files import discard, temporary_sibling
+from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, select
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE
 from glomx.models.mean import MeanClassifier, copy_member
 from glomx.params import dataclass_from
 from glomx.pipeline.cv import CVConfig, finite
-from glomx.pipeline.train import prepared_preprocessing, replace_model
+from glomx.pipeline.train import model_folder, prepared_preprocessing
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import version_of
 
@@ -55,26 +52,20 @@ def write_roc(path: Path, curves: Mapping[str, OOF]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["model,fpr,tpr,threshold"]
     for name, oof in curves.items():
-        fpr, tpr, thr = roc_curve(oof.labels, oof.proba)
         lines += [
-            f"{name},{f:.6f},{t:.6f},{min(h, 1.0):.6f}"
-            for f, t, h in zip(fpr, tpr, thr, strict=True)
+            f"{name},{f:.6f},{t:.6f},{h:.6f}" for f, t, h in roc_points(oof.labels, oof.proba)
         ]
     path.write_text("\n".join(lines) + "\n")
 
 
 def build_ensemble(members: list[str], paths: Mapping[str, str], directory: Path) -> MeanClassifier:
     """The tied families' bags, copied under ``directory``, as one mean model."""
-    build = temporary_sibling(directory, directory=True)
-    for family in members:
-        copy_member(Path(paths["models"]) / family, build / family)
-    loaded = {f: load_classifier(build / f) for f in members}
-    ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(dict(paths)))
-    ensemble.meta.save(build)
-    try:
-        replace_model(build, directory)
-    finally:
-        discard(build)
+    with model_folder(directory) as build:
+        for family in members:
+            copy_member(Path(paths["models"]) / family, build / family)
+        loaded = {f: load_classifier(build / f) for f in members}
+        ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(dict(paths)))
+        ensemble.meta.save(build)
     return ensemble
 
 
@@ -105,10 +96,12 @@ def choose_stage(params: Mapping[str, Any]) -> dict[str, Any]:
     shutil.rmtree(out / ENSEMBLE, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     curves = dict(oofs)
-    if selection.candidate == ENSEMBLE:
-        curves[ENSEMBLE] = mean_of(oofs, selection.tied)
+    if selection.ensemble_oof is not None:
+        curves[ENSEMBLE] = selection.ensemble_oof
     report = {
-        "families": {f: {"oof": o.intervals(boot), "folds": o.per_fold()} for f, o in oofs.items()},
+        "families": {
+            f: {"oof": selection.intervals[f], "folds": o.per_fold()} for f, o in oofs.items()
+        },
         "selection": selection.as_dict(),
     }
     metrics = Path(paths["metrics"]) / "cv.json"

@@ -93,10 +93,8 @@ class FoldResult:
     threshold: float
     inner: list[str]
     model: bytes  # the saved model folder as a tar archive
-    run_id: str
     seconds: float
     peak_rss_mib: float
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 def fold_indices(
@@ -137,12 +135,14 @@ def inner_slides(
     )
 
 
-def threshold(section: dict[str, Any], labels: np.ndarray, proba: np.ndarray) -> float:
-    """0.5, or with ``threshold.tune`` the one maximising ``threshold.metric`` on ``labels``."""
+def threshold(section: dict[str, Any], classifier: Classifier, val: ArrayStore) -> float:
+    """0.5, or with ``threshold.tune`` the one maximising ``threshold.metric`` on ``val`` (the
+    fold's inner-validation slides; only then are they scored)."""
     spec = section.get("threshold") or {}
     if not spec.get("tune", False):
         return 0.5
-    return m.choose_threshold(labels, proba, spec.get("metric", "balanced_accuracy"))
+    proba = classifier.predict_store(val)
+    return m.choose_threshold(val.labels, proba, spec.get("metric", "balanced_accuracy"))
 
 
 def fold_weights(section: dict[str, Any], labels: np.ndarray) -> dict[int, float] | None:
@@ -218,9 +218,7 @@ def run_trial(trial: Trial) -> FoldResult:
             history = classifier.fit(train, val, weights, [run.keras_callback()] if live else None)
             if not live:
                 run.log_history(history)
-            spec = trial.section.get("threshold") or {}
-            val_proba = classifier.predict_store(val) if spec.get("tune") else np.empty(0)
-            classifier.meta.threshold = threshold(trial.section, val.labels, val_proba)
+            classifier.meta.threshold = threshold(trial.section, classifier, val)
             classifier.meta.extra["class_weight"] = weights
             proba = classifier.predict_store(held)
             scores = m.classification_metrics(held.labels, proba, classifier.meta.threshold)
@@ -228,7 +226,6 @@ def run_trial(trial: Trial) -> FoldResult:
             run.set_tags(classifier.tags())
             classifier.save(Path(tmp) / "model")
             model = _archive(Path(tmp) / "model")
-            run_id = run.run_id
     return FoldResult(
         fold=trial.fold,
         names=list(held.names),
@@ -238,10 +235,8 @@ def run_trial(trial: Trial) -> FoldResult:
         threshold=float(classifier.meta.threshold),
         inner=list(trial.inner),
         model=model,
-        run_id=run_id,
         seconds=time.perf_counter() - start,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        tags=classifier.tags(),
     )
 
 

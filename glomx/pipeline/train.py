@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,23 +71,34 @@ def replace_model(build: Path, directory: Path) -> None:
     put_in_place(build, directory)
 
 
-def build_bag(
-    family: str, results: list[FoldResult], preprocessing: Preprocessing, directory: Path
-) -> MeanClassifier:
-    """The bag of the fold models, saved into ``directory`` (built beside it first)."""
+@contextmanager
+def model_folder(directory: Path) -> Iterator[Path]:
+    """A temporary sibling of ``directory`` to build a model folder in: it replaces
+    ``directory`` when the block completes, and is removed whatever happens."""
     build = temporary_sibling(directory, directory=True)
-    members: dict[str, Classifier] = {}
-    for r in results:
-        unpack(r.model, build / f"fold-{r.fold}")
-        members[f"fold-{r.fold}"] = load_classifier(build / f"fold-{r.fold}")
-    threshold = float(np.mean([r.threshold for r in results]))
-    cv = {"folds": len(results), "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results}}
-    bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
-    bag.meta.save(build)  # the members are already saved, as the trials wrote them
     try:
+        yield build
         replace_model(build, directory)
     finally:
         discard(build)
+
+
+def build_bag(
+    family: str, results: list[FoldResult], preprocessing: Preprocessing, directory: Path
+) -> MeanClassifier:
+    """The bag of the fold models, saved into ``directory``."""
+    with model_folder(directory) as build:
+        members: dict[str, Classifier] = {}
+        for r in results:
+            unpack(r.model, build / f"fold-{r.fold}")
+            members[f"fold-{r.fold}"] = load_classifier(build / f"fold-{r.fold}")
+        threshold = float(np.mean([r.threshold for r in results]))
+        cv = {
+            "folds": len(results),
+            "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results},
+        }
+        bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
+        bag.meta.save(build)  # the members are already saved, as the trials wrote them
     return bag
 
 
