@@ -86,9 +86,7 @@ def test_a_family_param_reruns_that_family_only(project: tuple[Path, dict[str, s
         (root / "params.yaml").write_text(params.replace("alpha: 1.0", "alpha: 0.5", 1))
         out = run(["dvc", "status", "--json"], root, env)
         status = json.loads(out[out.index("{") : out.rindex("}") + 1])
-        assert status == {
-            "train-lr": [{"changed deps": {"params.yaml": {"train_lr": "modified"}}}]
-        }
+        assert status == {"train-lr": [{"changed deps": {"params.yaml": {"train_lr": "modified"}}}]}
     finally:
         (root / "params.yaml").write_text(params)
 
