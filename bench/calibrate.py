@@ -207,25 +207,26 @@ def main() -> None:
                     f"| {_spread(r['ba_platt'] - r['ba_05'])} "
                     f"| {r['brier_raw'].mean():.3f} → {r['brier_platt'].mean():.3f} |"
                 )
-    text = "\n".join(
-        [
-            "# Lab calibration: leave-one-site-out, train + val slides only",
-            "",
-            f"Probe fitted on the other sites; {args.repeats} draws per row (seed {args.seed}); "
-            "BA on the site's patches outside each draw; gain = calibrated − 0.5, mean "
-            "[10th, 90th percentile] over draws; refused = draws with one class (0.5 kept); "
-            f"warned = draws with < {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} "
-            "slides, where `glomx calibrate` warns. "
-            f"{time.time() - started:.0f} s.",
-            "",
-            *site_lines,
-            "",
-            *lines,
-            "",
-        ]
+    write_report(
+        "calibrate.md",
+        "Lab calibration: leave-one-site-out, train + val slides only",
+        f"Probe fitted on the other sites; {args.repeats} draws per row (seed {args.seed}); "
+        "BA on the site's patches outside each draw; gain = calibrated − 0.5, mean "
+        "[10th, 90th percentile] over draws; refused = draws with one class (0.5 kept); "
+        f"warned = draws with < {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} "
+        "slides, where `glomx calibrate` warns. "
+        f"{time.time() - started:.0f} s.",
+        site_lines,
+        lines,
     )
+
+
+def write_report(name: str, title: str, intro: str, *tables: list[str]) -> None:
+    """``bench/out/<name>``: a title, one paragraph and the tables; printed as well."""
+    blocks = [f"# {title}", intro, *("\n".join(t) for t in tables)]
+    text = "\n\n".join(blocks) + "\n"
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "calibrate.md").write_text(text)
+    (OUT / name).write_text(text)
     print(text)
 
 

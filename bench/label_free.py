@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from calibrate import OUT, ROOT, SPLIT, _ba, _logit, probe, site_data
+from calibrate import ROOT, SPLIT, _ba, _logit, probe, site_data, write_report
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
@@ -181,26 +181,18 @@ def main() -> None:
     for m in METHODS:
         mean = np.mean([ba[s][m] - ba[s]["0.5"] for s in ba])
         lines.append(f"| {m} | " + " | ".join(c[m] for c in cells.values()) + f" | {mean:+.3f} |")
-    text = "\n".join(
-        [
-            "# Label-free adaptation: leave-one-site-out, train + val slides only",
-            "",
-            "Probe fitted on the other sites; each held-out site's labels are used only to score "
-            "(and by the `true prior` oracle). Cells: balanced accuracy on all the site's "
-            "patches (gain over 0.5 [10th, 90th percentile] over "
-            f"{args.repeats} slide-bootstrap resamples, seed {args.seed}). "
-            f"Training prior {TRAIN_PRIOR} (balanced class weights). "
-            f"{time.time() - started:.0f} s.",
-            "",
-            *prior_lines,
-            "",
-            *lines,
-            "",
-        ]
+    write_report(
+        "label_free.md",
+        "Label-free adaptation: leave-one-site-out, train + val slides only",
+        "Probe fitted on the other sites; each held-out site's labels are used only to score "
+        "(and by the `true prior` oracle). Cells: balanced accuracy on all the site's "
+        "patches (gain over 0.5 [10th, 90th percentile] over "
+        f"{args.repeats} slide-bootstrap resamples, seed {args.seed}). "
+        f"Training prior {TRAIN_PRIOR} (balanced class weights). "
+        f"{time.time() - started:.0f} s.",
+        prior_lines,
+        lines,
     )
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "label_free.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":
