@@ -35,13 +35,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from glomx.calibrate import MIN_PER_CLASS, MIN_SLIDES
+from glomx.config import read
 from glomx.data.adapt import adapt
 from glomx.data.catalogue import FOLDERS
-from glomx.data.images import load_image
+from glomx.data.images import Preprocessing, load_image
 from glomx.data.split import read_split_csv, sites_of
 from glomx.evaluation.metrics import choose_threshold
-from glomx.models.base import Preprocessing
-from glomx.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "artifacts" / "prepared" / "split.csv"
@@ -88,7 +87,7 @@ def site_data(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     x = features([data / FOLDERS[r.label] / r.name for r in rows], params)
     y = np.array([r.label for r in rows])
     slides = np.array([r.slide for r in rows])
-    return x, y, slides, sites_of(slides, params["prepare"]["split"]["site_regex"])
+    return x, y, slides, sites_of(slides, params["prepare"]["site_regex"])
 
 
 def probe() -> Pipeline:
@@ -170,7 +169,7 @@ def main() -> None:
         print(f"{SPLIT.relative_to(ROOT)} not found: run dvc repro prepare first")
         return
     started = time.time()
-    x, y, slides, sites = site_data(load_params(ROOT / "params.yaml"))
+    x, y, slides, sites = site_data(read(ROOT / "params.yaml"))
     sizes = [int(s) for s in args.sizes.split(",")]
     head = ["site", "patches (scl.)", "slides", "AUC", "BA @0.5", "oracle BA"]
     site_lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

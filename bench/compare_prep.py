@@ -21,7 +21,7 @@ import shlex
 import subprocess
 import sys
 
-from glomx.params import section
+from glomx.config import read
 
 METHODS = ("resize", "pad", "center_crop", "crop_min")
 SCORES = ("balanced_accuracy", "roc_auc", "recall", "specificity")
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry:  # rerunning replaces a method's previous experiment
         for method in args.methods:
             subprocess.run(["dvc", "exp", "remove", f"prep-{method}"], capture_output=True)
-    for cmd in commands(args.methods, args.overrides, section("paths")["metrics"]):
+    for cmd in commands(args.methods, args.overrides, read()["paths"]["metrics"]):
         print("$", shlex.join(cmd), flush=True)
         if not args.dry and subprocess.run(cmd).returncode != 0:
             print(f"failed: {shlex.join(cmd)}", file=sys.stderr)

@@ -41,8 +41,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
+from glomx.config import read
 from glomx.evaluation.metrics import choose_threshold
-from glomx.params import load_params
 
 TRAIN_PRIOR = 0.5  # balanced class weights: the weighted training set is half sclerotic
 METHODS = (
@@ -147,7 +147,7 @@ def main() -> None:
         print(f"{SPLIT.relative_to(ROOT)} not found: run dvc repro prepare first")
         return
     started = time.time()
-    x, y, slides, sites = site_data(load_params(ROOT / "params.yaml"))
+    x, y, slides, sites = site_data(read(ROOT / "params.yaml"))
     head = ["site", "patches (scl.)", "true share", "share ≥0.5", "EM prior",
             "BCTS share ≥0.5", "BCTS+EM prior", "BA @0.5", "oracle BA"]  # fmt: skip
     prior_lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

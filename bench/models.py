@@ -45,7 +45,6 @@ row.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import resource
@@ -59,8 +58,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # glomx is imported lazily: the parent process never loads Keras
+    from glomx.data.images import Preprocessing
     from glomx.data.store import ArrayStore
-    from glomx.models.base import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -84,8 +83,12 @@ class Contender:
     scopes: tuple[str, ...] = ("all",)  # where it runs without --only
 
     def section(self, params: dict[str, Any], max_epochs: int | None) -> dict[str, Any]:
-        """The family's params section with the bench's overrides and the ``--epochs`` cap."""
-        section = copy.deepcopy(params[f"train_{self.family}"])
+        """The family's params section (a Keras family's ``fit:`` over ``keras_fit``) with the
+        bench's overrides and the ``--epochs`` cap."""
+        from glomx.config import Params, parse
+        from glomx.models import family_section
+
+        section = family_section(parse(Params, params, ""), self.family).model_dump()
         for dotted, value in self.overrides.items():
             *parts, key = dotted.split(".")
             node = section
@@ -147,13 +150,13 @@ BY_NAME = {c.name: c for c in CONTENDERS}
 
 
 def _params() -> dict[str, Any]:
-    from glomx.params import load_params
+    from glomx.config import read
 
-    return load_params(ROOT / "params.yaml")
+    return read(ROOT / "params.yaml")
 
 
 def _preprocessing(params: dict[str, Any]) -> Preprocessing:
-    from glomx.models.base import Preprocessing
+    from glomx.data.images import Preprocessing
 
     image = params["prepare"]["image"]
     return Preprocessing(image["size"], image["channels"], image["method"], image["fill"])

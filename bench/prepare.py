@@ -40,11 +40,12 @@ def _naive(data: Path) -> int:
 
 
 def _prepare(data: Path) -> int:
-    from glomx.params import load_params
+    from glomx.config import load
     from glomx.pipeline.prepare import prepare  # imported before timing starts, see _measure_one
 
-    params = load_params(ROOT / "params.yaml")["prepare"]
-    params["image"] = {**params["image"], "size": SIZE, "channels": 3, "method": "resize"}
+    params = load(ROOT / "params.yaml").need("prepare")
+    image = params.image.model_copy(update={"size": SIZE, "channels": 3, "method": "resize"})
+    params = params.model_copy(update={"image": image})
     with tempfile.TemporaryDirectory() as tmp:
         counts = prepare(data, Path(tmp) / "prepared", Path(tmp) / "prepare.json", params)
     return counts["total"]

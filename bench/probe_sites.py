@@ -28,11 +28,11 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from glomx.config import read
 from glomx.data.adapt import adapt
 from glomx.data.split import sites_of
 from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
-from glomx.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, C = 224, 0.01
@@ -111,12 +111,12 @@ def main() -> None:
     parser.add_argument("--layers", default="output,block14_expand_relu,block15_expand_relu")
     parser.add_argument("--stains", default="none,macenko,reinhard")
     args = parser.parse_args()
-    params = load_params(ROOT / "params.yaml")
+    params = read(ROOT / "params.yaml")
     prepared = ROOT / params["paths"]["prepared"]
     stores = [ArrayStore(prepared / split) for split in ("train", "val")]
     y = np.concatenate([s.labels for s in stores])
     slides = np.concatenate([np.asarray(s.slides) for s in stores])
-    sites = sites_of(slides, params["evaluate"]["site_regex"])
+    sites = sites_of(slides, params["prepare"]["site_regex"])
     train = stores[0]
     head = f"train + val: {len(y)} crops, {len(set(slides))} slides; probe C = {C}"
     summary = [

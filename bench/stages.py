@@ -29,28 +29,24 @@ WORK = OUT / "stages"
 SYNTH = OUT / "synth-5758"  # written by bench/prepare.py (or here, once)
 
 
-def _params() -> dict[str, Any]:
-    from glomx.params import load_params
+def _params() -> Any:
+    from glomx.pipeline.door import load_config
 
-    return load_params(ROOT / "params.yaml")
+    return load_config(ROOT / "params.yaml")
 
 
-def _paths() -> dict[str, str]:
-    return {
-        "prepared": str(WORK / "prepared"),
-        "augmented": str(WORK / "augmented"),
-        "balanced": str(WORK / "balanced"),
-        "models": str(WORK / "models"),
-        "metrics": str(WORK / "metrics"),
-        "plots": str(WORK / "plots"),
-        "cv": str(WORK / "cv"),
-    }
+def _paths() -> Any:
+    """The project's paths, every output under the bench's work folder."""
+    paths = _params().need("paths")
+    return paths.model_copy(
+        update={k: str(WORK / k) for k in paths.model_fields if k not in ("data", "reports")}
+    )
 
 
 def _child_prepare() -> dict[str, Any]:
     from glomx.pipeline.prepare import prepare
 
-    counts = prepare(SYNTH, WORK / "prepared", WORK / "prepare.json", _params()["prepare"])
+    counts = prepare(SYNTH, WORK / "prepared", WORK / "prepare.json", _params().need("prepare"))
     return {"images": counts["total"]}
 
 
@@ -58,11 +54,14 @@ def _child_augment() -> dict[str, Any]:
     from glomx.data.store import ArrayStore
     from glomx.pipeline.augment import augment_store
 
-    config = _params()["augment"]
+    config = _params().need("augment")
     src = ArrayStore(WORK / "prepared" / "train")
     # ~10,000 images after augmentation, as the original study grew its set
     grow = 10_000 / len(src)
-    config["target"] = {"mode": "multiplier", "per_class": {0: grow, 1: grow}}
+    target = config.target.model_copy(
+        update={"mode": "multiplier", "per_class": {0: grow, 1: grow}}
+    )
+    config = config.model_copy(update={"target": target})
     return {"images": len(augment_store(src, WORK / "augmented", config))}
 
 
@@ -70,24 +69,23 @@ def _child_balance() -> dict[str, Any]:
     from glomx.data.store import ArrayStore
     from glomx.pipeline.balance import balance_store
 
-    summary = balance_store(ArrayStore(WORK / "augmented"), WORK / "balanced", _params()["balance"])
+    balance = _params().need("balance")
+    summary = balance_store(ArrayStore(WORK / "augmented"), WORK / "balanced", balance)
     return {"images": sum(summary["after"].values())}
 
 
 def _child_train_lr() -> dict[str, Any]:
     import os
 
-    from glomx.params import dataclass_from
-    from glomx.pipeline.cv import CVConfig
+    from glomx.models import family_section
     from glomx.pipeline.train import run_training
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
     params = _params()
-    section = params["train_lr"]
-    section["model"] = {"size": 256, "channels": 4}  # the original study's input
-    cfg = dataclass_from(CVConfig, params["cv"], "cv")
-    site_regex = params["prepare"]["split"]["site_regex"]
-    oof = run_training("train-lr", "lr", section, _paths(), cfg, site_regex)["oof"]
+    section = family_section(params, "lr")
+    section = section.model_copy(update={"model": {"size": 256, "channels": 4}})  # the study's
+    site_regex = params.need("prepare").site_regex
+    oof = run_training("train-lr", "lr", section, _paths(), params.need("cv"), site_regex)["oof"]
     return {
         "oof_roc_auc": oof["roc_auc"]["value"],
         "oof_balanced_accuracy": oof["balanced_accuracy"]["value"],
@@ -95,10 +93,11 @@ def _child_train_lr() -> dict[str, Any]:
 
 
 def _cnn(size: int):
-    from glomx.models.base import Preprocessing
+    from glomx.data.images import Preprocessing
+    from glomx.models import family_section
     from glomx.models.cnn import CNNClassifier
 
-    section = _params()["train_cnn"]
+    section = family_section(_params(), "cnn").model_dump()
     clf = CNNClassifier.from_params(section, Preprocessing(size, 3, "pad", "white"))
     model = clf.build_model()
     model.compile(

@@ -16,6 +16,7 @@ It imports nothing from glomx, so every layer may use it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _TOKEN_BYTES = 4
 # a temporary sibling, or a file inside a temporary folder
@@ -122,3 +124,10 @@ def replacing(*targets: Path, directory: bool = False) -> Iterator[tuple[Path, .
     finally:
         for temporary in temporaries:
             discard(temporary)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path`` (folders made), replacing it only once complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as (temporary,):
+        temporary.write_text(json.dumps(data, indent=2) + "\n")

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
-from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, Preprocessing, load_image
 from glomx.evaluation.prevalence import (
     ClassifierAccuracy,
     SlidePrevalence,
@@ -32,7 +32,7 @@ from glomx.evaluation.prevalence import (
 from glomx.evaluation.scoring import predict_batch
 from glomx.files import escaped, replacing
 from glomx.models import load_classifier
-from glomx.models.base import Classifier, Preprocessing
+from glomx.models.base import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,9 @@ def write_slide_summary(
 def slide_regex_from(params_file: Path) -> str:
     """``prepare.slide_regex`` of a params file when there is one, else the default."""
     if params_file.is_file():
-        from glomx.params import load_params
+        from glomx.config import read
 
-        regex = load_params(params_file).get("prepare", {}).get("slide_regex")
+        regex = read(params_file).get("prepare", {}).get("slide_regex")
         if regex:
             return regex
     return DEFAULT_SLIDE_REGEX

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from synthetic_images import SIZE, images_for, write_png
 
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.models import load_classifier
-from glomx.models.base import Preprocessing
 from glomx.models.logistic import LogisticClassifier
 from glomx.tracking import stage_run
 

@@ -9,12 +9,21 @@ from pathlib import Path
 
 import numpy as np
 
+from glomx.config import CV, Paths, read
 from glomx.data.catalogue import Record
+from glomx.data.images import Preprocessing
 from glomx.data.split import assign_folds, write_split_csv
 from glomx.data.store import StoreWriter
-from glomx.models.base import Preprocessing
 
+REPO = Path(__file__).resolve().parents[1]
 PRE = Preprocessing(size=24, channels=3, method="pad", fill="white")
+TEST_CV = CV.model_validate(
+    {
+        **read(REPO / "params.yaml")["cv"],
+        "cpus_per_trial": 1,
+        "bootstrap": {"n_resamples": 200, "confidence": 0.95, "seed": 0},
+    }
+)
 SITE_REGEX = "^(?P<site>[^_-]+)"
 SLIDES = [f"{site}_{i}" for site in ("SAS", "SESCAM", "VUHSK") for i in range(4)]
 
@@ -61,3 +70,8 @@ def cv_layout(root: Path, per_slide: int = 6, folds: int = 3) -> dict[str, str]:
         slides + slides,
     )
     return paths
+
+
+def typed(paths: dict[str, str]) -> Paths:
+    """``paths`` over the repository's, as a stage gets them from params.yaml."""
+    return Paths.model_validate({**read(REPO / "params.yaml")["paths"], **paths})

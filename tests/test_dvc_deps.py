@@ -96,7 +96,7 @@ def dep_problems(
     root: Path, stage: str, spec: Mapping[str, Any], families: Mapping[str, str]
 ) -> list[str]:
     """What is wrong with one stage's code deps; empty when they match its imports exactly."""
-    script = spec["cmd"].split()[-1]
+    script = next(w for w in spec["cmd"].split() if w.startswith("stages/"))
     needed = {
         f
         for f in closure(root, script, *family_files(root, stage, families))

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from glomx.cli import main
+from glomx.config import Prepare, read
 from glomx.data.catalogue import FOLDERS, CatalogueError, read_catalogue
 from glomx.data.store import StoreWriter
 from glomx.data.synth import make_dataset
-from glomx.params import load_params
 from glomx.pipeline.prepare import prepare
 from glomx.predict import ESCAPED_NOTE, collect_files, load_model, predict_files
 from glomx.stage_main import DEBUG_ENV, stage_main
@@ -72,13 +72,13 @@ def test_prepare_reports_a_non_utf8_file_name_escaped(synth_data: Path, tmp_path
     shutil.copy(
         next((data / FOLDERS[0]).iterdir()), os.fsdecode(bytes(data / FOLDERS[0]) + b"/" + RAW_NAME)
     )
-    params = copy.deepcopy(load_params(REPO / "params.yaml")["prepare"])
+    params = copy.deepcopy(read(REPO / "params.yaml")["prepare"])
     params["image"]["size"], params["workers"] = 16, 1
     with pytest.raises(CatalogueError, match=r"SAS_\\xff-7\.png: .*not valid UTF-8") as err:
-        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+        prepare(data, tmp_path / "p", tmp_path / "p.json", Prepare.model_validate(params))
     str(err.value).encode("utf-8")  # printable anywhere
     params["policy"]["unlisted_file"] = "skip"
-    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
+    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", Prepare.model_validate(params))
     assert counts["skipped"] == 1
     (row,) = _rows(tmp_path / "q" / "problems.csv")
     assert (row["kind"], row["name"]) == ("unlisted_file", SHOWN)

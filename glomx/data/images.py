@@ -36,16 +36,13 @@ import io
 import struct
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from glomx.errors import GlomxError
-
-if TYPE_CHECKING:
-    from glomx.models.base import Preprocessing
 
 DEFAULT_MAX_PIXELS = 40_000_000
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
@@ -299,6 +296,17 @@ def image_size(source: bytes) -> tuple[int, int] | None:
                 return im.size
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, struct.error):
         return None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw image file becomes a prepared array: prepare's image params, which a saved
+    model carries so that predict and serve homogenise new files exactly as training did."""
+
+    size: int
+    channels: int
+    method: str
+    fill: str
 
 
 def load_image(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
+from glomx.config import TRAIN_PREFIX, Params, ParamsError, TrainSection, parse
 from glomx.models.base import Classifier, ModelMeta
 from glomx.models.mean import MEMBERS, MeanClassifier
 
@@ -24,6 +25,24 @@ def family_class(family: str) -> type[Classifier]:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
     module, name = FAMILIES[family].split(":")
     return getattr(import_module(module), name)
+
+
+def family_section(params: Params, family: str) -> TrainSection:
+    """``train_<family>`` with its ``model:`` and ``fit:`` checked by the family's own types;
+    a Keras family's ``fit:`` over the shared ``keras_fit`` values."""
+    where = f"{TRAIN_PREFIX}{family}"
+    if family not in FAMILIES:
+        raise ParamsError(
+            f"params.yaml: {where} names no model family; known: {', '.join(FAMILIES)}"
+        )
+    section: TrainSection = params.need(where)
+    cls = family_class(family)
+    if cls.keras_fit:
+        parse(cls.fit_config_class, params.keras_fit, "keras_fit")
+        section = section.model_copy(update={"fit": {**params.keras_fit, **section.fit}})
+    parse(cls.config_class, section.model, f"{where}.model")
+    parse(cls.fit_config_class, section.fit, f"{where}.fit")
+    return section
 
 
 def load_classifier(directory: str | Path) -> Classifier:

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from glomx.config import Section
 from glomx.data.adapt import adapt
+from glomx.data.images import Preprocessing
 from glomx.data.stain import StainNormalizer
 from glomx.data.store import ArrayStore
 
 META_FILE = "glomx.json"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a raw image file becomes a prepared array: the prepare stage's image params."""
-
-    size: int
-    channels: int
-    method: str
-    fill: str
 
 
 @dataclass
@@ -57,30 +50,59 @@ class ModelMeta:
         return cls(**raw)
 
 
+EpochHook = Callable[[dict[str, float]], None]  # one epoch's (or candidate's) scores
+
+
 class Classifier(ABC):
-    """Binary classifier: P(globally sclerotic) from uint8 image batches."""
+    """Binary classifier: P(globally sclerotic) from uint8 image batches, scikit-learn-shaped:
+    :meth:`fit` returns the fitted classifier, its per-epoch scores are ``history_``."""
 
     family: ClassVar[str]
+    config_class: ClassVar[type[Section]]  # the ``model:`` part of ``train_<family>``
+    fit_config_class: ClassVar[type[Section]]  # the ``fit:`` part
+    keras_fit: ClassVar[bool] = False  # its ``fit:`` starts from params.yaml's ``keras_fit``
     native_flavor: ClassVar[str | None] = None  # MLflow flavor of native_model(), if any
-    live_history: ClassVar[bool] = False  # fit() logs epochs through Keras callbacks itself
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
+        self.history_: dict[str, list[float]] = {}
 
     @classmethod
     @abstractmethod
-    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Classifier:
-        """An unfitted classifier from its stage's params section (``model:`` and ``fit:``)."""
+    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Classifier:
+        """An unfitted classifier from its ``model:`` and ``fit:`` params (typed by
+        :attr:`config_class` and :attr:`fit_config_class`; other keys are ignored)."""
 
-    @abstractmethod
     def fit(
         self,
         train: ArrayStore,
         val: ArrayStore,
         class_weight: dict[int, float] | None = None,
-        callbacks: list[Any] | None = None,
+        on_epoch: EpochHook | None = None,
+    ) -> Self:
+        """Train on ``train``; epochs, early stopping or C are chosen on ``val``. Each epoch's
+        scores go to ``on_epoch`` as they come and into ``history_``."""
+        self.history_ = self._fit(train, val, class_weight, on_epoch or (lambda scores: None))
+        weights = {str(k): float(v) for k, v in class_weight.items()} if class_weight else None
+        self.meta.extra["class_weight"] = weights  # as glomx.json keeps it
+        return self
+
+    @abstractmethod
+    def _fit(
+        self,
+        train: ArrayStore,
+        val: ArrayStore,
+        class_weight: dict[int, float] | None,
+        on_epoch: EpochHook,
     ) -> dict[str, list[float]]:
-        """Train on ``train``, select/stop on ``val``; returns per-epoch history."""
+        """The family's training; returns the per-epoch history."""
+
+    def set_threshold(self, threshold: float) -> Self:
+        """Predict class 1 from ``threshold`` on (saved with the model)."""
+        if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+            raise ValueError(f"a threshold must be a probability in [0, 1], got {threshold}")
+        self.meta.threshold = float(threshold)
+        return self
 
     @abstractmethod
     def predict_proba(self, images: np.ndarray) -> np.ndarray:

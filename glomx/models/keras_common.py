@@ -14,58 +14,49 @@ without improvement. The best weights are restored when fitting ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import zipfile
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import keras
 import numpy as np
+from pydantic import Field
 
+from glomx.config import Section, parse
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
-from glomx.models.base import Classifier, ModelMeta, Preprocessing
-from glomx.params import dataclass_from
+from glomx.models.base import Classifier, EpochHook, ModelMeta
 
 MODEL_FILE = "model.keras"
-MONITORS = ("balanced_accuracy", "auc")
-LR_SCHEDULES = ("cosine", "plateau", "constant")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FitConfig:
-    """Training settings shared by the Keras families (the ``fit:`` part of their params)."""
+class FitConfig(Section):
+    """Training settings shared by the Keras families (the ``fit:`` part of their params,
+    over the ``keras_fit`` defaults)."""
 
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"  # cosine | plateau | constant
-    monitor: str = "balanced_accuracy"  # validation metric for early stopping and best weights
-    patience: int = 8  # epochs without improvement before a phase stops
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    monitor: Literal["balanced_accuracy", "auc"] = (
+        "balanced_accuracy"  # early stopping, best weights
+    )
+    patience: int = Field(8, ge=1)  # epochs without improvement before a phase stops
     dihedral: bool = True  # random rot90 × flip per image and epoch
-    color_jitter: float = 0.1  # per-channel gain drawn from [1 - j, 1 + j]; 0 = off
+    color_jitter: float = Field(0.1, ge=0, lt=1)  # per-channel gain in [1 - j, 1 + j]; 0 = off
     jit_compile: bool = True  # XLA; faster on CPU (see the family docstrings)
     mixed_precision: bool = False  # float16 compute: slower on CPU, faster on recent GPUs
-    workers: int = 1  # PyDataset worker threads
+    workers: int = Field(1, ge=1)  # PyDataset worker threads
     seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-        if min(self.epochs, self.batch_size, self.patience, self.workers) < 1:
-            raise ValueError("epochs, batch_size, patience and workers must be at least 1")
-        if not 0 <= self.color_jitter < 1:
-            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
 
 
 @dataclass(frozen=True)
@@ -224,15 +215,14 @@ def dtype_policy(mixed_precision: bool) -> Iterator[None]:
 class KerasClassifier(Classifier):
     """A Keras model behind the Classifier contract.
 
-    Subclasses give a ``config_class`` (a frozen dataclass of model settings with ``size``),
+    Subclasses give a ``config_class`` (a :class:`~glomx.config.Section` with ``size``),
     :meth:`build_model` and, to train in several phases, :meth:`phases`.
     """
 
-    config_class: ClassVar[type]
-    fit_config_class: ClassVar[type] = FitConfig  # the ``fit:`` part of the params
+    fit_config_class: ClassVar[type[Section]] = FitConfig
+    keras_fit: ClassVar[bool] = True
     channels: ClassVar[int | None] = None  # fixed input channels, or None to read the config
     native_flavor: ClassVar[str] = "keras"  # MLflow flavor of :meth:`native_model`
-    live_history: ClassVar[bool] = True  # fit() takes Keras callbacks that log every epoch
 
     def __init__(
         self, meta: ModelMeta, fit_config: FitConfig, config: Any, model: keras.Model | None = None
@@ -245,17 +235,18 @@ class KerasClassifier(Classifier):
     @classmethod
     def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        config = dataclass_from(cls.config_class, params.get("model") or {}, f"{cls.family}.model")
-        fit_config = dataclass_from(
-            cls.fit_config_class, params.get("fit") or {}, f"{cls.family}.fit"
-        )
+        config = parse(cls.config_class, params.get("model"), f"train_{cls.family}.model")
+        fit_config = parse(cls.fit_config_class, params.get("fit"), f"train_{cls.family}.fit")
         meta = ModelMeta(
             family=cls.family,
             size=config.size,
             channels=cls.channels or config.channels,
             preprocessing=preprocessing,
             # through JSON, so the meta equals its saved-and-loaded self (tuples become lists)
-            extra=json.loads(json.dumps({"model": asdict(config), "fit": asdict(fit_config)})),
+            extra={
+                "model": config.model_dump(mode="json"),
+                "fit": fit_config.model_dump(mode="json"),
+            },
         )
         return cls(meta, fit_config, config)
 
@@ -276,12 +267,12 @@ class KerasClassifier(Classifier):
             Phase("train", self.fit_config.epochs, self.fit_config.learning_rate, train_everything)
         ]
 
-    def fit(
+    def _fit(
         self,
         train: ArrayStore,
         val: ArrayStore,
-        class_weight: dict[int, float] | None = None,
-        callbacks: list[Any] | None = None,
+        class_weight: dict[int, float] | None,
+        on_epoch: EpochHook,
     ) -> dict[str, list[float]]:
         cfg = self.fit_config
         if len(set(val.labels.tolist())) < 2:
@@ -298,6 +289,7 @@ class KerasClassifier(Classifier):
         )
         weights = {int(k): float(v) for k, v in class_weight.items()} if class_weight else None
         history: dict[str, list[float]] = {}
+        report = keras.callbacks.LambdaCallback(on_epoch_end=lambda _, logs: on_epoch(logs or {}))
         epoch = 0
         for phase in self.phases():
             phase.set_trainable(model)
@@ -317,7 +309,7 @@ class KerasClassifier(Classifier):
                 epochs=epoch + phase.epochs,
                 initial_epoch=epoch,
                 class_weight=weights,
-                callbacks=[monitor, *(callbacks or []), *self._plateau(phase)],
+                callbacks=[monitor, report, *self._plateau(phase)],
                 shuffle=False,  # StoreSequence shuffles per epoch from the seed
                 verbose=2,
             )
@@ -389,6 +381,6 @@ class KerasClassifier(Classifier):
             model = keras.saving.load_model(path, compile=False)
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise CorruptModelError(path, cls.family, f"{type(err).__name__}: {err}") from err
-        config = dataclass_from(cls.config_class, meta.extra["model"], f"{path} model")
-        fit_config = dataclass_from(cls.fit_config_class, meta.extra["fit"], f"{path} fit")
+        config = parse(cls.config_class, meta.extra["model"], "model", str(path))
+        fit_config = parse(cls.fit_config_class, meta.extra["fit"], "fit", str(path))
         return cls(meta, fit_config, config, model)

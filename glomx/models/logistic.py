@@ -37,55 +37,43 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import joblib
 import numpy as np
+from pydantic import Field
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from glomx.config import Section, parse
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
-from glomx.models.base import Classifier, ModelMeta, Preprocessing
-from glomx.params import dataclass_from
+from glomx.models.base import Classifier, EpochHook, ModelMeta
 
 PIPELINE_FILE = "pipeline.joblib"
 BATCH_VALUES = 2**22  # pixel values per batch: 16 MiB of float32 features
-SELECT = ("val_loss", "val_auc", "val_balanced_accuracy", "last")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class LRModel:
+class LRModel(Section):
     """Input of the model (the ``model:`` part of ``train_lr`` in params.yaml)."""
 
-    size: int = 32  # prepared images are resized to size×size before flattening
-    channels: int = 3  # 3 = RGB, 4 = RGBA (the original study: 256×256×4)
-
-    def __post_init__(self) -> None:
-        if self.size < 1 or self.channels not in (3, 4):
-            raise ValueError(f"need size ≥ 1 and channels 3 or 4, got {self.size}, {self.channels}")
+    size: int = Field(32, ge=1)  # prepared images are resized to size×size before flattening
+    channels: Literal[3, 4] = 3  # 3 = RGB, 4 = RGBA (the original study: 256×256×4)
 
 
-@dataclass(frozen=True)
-class LRFit:
+class LRFit(Section):
     """Optimisation (the ``fit:`` part of ``train_lr``)."""
 
-    epochs: int = 10  # passes of SGD over the training store
-    alpha: float = 1.0  # L2 penalty on standardised pixels
+    epochs: int = Field(10, ge=1)  # passes of SGD over the training store
+    alpha: float = Field(1.0, gt=0)  # L2 penalty on standardised pixels
     average: bool = False  # averaged SGD (ASGD)
-    select: str = "val_auc"  # epoch kept: best on this validation score, or the last one
+    select: Literal["val_loss", "val_auc", "val_balanced_accuracy", "last"] = "val_auc"
     seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.alpha <= 0:
-            raise ValueError(f"need epochs ≥ 1 and alpha > 0, got {self.epochs}, {self.alpha}")
-        if self.select not in SELECT:
-            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
 
 
 def _prefetched(items: Iterator[T]) -> Iterator[T]:
@@ -104,6 +92,8 @@ class LogisticClassifier(Classifier):
 
     family = "lr"
     native_flavor: ClassVar[str] = "sklearn"
+    config_class = LRModel
+    fit_config_class = LRFit
 
     def __init__(
         self, meta: ModelMeta, fit_config: LRFit, pipeline: Pipeline | None = None
@@ -115,14 +105,14 @@ class LogisticClassifier(Classifier):
     @classmethod
     def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        model = dataclass_from(LRModel, params.get("model"), "train_lr.model")
-        fit = dataclass_from(LRFit, params.get("fit"), "train_lr.fit")
+        model = parse(LRModel, params.get("model"), "train_lr.model")
+        fit = parse(LRFit, params.get("fit"), "train_lr.fit")
         meta = ModelMeta(
             family=cls.family,
             size=model.size,
             channels=model.channels,
             preprocessing=preprocessing,
-            extra={"model": asdict(model), "fit": asdict(fit)},
+            extra={"model": model.model_dump(mode="json"), "fit": fit.model_dump(mode="json")},
         )
         return cls(meta, fit)
 
@@ -152,15 +142,14 @@ class LogisticClassifier(Classifier):
             x /= scale
             yield x, store.labels[idx]
 
-    def fit(
+    def _fit(
         self,
         train: ArrayStore,
         val: ArrayStore,
-        class_weight: dict[int, float] | None = None,
-        callbacks: list[Any] | None = None,
+        class_weight: dict[int, float] | None,
+        on_epoch: EpochHook,
     ) -> dict[str, list[float]]:
-        """Scaler pass, then ``epochs`` SGD passes; keeps the best epoch on validation.
-        ``callbacks`` are Keras callbacks and do not apply: the history is returned."""
+        """Scaler pass, then ``epochs`` SGD passes; keeps the best epoch on validation."""
         cfg, batch = self.fit_config, self._batch()
         if len(train) == 0 or len(set(val.labels.tolist())) < 2:
             raise ValueError(
@@ -187,6 +176,7 @@ class LogisticClassifier(Classifier):
                 w = None if weights is None else weights[y]
                 sgd.partial_fit(x, y, classes=[0, 1], sample_weight=w)
             scores = epoch_scores(val.labels, self.predict_store(val, batch))
+            on_epoch(scores)
             for key, value in scores.items():
                 history.setdefault(key, []).append(value)
             score = epoch if cfg.select == "last" else scores[cfg.select]
@@ -225,7 +215,7 @@ class LogisticClassifier(Classifier):
         path = directory / PIPELINE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: not a saved lr model")
-        fit = dataclass_from(LRFit, meta.extra.get("fit"), f"{directory / 'glomx.json'} fit")
+        fit = parse(LRFit, meta.extra.get("fit"), "fit", str(directory / "glomx.json"))
         try:
             pipeline = joblib.load(path)
         except Exception as err:  # unpickling damaged bytes can fail with any exception type

@@ -15,14 +15,15 @@ evaluated through the one :class:`~glomx.models.base.Classifier` contract, uncha
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
-from glomx.models.base import Classifier, ModelMeta, Preprocessing
+from glomx.models.base import Classifier, EpochHook, ModelMeta
 
 MEMBERS = "members"  # key of meta.extra naming the member subdirectories, in order
 
@@ -59,15 +60,15 @@ class MeanClassifier(Classifier):
         return cls(meta, list(members.values()))
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
+    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
         raise TypeError("a mean model is built from fitted members (MeanClassifier.of), not params")
 
-    def fit(
+    def _fit(
         self,
         train: ArrayStore,
         val: ArrayStore,
-        class_weight: dict[int, float] | None = None,
-        callbacks: list[Any] | None = None,
+        class_weight: dict[int, float] | None,
+        on_epoch: EpochHook,
     ) -> dict[str, list[float]]:
         raise TypeError("a mean model is not fitted: its members are (glomx.pipeline.cv)")
 

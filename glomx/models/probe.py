@@ -26,63 +26,61 @@ import logging
 import math
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, ClassVar
+from typing import Annotated, Literal
 
 import keras
 import numpy as np
 from keras import layers
+from pydantic import Field, field_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from glomx.config import ParamsError, Section
 from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
 from glomx.models.backbones import BACKBONES, block_of, load_backbone
+from glomx.models.base import EpochHook
 from glomx.models.keras_common import KerasClassifier
-from glomx.params import ParamsError
 
-SELECT = ("log_loss", "auc", "balanced_accuracy")
 OUTPUT = "output"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(Section):
     """The frozen feature extractor (the ``model:`` part of ``train_probe``)."""
 
     backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
     layer: str = OUTPUT  # the backbone layer whose activations are pooled; output = its last
-    size: int = 224  # input side
+    size: int = Field(224, ge=32)  # input side
     weights: str = "imagenet"  # imagenet | path to a .weights.h5 of the backbone
 
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.weights == "none":
-            raise ValueError(
-                "a linear probe on random features is meaningless; use weights: imagenet"
-            )
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(f"must be one of {', '.join(BACKBONES)}")
+        return name
+
+    @field_validator("weights")
+    @classmethod
+    def _pretrained(cls, weights: str) -> str:
+        if weights == "none":
+            raise ValueError("a linear probe on random features is meaningless; use imagenet")
+        return weights
 
 
-@dataclass(frozen=True)
-class ProbeFit:
+class ProbeFit(Section):
     """The logistic regression and its selection (the ``fit:`` part of ``train_probe``)."""
 
-    C: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)  # inverse L2 strength, candidates
-    select: str = "log_loss"  # validation score that picks C: log_loss | auc | balanced_accuracy
-    views: int = 1  # dihedral views per training image (1 = as stored, up to 8)
-    batch_size: int = 32
-    max_iter: int = 2000
+    C: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        (0.001, 0.003, 0.01, 0.03, 0.1), min_length=1
+    )  # inverse L2 strength, candidates
+    select: Literal["log_loss", "auc", "balanced_accuracy"] = "log_loss"  # picks C
+    views: int = Field(1, ge=1, le=8)  # dihedral views per training image (1 = as stored)
+    batch_size: int = Field(32, ge=1)
+    max_iter: int = Field(2000, ge=1)
     seed: int = 42
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "C", tuple(float(c) for c in self.C))
-        if not self.C or min(self.C) <= 0:
-            raise ValueError(f"C needs at least one positive candidate, got {self.C}")
-        if self.select not in SELECT:
-            raise ValueError(f"select must be one of {SELECT}, got {self.select!r}")
-        if not 1 <= self.views <= 8:
-            raise ValueError(f"views must be 1..8, got {self.views}")
 
 
 @dataclass
@@ -133,8 +131,8 @@ class ProbeClassifier(KerasClassifier):
     family = "probe"
     config_class = ProbeConfig
     fit_config_class = ProbeFit
+    keras_fit = False  # its fit: is a logistic regression's, not a Keras schedule
     channels = 3
-    live_history: ClassVar[bool] = False
 
     def build_model(self) -> keras.Model:
         cfg = self.config
@@ -156,15 +154,15 @@ class ProbeClassifier(KerasClassifier):
                 labels.append(store.labels[start : start + len(chunk)])
         return np.concatenate(feats), np.concatenate(labels)
 
-    def fit(
+    def _fit(
         self,
         train: ArrayStore,
         val: ArrayStore,
-        class_weight: dict[int, float] | None = None,
-        callbacks: list[Any] | None = None,
+        class_weight: dict[int, float] | None,
+        on_epoch: EpochHook,
     ) -> dict[str, list[float]]:
         """Features once, then one logistic regression per C; keeps the best on validation.
-        ``callbacks`` are Keras callbacks and do not apply: the history (one step per C)."""
+        The history has one step per C."""
         cfg = self.fit_config
         if len(train) == 0 or len(set(val.labels.tolist())) < 2:
             raise ValueError(
@@ -183,6 +181,7 @@ class ProbeClassifier(KerasClassifier):
             lr = LogisticRegression(C=c, class_weight=weights, max_iter=cfg.max_iter)
             lr.fit(z_train, y_train)
             candidates.append(Candidate(c, epoch_scores(val.labels, lr.predict_proba(z_val)[:, 1])))
+            on_epoch({**candidates[-1].scores, "C": c})
             fitted.append(lr)
         best = max(range(len(candidates)), key=lambda i: candidates[i].key(cfg.select))
         self._fold(scaler, fitted[best])

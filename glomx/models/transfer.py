@@ -21,14 +21,16 @@ images/s at 128 px.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Self
 
 import keras
 from keras import layers
+from pydantic import Field, field_validator
 
+from glomx.config import Section
+from glomx.data.images import Preprocessing
 from glomx.models.backbones import BACKBONES, block_of, load_backbone
-from glomx.models.base import ModelMeta, Preprocessing
+from glomx.models.base import ModelMeta
 from glomx.models.keras_common import (
     FitConfig,
     KerasClassifier,
@@ -40,37 +42,34 @@ from glomx.models.keras_common import (
 BN_MOMENTUM_RANDOM_INIT = 0.9
 
 
-@dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(Section):
     """Backbone and fine-tuning settings (the ``model:`` part of ``train_mobilenet``)."""
 
     backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
-    size: int = 224  # input side
+    size: int = Field(224, ge=32)  # input side
     weights: str = "imagenet"  # imagenet | none | path to a .weights.h5 of the backbone
     fallback: bool = False  # imagenet unavailable → warn and train from random init
-    dropout: float = 0.2
-    finetune_blocks: int = 3  # blocks unfrozen in phase 2 (counted from the top, head included)
-    finetune_epochs: int = 4  # phase 2 length; 0 = head only
-    finetune_learning_rate: float = 1e-4
+    dropout: float = Field(0.2, ge=0, lt=1)
+    finetune_blocks: int = Field(3, ge=0)  # blocks unfrozen in phase 2 (from the top, head too)
+    finetune_epochs: int = Field(4, ge=0)  # phase 2 length; 0 = head only
+    finetune_learning_rate: float = Field(1e-4, gt=0)
 
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.size < 32:
-            raise ValueError(f"{self.backbone} needs inputs of at least 32 px, got {self.size}")
-        if self.finetune_blocks < 0 or self.finetune_epochs < 0:
-            raise ValueError("finetune_blocks and finetune_epochs must be ≥ 0")
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(f"must be one of {', '.join(BACKBONES)}")
+        return name
 
 
-@dataclass(frozen=True)
 class ResNetConfig(TransferConfig):
     """``train_resnet``'s ``model:``: ResNet-50 at 128 px, random-init fallback allowed."""
 
     backbone: str = "resnet50"
-    size: int = 128
+    size: int = Field(128, ge=32)
     fallback: bool = True
-    dropout: float = 0.3
-    finetune_learning_rate: float = 1e-5
+    dropout: float = Field(0.3, ge=0, lt=1)
+    finetune_learning_rate: float = Field(1e-5, gt=0)
 
 
 def build_transfer(config: TransferConfig, backbone: keras.Model, pretrained: bool) -> keras.Model:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,19 +31,12 @@ from matplotlib.figure import Figure
 from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import AffineTransform, warp
 
+from glomx.config import Augment, AugmentOps, AugmentTarget, Params, parse
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import GlomxError
 from glomx.evaluation.metrics import CLASS_NAMES
+from glomx.tracking import stage_run
 
-OPS: dict[str, tuple[str, ...]] = {
-    "dihedral": (),
-    "rotate": ("degrees",),
-    "shear": ("degrees",),
-    "zoom": ("factor",),
-    "brightness": ("delta",),
-    "contrast": ("factor",),
-    "stain": ("scale", "shift"),
-}
 GEOMETRIC = ("rotate", "shear", "zoom")
 _N_UNIFORM = 11  # rotate, shear, zoom, brightness, contrast, 3 stain scales, 3 stain shifts
 
@@ -55,27 +48,16 @@ class AugmentError(GlomxError, ValueError):
     """Invalid augment params or an input store that cannot be augmented."""
 
 
-def parse_ops(ops: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The enabled operations and their strengths, validated against :data:`OPS`."""
-    unknown = set(ops) - set(OPS)
-    if unknown:
-        raise AugmentError(
-            f"params.yaml augment.ops: unknown operation(s) {sorted(unknown)}; known: {list(OPS)}"
-        )
-    enabled: dict[str, dict[str, float]] = {}
-    for name, spec in ops.items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("enabled"), bool):
-            raise AugmentError(f"params.yaml augment.ops.{name} needs `enabled: true|false`")
-        if not spec["enabled"]:
-            continue
-        missing = [key for key in OPS[name] if key not in spec]
-        if missing:
-            raise AugmentError(f"params.yaml augment.ops.{name} lacks {missing}")
-        values = {key: float(spec[key]) for key in OPS[name]}
-        if any(v < 0 for v in values.values()):
-            raise AugmentError(f"params.yaml augment.ops.{name}: strengths must be >= 0")
-        enabled[name] = values
-    return enabled
+def parse_ops(ops: AugmentOps | Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The enabled operations and their strengths (``ops`` as params.yaml or a store's
+    manifest has them, or already typed)."""
+    if not isinstance(ops, AugmentOps):
+        ops = parse(AugmentOps, ops, "augment.ops")
+    return {
+        name: {k: float(v) for k, v in op.model_dump().items() if k != "enabled"}
+        for name, op in ops
+        if op.enabled
+    }
 
 
 def dihedral(img: np.ndarray, k: int) -> np.ndarray:
@@ -153,30 +135,22 @@ def augment_image(
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def _class_target(per_class: dict[Any, Any], label: int) -> float:
-    for key in (label, str(label)):
-        if key in per_class:
-            return float(per_class[key])
-    raise AugmentError(f"params.yaml augment.target.per_class has no entry for class {label}")
-
-
-def copies_per_image(labels: np.ndarray, target: dict[str, Any], seed: int) -> np.ndarray:
+def copies_per_image(labels: np.ndarray, target: AugmentTarget, seed: int) -> np.ndarray:
     """How many augmented copies each original gets, meeting ``target`` per class exactly.
 
-    ``target = {"mode": "multiplier" | "count", "per_class": {label: value}}``: a multiplier
-    makes ``round(n * value)`` images of a class (originals included), a count makes exactly
-    ``value``. Augmentation only adds images, so a target below the originals is an error.
+    ``target.mode`` multiplier makes ``round(n * value)`` images of a class (originals
+    included), count makes exactly ``value``, with ``value`` from ``target.per_class``.
+    Augmentation only adds images, so a target below the originals is an error.
     """
-    mode = target.get("mode")
-    if mode not in ("multiplier", "count"):
-        raise AugmentError(
-            f"params.yaml augment.target.mode must be multiplier or count, got {mode!r}"
-        )
     copies = np.zeros(len(labels), dtype=np.int64)
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
-        value = _class_target(target.get("per_class") or {}, int(label))
-        total = round(len(rows) * value) if mode == "multiplier" else int(value)
+        if int(label) not in target.per_class:
+            raise AugmentError(
+                f"params.yaml augment.target.per_class has no entry for class {int(label)}"
+            )
+        value = target.per_class[int(label)]
+        total = round(len(rows) * value) if target.mode == "multiplier" else int(value)
         extra = total - len(rows)
         if extra < 0:
             raise AugmentError(
@@ -225,26 +199,26 @@ def _in_order(fn: Callable[[T], R], tasks: Iterable[T], workers: int) -> Iterato
             yield pending.popleft().result()
 
 
-def augment_store(src: ArrayStore, out: str | Path, params: dict[str, Any]) -> ArrayStore:
+def augment_store(src: ArrayStore, out: str | Path, params: Augment) -> ArrayStore:
     """Write originals plus augmented copies of ``src`` to a new store at ``out``."""
     kind = src.data_kind
-    ops = parse_ops(params["ops"])
-    seed = int(params["seed"])
-    copies = copies_per_image(src.labels, params["target"], seed)
+    ops = parse_ops(params.ops)
+    seed = params.seed
+    copies = copies_per_image(src.labels, params.target, seed)
     if copies.any() and not ops:
         raise AugmentError(
             "params.yaml augment.ops enables no operation, so copies would be duplicates"
         )
-    chunk_size = int(params["chunk_size"])
+    chunk_size = params.chunk_size
     tasks = (
         _Chunk(images, start, copies[start : start + len(images)], ops, seed)
         for start, images in src.iter_chunks(chunk_size)
     )
-    meta = {"image": src.params.get("image"), "augment": params}
+    meta = {"image": src.params.get("image"), "augment": params.model_dump()}
     with StoreWriter(out, src.image_shape, meta, src.manifest.get("source_hash")) as writer:
         for start, images in zip(
             range(0, len(src), chunk_size),
-            _in_order(_augment_chunk, tasks, int(params["workers"])),
+            _in_order(_augment_chunk, tasks, params.workers),
             strict=True,
         ):
             labels, names, slides = [], [], []
@@ -259,9 +233,10 @@ def augment_store(src: ArrayStore, out: str | Path, params: dict[str, Any]) -> A
 
 def describe_ops(ops: dict[str, dict[str, float]]) -> str:
     """``dihedral, rotate ±15°, zoom ±0.08, stain scale ±0.05 shift ±0.005`` for the
-    enabled operations from :func:`parse_ops`, in the order of :data:`OPS`."""
+    enabled operations from :func:`parse_ops`, in the order of :class:`AugmentOps`."""
     parts = []
-    for name, values in sorted(ops.items(), key=lambda item: list(OPS).index(item[0])):
+    order = list(AugmentOps.model_fields)
+    for name, values in sorted(ops.items(), key=lambda item: order.index(item[0])):
         words = [name]
         for key, value in values.items():
             if key == "degrees":
@@ -321,3 +296,23 @@ def grid_figure(store: ArrayStore, per_class: int = 3, copies: int = 4) -> Figur
                     ax.set_title("original" if c == 0 else f"copy {c}", fontsize=10)
             axes[r, 0].set_ylabel(store.slides[indices[0]], fontsize=9)
     return fig
+
+
+def run(params: Params) -> str:
+    """The augment stage: the training store grown, a grid of examples (plot and MLflow), and
+    its MLflow run; returns its summary."""
+    paths, config = params.need("paths"), params.need("augment")
+    src = ArrayStore(Path(paths.prepared) / "train")
+    out = augment_store(src, paths.augmented, config)  # workers fork before MLflow starts
+    grid = Path(paths.plots) / "augment" / "grid.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    figure = grid_figure(out, config.grid.per_class, config.grid.copies)
+    figure.savefig(grid, dpi=80)
+    with stage_run("augment", config.model_dump(), src.data_kind) as run:
+        run.log_metrics(
+            {"originals": len(src), "images": len(out)}
+            | {f"class_{c}": n for c, n in out.manifest["class_counts"].items()}
+        )
+        run.log_figure(figure, "augment/grid.png")
+        run.log_dataset(out, "augmented")
+    return f"augment: {len(src)} → {len(out)} images {out.manifest['class_counts']}"

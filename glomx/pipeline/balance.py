@@ -36,10 +36,12 @@ from imblearn.over_sampling import SMOTE, RandomOverSampler
 from imblearn.under_sampling import RandomUnderSampler
 from sklearn.utils.class_weight import compute_class_weight
 
+from glomx.config import Balance, Params, flatten
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import GlomxError
+from glomx.files import write_json
+from glomx.tracking import stage_run
 
-STRATEGIES = ("none", "oversample", "undersample", "smote")
 CLASS_WEIGHTS = "class_weights.json"
 CLASSES = np.array([0, 1])
 
@@ -109,13 +111,13 @@ def smote_chunks(
     return [np.sort(np.concatenate(chunk)) for chunk in zip(*parts, strict=True)]
 
 
-def _smote(src: ArrayStore, writer: StoreWriter, params: dict[str, Any], seed: int) -> None:
+def _smote(src: ArrayStore, writer: StoreWriter, params: Balance, seed: int) -> None:
     """Originals streamed unchanged, then SMOTE's synthetic minority images chunk by chunk."""
-    _copy_rows(src, np.arange(len(src)), writer, int(params["chunk_size"]))
+    _copy_rows(src, np.arange(len(src)), writer, params.chunk_size)
     counts = class_counts(src.labels)
     minority = int(min(counts, key=counts.__getitem__))
-    k = int(params["smote"]["k_neighbors"])
-    chunks = smote_chunks(src.labels, int(params["smote"]["chunk_size"]), k, seed)
+    k = params.smote.k_neighbors
+    chunks = smote_chunks(src.labels, params.smote.chunk_size, k, seed)
     made = 0
     for i, rows in enumerate(chunks):
         y = src.labels[rows]
@@ -141,24 +143,18 @@ def _smote(src: ArrayStore, writer: StoreWriter, params: dict[str, Any], seed: i
         made += len(new)
 
 
-def balance_store(src: ArrayStore, out: str | Path, params: dict[str, Any]) -> dict[str, Any]:
+def balance_store(src: ArrayStore, out: str | Path, params: Balance) -> dict[str, Any]:
     """Write the balanced store and its class weights; returns counts before/after and weights."""
-    strategy = params["strategy"]
-    if strategy not in STRATEGIES:
-        raise BalanceError(
-            f"params.yaml balance.strategy must be one of {STRATEGIES}, got {strategy!r}"
-        )
+    strategy = params.strategy
     class_weights(src.labels)  # both classes present, or a clear error
-    seed = int(params["seed"])
-    meta = {"image": src.params.get("image"), "balance": params}
+    seed = params.seed
+    meta = {"image": src.params.get("image"), "balance": params.model_dump()}
     extra = {k: src.manifest[k] for k in ("data_kind",) if k in src.manifest}
     with StoreWriter(out, src.image_shape, meta, src.manifest.get("source_hash")) as writer:
         if strategy == "smote":
             _smote(src, writer, params, seed)
         else:
-            _copy_rows(
-                src, resample_indices(src.labels, strategy, seed), writer, int(params["chunk_size"])
-            )
+            _copy_rows(src, resample_indices(src.labels, strategy, seed), writer, params.chunk_size)
         balanced = writer.close(extra)
     weights = class_weights(balanced.labels)
     (Path(out) / CLASS_WEIGHTS).write_text(json.dumps(weights, indent=2) + "\n")
@@ -168,3 +164,17 @@ def balance_store(src: ArrayStore, out: str | Path, params: dict[str, Any]) -> d
         "after": class_counts(balanced.labels),
         "class_weights": weights,
     }
+
+
+def run(params: Params) -> str:
+    """The balance stage: the balanced store, its class weights, ``metrics/balance.json`` and
+    its MLflow run; returns its summary."""
+    paths, config = params.need("paths"), params.need("balance")
+    src = ArrayStore(paths.augmented)
+    summary = balance_store(src, paths.balanced, config)
+    write_json(Path(paths.metrics) / "balance.json", summary)
+    with stage_run("balance", config.model_dump(), src.data_kind) as run:
+        run.log_dict(summary, "balance.json")
+        run.log_metrics({k: v for k, v in flatten(summary).items() if k != "strategy"})
+        run.log_dataset(ArrayStore(paths.balanced), "balanced")
+    return f"balance ({config.strategy}): {summary['before']} → {summary['after']}"

@@ -31,18 +31,20 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glomx.config import CV, TrainSection
+from glomx.data.images import Preprocessing
 from glomx.data.split import inner_validation
 from glomx.data.store import ArrayStore, write_subset
 from glomx.errors import GlomxError
 from glomx.evaluation import metrics as m
 from glomx.models import family_class
-from glomx.models.base import Classifier, Preprocessing
+from glomx.models.base import Classifier
 from glomx.pipeline.balance import class_weights as balanced_weights
 from glomx.tracking.runs import RunRef, nested_run
 
@@ -54,25 +56,12 @@ class CVError(GlomxError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class CVConfig:
-    """The ``cv:`` section of params.yaml."""
-
-    inner_val: float = 0.25  # share of a fold's training slides set apart for fit-time choices
-    seed: int = 42  # seeds each fold's inner-validation draw (with the fold number)
-    cpus_per_trial: int = 2  # CPUs Ray reserves for one fold's trial
-    gpus_per_trial: float | str = "auto"  # auto: 1 where the Ray cluster has a GPU, else 0
-    bootstrap: dict[str, Any] = field(
-        default_factory=lambda: {"n_resamples": 1000, "confidence": 0.95, "seed": 42}
-    )
-
-
-@dataclass(frozen=True)
 class Trial:
     """Everything a fold's trial needs, as plain picklable values."""
 
     family: str
     fold: int
-    section: dict[str, Any]  # the family's params section (``model:``, ``fit:``, ...)
+    section: TrainSection  # the family's params section (``model:``, ``fit:``, ...)
     preprocessing: Preprocessing
     balanced: str  # absolute path of the training store (augmented, balanced)
     originals: str  # absolute path of prepared/train: original patches of every CV slide
@@ -122,7 +111,7 @@ def fold_indices(
 
 
 def inner_slides(
-    originals: ArrayStore, folds: dict[str, int], fold: int, cfg: CVConfig, site_regex: str | None
+    originals: ArrayStore, folds: dict[str, int], fold: int, cfg: CV, site_regex: str | None
 ) -> set[str]:
     """Fold ``fold``'s inner-validation slides, drawn from the other folds' original rows."""
     rows = [
@@ -135,23 +124,19 @@ def inner_slides(
     )
 
 
-def threshold(section: dict[str, Any], classifier: Classifier, val: ArrayStore) -> float:
+def threshold(section: TrainSection, classifier: Classifier, val: ArrayStore) -> float:
     """0.5, or with ``threshold.tune`` the one maximising ``threshold.metric`` on ``val`` (the
     fold's inner-validation slides; only then are they scored)."""
-    spec = section.get("threshold") or {}
-    if not spec.get("tune", False):
+    if not section.threshold.tune:
         return 0.5
     proba = classifier.predict_store(val)
-    return m.choose_threshold(val.labels, proba, spec.get("metric", "balanced_accuracy"))
+    return m.choose_threshold(val.labels, proba, section.threshold.metric)
 
 
-def fold_weights(section: dict[str, Any], labels: np.ndarray) -> dict[int, float] | None:
+def fold_weights(section: TrainSection, labels: np.ndarray) -> dict[int, float] | None:
     """``class_weight: balanced`` → scikit-learn's balanced weights of the fold's own labels."""
-    mode = section.get("class_weight", "none")
-    if mode in (None, "none"):
+    if section.class_weight == "none":
         return None
-    if mode != "balanced":
-        raise CVError(f"class_weight must be none or balanced, got {mode!r}")
     return {int(k): v for k, v in balanced_weights(labels).items()}
 
 
@@ -192,7 +177,7 @@ def run_trial(trial: Trial) -> FoldResult:
             "cv.inner_val_slides": ",".join(trial.inner),
         }
         classifier: Classifier = family_class(trial.family).from_params(
-            trial.section, trial.preprocessing
+            trial.section.model_dump(), trial.preprocessing
         )
         with nested_run(trial.parent, name, tags) as run:
             sizes = {
@@ -212,14 +197,9 @@ def run_trial(trial: Trial) -> FoldResult:
                 len(held),
                 ", ".join(heldout_slides),
             )
-            classifier.fit_stain(trial.section.get("stain", "none"), train)
-            weights = fold_weights(trial.section, train.labels)
-            live = classifier.live_history
-            history = classifier.fit(train, val, weights, [run.keras_callback()] if live else None)
-            if not live:
-                run.log_history(history)
-            classifier.meta.threshold = threshold(trial.section, classifier, val)
-            classifier.meta.extra["class_weight"] = weights
+            classifier.fit_stain(trial.section.stain, train)
+            classifier.fit(train, val, fold_weights(trial.section, train.labels), run.log_epoch)
+            classifier.set_threshold(threshold(trial.section, classifier, val))
             proba = classifier.predict_store(held)
             scores = m.classification_metrics(held.labels, proba, classifier.meta.threshold)
             run.log_metrics({f"oof_{k}": v for k, v in finite(scores).items()})
@@ -270,7 +250,7 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
 
 
-def _resources(ray: Any, cfg: CVConfig) -> dict[str, float]:
+def _resources(ray: Any, cfg: CV) -> dict[str, float]:
     """The CPUs and GPUs one trial asks for, within what the cluster has (asking for more
     than any node has would leave the trials pending forever)."""
     total = ray.cluster_resources()
@@ -278,12 +258,10 @@ def _resources(ray: Any, cfg: CVConfig) -> dict[str, float]:
     gpus = cfg.gpus_per_trial
     if gpus == "auto":
         gpus = 1.0 if total.get("GPU", 0.0) >= 1 else 0.0
-    if not isinstance(gpus, int | float) or gpus < 0:
-        raise CVError(f"cv.gpus_per_trial must be auto or a number >= 0, got {gpus!r}")
     return {"num_cpus": cpus, "num_gpus": float(gpus)}
 
 
-def run_trials(trials: Sequence[Trial], cfg: CVConfig) -> list[FoldResult]:
+def run_trials(trials: Sequence[Trial], cfg: CV) -> list[FoldResult]:
     """Every trial as a Ray task; results in fold order. The first failure cancels the rest
     and raises ``<family> fold <k>: <reason>``."""
     with ray_session() as ray:

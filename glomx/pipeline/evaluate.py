@@ -13,7 +13,6 @@ store as input, and links to the scored version and its training run.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from glomx.config import Evaluate, Params, Paths, Promotion
 from glomx.data.split import sites_of
 from glomx.data.store import ArrayStore
 from glomx.errors import GlomxError
@@ -33,6 +33,7 @@ from glomx.evaluation.metrics import confusion_figure, pr_figure, roc_figure, wr
 from glomx.evaluation.report import DataSummary, strict, summary_markdown, with_interval
 from glomx.evaluation.scoring import score_store
 from glomx.evaluation.selection import ENSEMBLE
+from glomx.files import write_json
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MEMBERS
@@ -71,7 +72,7 @@ class Trained:
 
 
 def trained_models(
-    models_dir: Path, families: list[str], paths: Mapping[str, str], decision: Mapping[str, Any]
+    models_dir: Path, families: list[str], paths: Paths, decision: Mapping[str, Any]
 ) -> list[Trained]:
     """The saved models among ``families`` under ``models_dir``, and the choose stage's
     candidate when it is not one of them (the ensemble)."""
@@ -111,18 +112,18 @@ def data_summary(stores: Mapping[str, ArrayStore], sites: np.ndarray) -> DataSum
 
 
 def _intervals(
-    y: np.ndarray, proba: np.ndarray, slides: np.ndarray, threshold: float, cfg: dict[str, Any]
+    y: np.ndarray, proba: np.ndarray, slides: np.ndarray, threshold: float, cfg: Evaluate
 ) -> dict[str, dict[str, float]]:
-    boot = cfg["bootstrap"]
+    boot = cfg.bootstrap
     return bootstrap_metrics(
         y,
         proba,
         slides,
         threshold,
-        n_resamples=boot["n_resamples"],
-        confidence=boot["confidence"],
-        seed=boot["seed"],
-        n_bins=cfg["calibration_bins"],
+        n_resamples=boot.n_resamples,
+        confidence=boot.confidence,
+        seed=boot.seed,
+        n_bins=cfg.calibration_bins,
     )
 
 
@@ -179,11 +180,6 @@ def _gradcam_figures(
     return written, None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(strict(data), indent=2, sort_keys=False) + "\n")
-
-
 def _figures(y: np.ndarray, scored: Mapping[str, Scored], n_bins: int, out: Path) -> list[Path]:
     """ROC and PR curves of all models overlaid, reliability diagram, one confusion matrix
     per model."""
@@ -215,7 +211,7 @@ def _from_members(t: Trained, scored: Mapping[str, Scored], models_dir: Path) ->
 def score_models(
     trained: list[Trained],
     stores: Mapping[str, ArrayStore],
-    cfg: Mapping[str, Any],
+    cfg: Evaluate,
     models_dir: Path,
 ) -> dict[str, Scored]:
     """Test probabilities of every model, linked to the registered version holding its files,
@@ -230,7 +226,7 @@ def score_models(
             )
         proba = _from_members(t, scored, models_dir)
         if proba is None:
-            proba = score_store(t.classifier, test, cfg["tta"], cfg["batch_size"])
+            proba = score_store(t.classifier, test, cfg.tta, cfg.batch_size)
         scored[t.family] = Scored(
             t.family,
             proba,
@@ -238,15 +234,15 @@ def score_models(
             registered.version if registered else None,
             registered.run_id if registered else None,
         )
-    if cfg["baseline"]:
-        base = ColourBaseline(cfg["bootstrap"]["seed"]).fit(stores["train"])
-        proba = score_store(base, test, False, cfg["batch_size"])
+    if cfg.baseline:
+        base = ColourBaseline(cfg.bootstrap.seed).fit(stores["train"])
+        proba = score_store(base, test, False, cfg.batch_size)
         scored[BASELINE] = Scored(BASELINE, proba, base.threshold)
     return scored
 
 
 def assess(
-    scored: Mapping[str, Scored], test: ArrayStore, sites: np.ndarray, cfg: Mapping[str, Any]
+    scored: Mapping[str, Scored], test: ArrayStore, sites: np.ndarray, cfg: Evaluate
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics with intervals per model on the whole test split, and per site when there
     are several sites."""
@@ -267,7 +263,7 @@ def assess(
 
 
 def choose_champion(
-    scored: Mapping[str, Scored], decision: Mapping[str, Any], rules: Mapping[str, Any]
+    scored: Mapping[str, Scored], decision: Mapping[str, Any], rules: Promotion
 ) -> dict[str, Any]:
     """Promote the choose stage's candidate (chosen on out-of-fold predictions) if it is
     registered and beats the sitting champion's out-of-fold ``metric`` by ``margin``."""
@@ -278,7 +274,7 @@ def choose_champion(
             "family": None,
             "reason": f"the candidate {decision['candidate']} has no registered version",
         }
-    return promote(chosen.version, decision["reason"], rules["metric"], rules["margin"]).as_dict()
+    return promote(chosen.version, decision["reason"], rules.metric, rules.margin).as_dict()
 
 
 def interval_rows(
@@ -391,49 +387,67 @@ def _log_run(
     run.set_note(_evaluation_note(metrics, scored, decision))
 
 
-def evaluate(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Run the whole stage from the full params (sections ``paths`` and ``evaluate``);
+def evaluate(params: Params) -> dict[str, Any]:
+    """Run the whole stage (sections ``paths``, ``evaluate`` and prepare's ``site_regex``);
     returns what was written to the metrics file."""
-    paths, cfg = params["paths"], params["evaluate"]
-    stores = {s: ArrayStore(Path(paths["prepared"]) / s) for s in ("train", "test")}
+    paths, cfg = params.need("paths"), params.need("evaluate")
+    stores = {s: ArrayStore(Path(paths.prepared) / s) for s in ("train", "test")}
     test = stores["test"]
-    sites = sites_of(test.slides, cfg["site_regex"])
+    sites = sites_of(test.slides, params.need("prepare").site_regex)
     data = data_summary(stores, sites)
     selection = read_decision(paths)
-    models_dir = Path(paths["models"])
-    trained = trained_models(models_dir, cfg["families"], paths, selection)
+    models_dir = Path(paths.models)
+    trained = trained_models(models_dir, cfg.families, paths, selection)
     if data.kind != "real":
         log.warning("evaluating on %s data: results say nothing about real glomeruli", data.kind)
 
-    with stage_run("evaluate", dict(cfg), data.kind) as run:
+    with stage_run("evaluate", cfg.model_dump(), data.kind) as run:
         scored = score_models(trained, stores, cfg, models_dir)
         metrics, per_site = assess(scored, test, sites, cfg)
-        decision = choose_champion(scored, selection, cfg["promotion"])
+        decision = choose_champion(scored, selection, cfg.promotion)
 
-        reports, plots = Path(paths["reports"]), Path(paths["plots"]) / "evaluate"
+        reports, plots = Path(paths.reports), Path(paths.plots) / "evaluate"
         reports.mkdir(parents=True, exist_ok=True)
         y = test.labels.astype(np.int64)
         for name, s in scored.items():
             write_plot_data(plots / name, y, s.proba, s.threshold)
-        artifacts = _figures(y, scored, cfg["calibration_bins"], reports)
+        artifacts = _figures(y, scored, cfg.calibration_bins, reports)
         gradcams, no_gradcam = _gradcam_figures(
-            trained, scored, test, sites, cfg["gradcam_per_case"], reports
+            trained, scored, test, sites, cfg.gradcam_per_case, reports
         )
         artifacts += gradcams
         info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
-        settings = {**cfg["bootstrap"], "tta": cfg["tta"]}
+        settings = {**cfg.bootstrap.model_dump(), "tta": cfg.tta}
         summary = summary_markdown(
             data, metrics, per_site, info, decision, settings, selection, no_gradcam
         )
         (reports / "summary.md").write_text(summary)
-        _write_json(reports / "sites.json", per_site)
+        write_json(reports / "sites.json", strict(per_site))
         result = {
             "data_kind": data.kind,
             "test": data.splits["test"],
             "champion": {"version": decision["version"], "family": decision["family"]},
             "models": metrics,
         }
-        _write_json(Path(paths["metrics"]) / "evaluate.json", result)
+        write_json(Path(paths.metrics) / "evaluate.json", strict(result))
         files = [*artifacts, reports / "summary.md", reports / "sites.json"]
         _log_run(run, data, test, metrics, per_site, scored, decision, files)
     return result
+
+
+def run(params: Params) -> str:
+    """The evaluate stage; returns its summary: each model's test balanced accuracy, the
+    champion."""
+    result = evaluate(params)
+    lines = [
+        f"{name:>16}: test balanced accuracy {with_interval(m['balanced_accuracy'])}"
+        for name, m in result["models"].items()
+    ]
+    champion = result["champion"]
+    return "\n".join(
+        [
+            *lines,
+            f"champion: version {champion['version']} ({champion['family']}); "
+            "see reports/summary.md",
+        ]
+    )

@@ -9,7 +9,6 @@ dataset size. :func:`log_prepare_run` records the result as the stage's MLflow r
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from glomx.config import Params, Prepare
 from glomx.data.catalogue import (
     CatalogueError,
     Problem,
@@ -33,6 +33,7 @@ from glomx.data.split import NO_FOLD, assign_folds, assign_splits, write_split_c
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.data.synth import data_kind
 from glomx.errors import GlomxError
+from glomx.files import write_json
 from glomx.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -174,31 +175,32 @@ def _counts(records: list[Record], splits: list[str], folds: list[int]) -> dict[
     return out
 
 
-def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str, Any]) -> dict:
-    """Run the whole prepare stage; returns the counts written to ``metrics_file``."""
+def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: Prepare) -> dict:
+    """Catalogue, split and homogenise; returns the counts written to ``metrics_file``."""
     report = out_dir / PROBLEMS_FILE
+    policy = params.policy.model_dump()
     try:
-        catalogue = read_catalogue(data_dir, params["csv"], params["slide_regex"], params["policy"])
+        catalogue = read_catalogue(data_dir, params.csv, params.slide_regex, policy)
     except CatalogueError as err:
         if err.problems:
             write_problem_report(err.problems, report)
             err.add_note(f"All {len(err.problems)} problem(s) are listed in {report}.")
         raise
     records = catalogue.records
-    split = params["split"]
+    split = params.split
     # the class search's val share shapes where the test slides fall; no val store is written
-    held = assign_splits(records, split["val"], split["test"], split["seed"], split["strategy"])
+    held = assign_splits(records, split.val, split.test, split.seed, split.strategy)
     splits = ["test" if s == "test" else "train" for s in held]
     folds = assign_folds(
-        records, splits, split["folds"], split["seed"], split["strategy"], split.get("site_regex")
+        records, splits, split.folds, split.seed, split.strategy, params.site_regex
     )
     kind = data_kind(data_dir)
     if kind == "synthetic":
         log.warning("DATA IS SYNTHETIC (%s): results say nothing about real glomeruli", data_dir)
     extra = {
         "data_kind": kind,
-        "source_hash": source_hash(data_dir, records, params["csv"]),
-        "split_strategy": split["strategy"],
+        "source_hash": source_hash(data_dir, records, params.csv),
+        "split_strategy": split.strategy,
     }
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,10 +214,10 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
             written, bad = _write_split(
                 subset,
                 out_dir / name,
-                params["image"],
-                params["chunk_size"],
-                params["workers"],
-                {**extra, "split": name, "folds": split["folds"]},
+                params.image.model_dump(),
+                params.chunk_size,
+                params.workers,
+                {**extra, "split": name, "folds": split.folds},
                 bar,
             )
             kept += written
@@ -223,7 +225,7 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
             problems += bad
     write_problem_report(problems, report)
     unreadable = [p for p in problems if p.kind == "unreadable_image"]
-    if unreadable and params["policy"].get("unreadable_image", "error") == "error":
+    if unreadable and params.policy.unreadable_image == "error":
         listing = "\n".join(f"  {p.name}: {p.detail}" for p in unreadable[:20])
         raise PrepareError(
             f"{len(unreadable)} image(s) could not be read (every image was decoded first; "
@@ -237,12 +239,11 @@ def prepare(data_dir: Path, out_dir: Path, metrics_file: Path, params: dict[str,
     kept_folds = [fold_of[r.name] for r in kept]
     write_split_csv(out_dir / SPLIT_FILE, kept, kept_splits, kept_folds)
     counts = {**_counts(kept, kept_splits, kept_folds), "data_kind": kind, "skipped": len(problems)}
-    metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics_file.write_text(json.dumps(counts, indent=2) + "\n")
+    write_json(metrics_file, counts)
     return counts
 
 
-def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any]) -> str:
+def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: Prepare) -> str:
     """Record a finished prepare in its own MLflow run; returns the run id.
 
     Metrics: images in all and per split, class and slide counts per split and per fold,
@@ -256,7 +257,7 @@ def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any
         metrics |= {f"{split}_{key}": value for key, value in c.items()}
     for fold, c in counts["folds"].items():
         metrics |= {f"fold{fold}_{key}": value for key, value in c.items()}
-    with stage_run("prepare", params, counts["data_kind"]) as run:
+    with stage_run("prepare", params.model_dump(), counts["data_kind"]) as run:
         run.log_metrics(metrics)
         run.log_dict(counts, "prepare.json")
         run.log_artifact(out_dir / SPLIT_FILE)
@@ -265,3 +266,17 @@ def log_prepare_run(counts: dict[str, Any], out_dir: Path, params: dict[str, Any
         for split in SPLITS:
             run.log_dataset(ArrayStore(out_dir / split), split)
         return run.run_id
+
+
+def run(params: Params) -> str:
+    """The prepare stage; returns its summary: images, sclerotic patches and slides per split
+    and per fold."""
+    paths, config = params.need("paths"), params.need("prepare")
+    out = Path(paths.prepared)
+    counts = prepare(Path(paths.data), out, Path(paths.metrics) / "prepare.json", config)
+    log_prepare_run(counts, out, config)  # the run starts once the decode workers are gone
+    parts = {**counts["splits"], **{f"fold {k}": c for k, c in counts["folds"].items()}}
+    return "\n".join(
+        f"{part:>6}: {c['images']} images ({c['class_1']} sclerotic) from {c['slides']} slides"
+        for part, c in parts.items()
+    )

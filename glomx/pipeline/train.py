@@ -12,18 +12,13 @@
 - logs one MLflow run, the fold trials nested under it, ending in a registered version tagged
   with its ``cv_<metric>`` scores, which promotion reads.
 
-The test split is never read here. A stage's params section may hold, besides its model's
-own keys::
-
-    class_weight: none        # none | balanced: weight classes by each fold's training labels
-    threshold:
-      tune: false             # true: each fold model's threshold maximises `metric` on its
-      metric: balanced_accuracy  # inner-validation slides (else 0.5)
+The test split is never read here. Every family's section has the same shape
+(:class:`~glomx.config.TrainSection`): its model's own ``model:`` and ``fit:`` parts, then
+``class_weight``, ``stain`` and ``threshold``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,26 +27,27 @@ from typing import Any
 
 import numpy as np
 
+from glomx.config import CV, Params, Paths, TrainSection
+from glomx.data.images import Preprocessing
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
 from glomx.evaluation import metrics as m
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
-from glomx.files import discard, put_in_place, temporary_sibling
-from glomx.models import family_class, load_classifier
-from glomx.models.base import META_FILE, Classifier, Preprocessing
+from glomx.files import discard, put_in_place, temporary_sibling, write_json
+from glomx.models import family_class, family_section, load_classifier
+from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MeanClassifier
-from glomx.params import dataclass_from, load_params
-from glomx.pipeline.cv import CVConfig, FoldResult, Trial, finite, inner_slides, run_trials, unpack
+from glomx.pipeline.cv import FoldResult, Trial, finite, inner_slides, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
 SPLIT_FILE = "split.csv"
 
 
-def prepared_preprocessing(paths: dict[str, str]) -> Preprocessing:
+def prepared_preprocessing(paths: Paths) -> Preprocessing:
     """The image homogenisation the prepare stage recorded in the cross-validation store."""
-    store = ArrayStore(Path(paths["prepared"]) / "train")
+    store = ArrayStore(Path(paths.prepared) / "train")
     image = store.params.get("image", {})
     try:
         return Preprocessing(*(image[k] for k in ("size", "channels", "method", "fill")))
@@ -143,25 +139,20 @@ def _log_oof(run: StageRun, classifier: Classifier, oof: OOF) -> None:
 
 
 def run_training(
-    stage: str,
-    family: str,
-    section: dict[str, Any],
-    paths: dict[str, str],
-    cfg: CVConfig,
-    site_regex: str | None,
+    stage: str, family: str, section: TrainSection, paths: Paths, cfg: CV, site_regex: str | None
 ) -> dict[str, Any]:
     """Cross-validate ``family`` for ``stage`` and record it everywhere; returns the CV report
     (what ``metrics/<family>.json`` holds)."""
-    prepared = Path(paths["prepared"])
+    prepared = Path(paths.prepared)
     originals = ArrayStore(prepared / "train")
-    training = ArrayStore(paths["balanced"])
+    training = ArrayStore(paths.balanced)
     folds = slide_folds(read_split_csv(prepared / SPLIT_FILE))
     preprocessing = prepared_preprocessing(paths)
-    family_class(family).from_params(section, preprocessing)  # bad params fail before Ray starts
+    family_class(family).from_params(section.model_dump(), preprocessing)  # fails before Ray
     kind = originals.data_kind
     logged = {
-        stage.replace("-", "_"): section,
-        "cv": cfg.__dict__,
+        stage.replace("-", "_"): section.model_dump(),
+        "cv": cfg.model_dump(),
         "data": {"train": training.params, "cv": originals.params},
     }
     with stage_run(stage, logged, kind) as run:
@@ -190,51 +181,48 @@ def run_training(
                 for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
             ]
         )
-        oof.write(Path(paths["cv"]) / f"{family}.csv")
-        bag = build_bag(family, results, preprocessing, Path(paths["models"]) / family)
-        report = cv_report(oof, results, cfg.bootstrap)
+        oof.write(Path(paths.cv) / f"{family}.csv")
+        bag = build_bag(family, results, preprocessing, Path(paths.models) / family)
+        report = cv_report(oof, results, cfg.bootstrap.model_dump())
         facts = {
             "threshold": bag.meta.threshold,
             "data_kind": kind,
-            "class_weight": section.get("class_weight", "none"),
+            "class_weight": section.class_weight,
             **bag.tags(),
         }
-        metrics_file = Path(paths["metrics"]) / f"{family}.json"
-        metrics_file.parent.mkdir(parents=True, exist_ok=True)
         report = {**report, **facts}
-        metrics_file.write_text(json.dumps(strict(report), indent=2) + "\n")
-        m.write_plot_data(Path(paths["plots"]) / family, oof.labels, oof.proba, oof.thresholds)
+        write_json(Path(paths.metrics) / f"{family}.json", strict(report))
+        m.write_plot_data(Path(paths.plots) / family, oof.labels, oof.proba, oof.thresholds)
 
         pooled = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
         run.log_selected({**pooled, "threshold": bag.meta.threshold})
         _log_oof(run, bag, oof)
-        run.log_artifact(Path(paths["cv"]) / f"{family}.csv", "cv")
+        run.log_artifact(Path(paths.cv) / f"{family}.csv", "cv")
         run.log_dict(strict(report), "cv.json")
         run.set_tags(bag.tags())
-        for figure in bag.members[0].write_figures(training, Path(paths["plots"]) / family):
+        for figure in bag.members[0].write_figures(training, Path(paths.plots) / family):
             run.log_artifact(figure, "plots")
         version = run.log_and_register(
-            Path(paths["models"]) / family, bag, originals.read([0]), pooled
+            Path(paths.models) / family, bag, originals.read([0]), pooled
         )
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
     return report
 
 
-def train_stage(family: str) -> dict[str, Any]:
-    """The whole ``train-<family>`` DVC stage, from ``params.yaml``."""
-    params = load_params()
-    paths, section = params["paths"], params[f"train_{family}"]
-    cfg = dataclass_from(CVConfig, params.get("cv"), "params.yaml cv")
-    site_regex = params["prepare"]["split"].get("site_regex")
-    report = run_training(f"train-{family}", family, section, paths, cfg, site_regex)
+def run(params: Params, family: str) -> str:
+    """The ``train-<family>`` stage; returns its summary: the pooled out-of-fold scores."""
+    section = family_section(params, family)
+    site_regex = params.need("prepare").site_regex
+    report = run_training(
+        f"train-{family}", family, section, params.need("paths"), params.need("cv"), site_regex
+    )
     oof = report["oof"]
     shown = ", ".join(
         f"{k} {oof[k]['value']:.3f} [{oof[k]['ci_low']:.3f}, {oof[k]['ci_high']:.3f}]"
         for k in ("balanced_accuracy", "roc_auc")
     )
     tags = ", ".join(f"{k} {report[k]}" for k in ("weights", "stain") if k in report)
-    print(
+    return (
         f"train-{family} out-of-fold ({oof['images']} images, {oof['slides']} slides): {shown}"
         + (f"; {tags}" if tags else "")
     )
-    return report

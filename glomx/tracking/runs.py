@@ -34,9 +34,9 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.types import Schema, TensorSpec
 
+from glomx.config import PARAMS_FILE, file_hash, flatten
 from glomx.data.store import INDEX, MANIFEST, ArrayStore
 from glomx.errors import GlomxError
-from glomx.params import PARAMS_FILE, file_hash, flatten
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from glomx.data.images import METHODS, ImageError, decode, homogenise, load_image
-from glomx.models.base import Preprocessing
+from glomx.data.images import METHODS, ImageError, Preprocessing, decode, homogenise, load_image
 
 
 def _rgb(h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:

@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
+from glomx.config import read
 from glomx.data.catalogue import Record
+from glomx.data.images import Preprocessing
 from glomx.data.split import assign_folds, write_split_csv
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import CorruptModelError
 from glomx.models import load_classifier
-from glomx.models.base import Preprocessing
 
 PREPROCESSING = Preprocessing(size=40, channels=3, method="pad", fill="white")
-STAGES = Path(__file__).resolve().parents[2] / "stages"
+REPO = Path(__file__).resolve().parents[2]
+STAGES = REPO / "stages"
 
 
 def blob_images(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -86,21 +88,23 @@ CV = {"cpus_per_trial": 1, "bootstrap": {"n_resamples": 100, "confidence": 0.95,
 
 
 @pytest.fixture
-def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, str, Any], str]:
-    """``run(script, section, params)``: run ``stages/<script>`` as DVC would, in a directory
-    whose params.yaml holds ``training_paths``, a quick ``cv`` section and the stage's
-    section; returns its stdout."""
+def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, Any], str]:
+    """``run(family, params)``: run stage ``train-<family>`` as DVC would, in a directory whose
+    params.yaml is the repository's with ``training_paths``, a quick ``cv`` section and
+    ``params`` as ``train_<family>``; returns its stdout."""
 
-    def run(script: str, section: str, params: dict[str, Any]) -> str:
+    def run(family: str, params: dict[str, Any]) -> str:
+        repo = read(REPO / "params.yaml")
         config = {
-            "paths": training_paths,
-            "prepare": {"split": {"site_regex": None}},
-            "cv": CV,
-            section: params,
+            **repo,
+            "paths": {**repo["paths"], **training_paths},
+            "prepare": {**repo["prepare"], "site_regex": None},
+            "cv": {**repo["cv"], **CV},
+            f"train_{family}": params,
         }
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(config))
         done = subprocess.run(
-            [sys.executable, str(STAGES / script)],
+            [sys.executable, str(STAGES / "train.py"), family],
             cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-4000:]

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from glomx.config import ParamsError, parse
 from glomx.data.adapt import adapt
 from glomx.data.store import ArrayStore
 from glomx.models.keras_common import (
@@ -20,7 +21,6 @@ from glomx.models.keras_common import (
     dtype_policy,
     set_trainable,
 )
-from glomx.params import dataclass_from
 
 MakeStore = Callable[[str, np.ndarray, np.ndarray], ArrayStore]
 RGB16 = partial(adapt, size=16, channels=3)
@@ -108,12 +108,12 @@ def test_validation_monitor_logs_stops_and_restores_the_best_epoch() -> None:
 
 
 def test_fit_config_names_bad_settings() -> None:
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]"):
-        dataclass_from(FitConfig, {"epoch": 3}, "train_cnn.fit")
-    with pytest.raises(ValueError, match="lr_schedule"):
-        FitConfig(lr_schedule="step")
-    with pytest.raises(ValueError, match="monitor"):
-        FitConfig(monitor="accuracy")
+    with pytest.raises(ParamsError, match=r"train_cnn.fit.epoch is not a known key; valid: epochs"):
+        parse(FitConfig, {"epoch": 3}, "train_cnn.fit")
+    with pytest.raises(ParamsError, match=r"train_cnn.fit.lr_schedule must be 'cosine', .*'step'"):
+        parse(FitConfig, {"lr_schedule": "step"}, "train_cnn.fit")
+    with pytest.raises(ParamsError, match=r"train_cnn.fit.monitor must be .*got 'accuracy'"):
+        parse(FitConfig, {"monitor": "accuracy"}, "train_cnn.fit")
 
 
 def test_dtype_policy_is_restored() -> None:

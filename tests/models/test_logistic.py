@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import classification_metrics
 from glomx.models import load_classifier, logistic
-from glomx.models.base import Preprocessing
 from glomx.models.logistic import LogisticClassifier
 
 PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
@@ -27,7 +27,8 @@ def stores(blob_store: Callable[[int, int], ArrayStore]) -> Stores:
 
 def fitted(stores: Stores, params: dict = PARAMS, **fit_kwargs: object) -> LogisticClassifier:
     clf = LogisticClassifier.from_params(params, PRE)
-    history = clf.fit(*stores, **fit_kwargs)  # type: ignore[arg-type]
+    assert clf.fit(*stores, **fit_kwargs) is clf  # type: ignore[arg-type]
+    history = clf.history_
     assert set(history) == {"val_loss", "val_auc", "val_balanced_accuracy"}
     assert all(len(v) == params["fit"]["epochs"] for v in history.values())
     return clf

@@ -18,12 +18,12 @@ from PIL import Image
 from sklearn.metrics import log_loss
 
 from glomx.cli import main
+from glomx.config import ParamsError
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.evaluation import gradcam
 from glomx.models import load_classifier
-from glomx.models.base import Preprocessing
 from glomx.models.probe import ProbeClassifier
-from glomx.params import ParamsError
 from glomx.tracking import REGISTERED_MODEL
 
 PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
@@ -35,7 +35,7 @@ def test_probe_picks_c_on_validation_and_is_one_keras_model(
 ) -> None:
     train, val = blob_store(24, 0), blob_store(12, 1)
     classifier = ProbeClassifier.from_params(PARAMS, PRE)
-    history = classifier.fit(train, val, {0: 0.75, 1: 1.5})
+    history = classifier.fit(train, val, {0: 0.75, 1: 1.5}).history_
     assert history["C"] == [0.01, 1.0] and len(history["val_loss"]) == 2
     chosen = history["C"].index(classifier.meta.extra["C"])
     assert history["val_loss"][chosen] == min(history["val_loss"])  # select: log_loss
@@ -98,21 +98,21 @@ def test_probe_views_multiply_the_training_rows(
 def test_probe_params_are_checked() -> None:
     with pytest.raises(ValueError, match="random features"):
         ProbeClassifier.from_params({"model": {"weights": "none"}}, PRE)
-    with pytest.raises(ValueError, match=r"views must be 1\.\.8"):
+    with pytest.raises(ValueError, match=r"train_probe.fit.views must be less than or equal to 8"):
         ProbeClassifier.from_params({"fit": {"views": 9}}, PRE)
-    with pytest.raises(ParamsError, match="unknown key"):
+    with pytest.raises(ParamsError, match=r"train_probe.fit.epochs is not a known key; valid: C"):
         ProbeClassifier.from_params({"fit": {"epochs": 3}}, PRE)
 
 
 def test_train_probe_stage_with_stain_normalisation_end_to_end(
-    run_stage: Callable[[str, str, dict], str],
+    run_stage: Callable[[str, dict], str],
     training_paths: dict[str, str],
     isolated_mlflow: str,
     tmp_path: Path,
     stage_runs: Callable[[Any, str], tuple[Any, list[Any]]],
 ) -> None:
     params = {**PARAMS, "model": {"size": 64}, "class_weight": "balanced", "stain": "reinhard"}
-    stdout = run_stage("train_probe.py", "train_probe", params)
+    stdout = run_stage("probe", params)
     assert "weights imagenet" in stdout
 
     bag = load_classifier(Path(training_paths["models"]) / "probe")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.models import load_classifier
 from glomx.models.backbones import RESNET50_FILE, BackboneWeightsError, ImageNetPreprocess
-from glomx.models.base import Preprocessing
 from glomx.models.transfer import ResNetClassifier, TransferClassifier
 from glomx.tracking import REGISTERED_MODEL
 
@@ -83,7 +83,7 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
     assert {"head_conv", "block16_project", "block16_depthwise", "block16_expand"} <= trainable
     assert not any(name.startswith("block15") or name.endswith("_bn") for name in trainable)
 
-    history = classifier.fit(blob_store(24, 0), blob_store(12, 1))
+    history = classifier.fit(blob_store(24, 0), blob_store(12, 1)).history_
     assert len(history["val_auc"]) == 2  # both phases ran, one epoch each
     assert classifier.meta.extra["epochs_run"] == 2
 
@@ -119,7 +119,7 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
     params = {"model": {"size": 32, "weights": "none"}, "fit": FIT}
     classifier = ResNetClassifier.from_params(params, PRE)
     assert classifier.meta.extra["weights"] == "random"
-    history = classifier.fit(train, val, {0: 0.75, 1: 1.5})
+    history = classifier.fit(train, val, {0: 0.75, 1: 1.5}).history_
     assert len(history["val_balanced_accuracy"]) == 1
     assert len(classifier.keras_model.trainable_weights) > 200  # every layer trained
 
@@ -135,13 +135,13 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
 
 @pytest.mark.slow
 def test_train_resnet_stage_records_the_run_and_the_weights_source(
-    run_stage: Callable[[str, str, dict], str],
+    run_stage: Callable[[str, dict], str],
     training_paths: dict[str, str],
     isolated_mlflow: str,
     stage_runs: Callable[[Any, str], tuple[Any, list[Any]]],
 ) -> None:
     params = {"model": {"size": 32, "weights": "none"}, "fit": FIT, "class_weight": "none"}
-    stdout = run_stage("train_resnet.py", "train_resnet", params)
+    stdout = run_stage("resnet", params)
     assert "weights random" in stdout
 
     bag = load_classifier(Path(training_paths["models"]) / "resnet")

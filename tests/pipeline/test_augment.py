@@ -11,9 +11,9 @@ import pytest
 import yaml
 from skimage.color import hed2rgb
 
+from glomx.config import Augment, AugmentOps, AugmentTarget, ParamsError
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.pipeline.augment import (
-    OPS,
     AugmentError,
     augment_image,
     augment_store,
@@ -59,7 +59,7 @@ def make_store(path: Path, labels: list[int] = LABELS, channels: int = 3) -> Arr
         return w.close({"data_kind": "synthetic"})
 
 
-def params(**changes: object) -> dict:
+def params(**changes: object) -> Augment:
     base = {
         "seed": 3,
         "target": {"mode": "multiplier", "per_class": {0: 1.5, 1: 2.5}},
@@ -68,7 +68,12 @@ def params(**changes: object) -> dict:
         "workers": 1,
         "grid": {"per_class": 2, "copies": 2},
     }
-    return {**base, **changes}
+    return Augment.model_validate({**base, **changes})
+
+
+def only(op: str, enabled: bool = True) -> dict:
+    """Every op of :data:`ALL_ON`, all off but ``op``."""
+    return {name: {**spec, "enabled": enabled and name == op} for name, spec in ALL_ON.items()}
 
 
 @pytest.fixture
@@ -109,7 +114,7 @@ def test_target_counts_are_met_using_originals_evenly(
 ) -> None:
     out = augment_store(src, tmp_path / "aug", params(target=target))
     assert out.manifest["class_counts"] == expected
-    copies = copies_per_image(src.labels, target, seed=3)
+    copies = copies_per_image(src.labels, AugmentTarget.model_validate(target), seed=3)
     for label in (0, 1):
         per_original = copies[src.labels == label]
         assert per_original.max() - per_original.min() <= 1
@@ -118,10 +123,11 @@ def test_target_counts_are_met_using_originals_evenly(
 def test_target_below_originals_is_refused() -> None:
     with pytest.raises(AugmentError, match="only adds images"):
         copies_per_image(
-            np.array(LABELS, np.uint8), {"mode": "count", "per_class": {0: 5, 1: 9}}, 0
+            np.array(LABELS, np.uint8), AugmentTarget(mode="count", per_class={0: 5, 1: 9}), 0
         )
     with pytest.raises(AugmentError, match="no entry for class 1"):
-        copies_per_image(np.array(LABELS, np.uint8), {"mode": "multiplier", "per_class": {0: 2}}, 0)
+        target = AugmentTarget(mode="multiplier", per_class={0: 2})
+        copies_per_image(np.array(LABELS, np.uint8), target, 0)
 
 
 def test_dihedral_transforms_are_eight_distinct_exact_pixel_permutations() -> None:
@@ -142,11 +148,12 @@ def test_hed_jitter_with_zero_strength_is_identity() -> None:
     assert np.array_equal(augment_image(img, zero, np.random.default_rng(2)), img)
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", list(AugmentOps.model_fields))
 def test_each_op_changes_pixels_when_on_and_not_when_off(op: str) -> None:
     img = tissue(np.random.default_rng(5))
-    on = parse_ops({op: ALL_ON[op]})
-    off = parse_ops({op: {**ALL_ON[op], "enabled": False}})
+    on = parse_ops(only(op))
+    off = parse_ops(only(op, enabled=False))
+    assert list(on) == [op]
     assert off == {}
     assert not np.array_equal(augment_image(img, on, np.random.default_rng(9)), img)
     assert np.array_equal(augment_image(img, off, np.random.default_rng(9)), img)
@@ -160,10 +167,12 @@ def test_rgba_alpha_stays_opaque(tmp_path: Path) -> None:
 
 
 def test_bad_ops_are_refused_with_the_params_key() -> None:
-    with pytest.raises(AugmentError, match=r"unknown operation\(s\) \['blur'\]"):
-        parse_ops({"blur": {"enabled": True}})
-    with pytest.raises(AugmentError, match=r"augment.ops.rotate lacks \['degrees'\]"):
-        parse_ops({"rotate": {"enabled": True}})
+    with pytest.raises(ParamsError, match=r"augment.ops.blur is not a known key; valid: dihedral"):
+        parse_ops({**ALL_ON, "blur": {"enabled": True}})
+    with pytest.raises(ParamsError, match=r"augment.ops.rotate.degrees is missing"):
+        parse_ops({**ALL_ON, "rotate": {"enabled": True}})
+    with pytest.raises(ParamsError, match=r"augment.ops.zoom.factor must be greater than or equal"):
+        parse_ops({**ALL_ON, "zoom": {"enabled": True, "factor": -0.1}})
 
 
 def test_grid_shows_originals_next_to_copies(src: ArrayStore, tmp_path: Path) -> None:

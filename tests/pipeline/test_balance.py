@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
+from glomx.config import Balance, ParamsError, parse
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.pipeline.balance import CLASS_WEIGHTS, BalanceError, balance_store, smote_chunks
 
@@ -24,13 +25,14 @@ def src(tmp_path: Path) -> ArrayStore:
         return w.close({"data_kind": "synthetic"})
 
 
-def params(strategy: str, smote_chunk: int = 128, k: int = 2) -> dict:
-    return {
+def params(strategy: str, smote_chunk: int = 128, k: int = 2) -> Balance:
+    raw = {
         "strategy": strategy,
         "seed": 1,
         "chunk_size": 4,
         "smote": {"k_neighbors": k, "chunk_size": smote_chunk},
     }
+    return parse(Balance, raw, "balance")
 
 
 def all_images(store: ArrayStore) -> np.ndarray:
@@ -116,8 +118,8 @@ def test_class_weights_are_sklearn_balanced_weights(
 
 
 def test_unknown_strategy_and_missing_class_are_refused(src: ArrayStore, tmp_path: Path) -> None:
-    with pytest.raises(BalanceError, match=r"balance\.strategy must be one of"):
-        balance_store(src, tmp_path / "out", params("adasyn"))
+    with pytest.raises(ParamsError, match=r"balance\.strategy must be 'none', .*got 'adasyn'"):
+        params("adasyn")
     with StoreWriter(tmp_path / "one", (16, 16, 3)) as w:
         w.append(np.zeros((3, 16, 16, 3), np.uint8), [0, 0, 0], ["a", "b", "c"], ["s"] * 3)
         one = w.close()

@@ -14,24 +14,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cv_layout import PRE, SITE_REGEX, cv_layout
+from cv_layout import PRE, SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
+from glomx.config import TrainSection
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.pipeline.cv import CVConfig, CVError, Trial, fold_indices, inner_slides, run_trials
+from glomx.pipeline.cv import CVError, Trial, fold_indices, inner_slides, run_trials
 from glomx.pipeline.train import run_training
 from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
 from glomx.tracking import EXPERIMENT, stage_run
 
-CFG = CVConfig(cpus_per_trial=1, bootstrap={"n_resamples": 200, "confidence": 0.95, "seed": 0})
-LR = {"model": {"size": 8}, "fit": {"epochs": 2, "seed": 1}, "class_weight": "balanced"}
-CNN = {
-    "model": {"size": 16, "filters": [4, 8]},
-    "fit": {"epochs": 1, "batch_size": 16, "jit_compile": False},
-    "class_weight": "balanced",
-}
+LR = TrainSection(model={"size": 8}, fit={"epochs": 2, "seed": 1}, class_weight="balanced")
+CNN = TrainSection(
+    model={"size": 16, "filters": [4, 8]},
+    fit={"epochs": 1, "batch_size": 16, "jit_compile": False},
+    class_weight="balanced",
+)
 
 
 def _original(name: str) -> str:
@@ -47,7 +47,7 @@ def test_no_held_out_slide_reaches_training_in_original_or_augmented_form(
     folds = slide_folds(read_split_csv(Path(paths["prepared"]) / "split.csv"))
     held_everywhere: list[str] = []
     for fold in sorted(set(folds.values())):
-        inner = inner_slides(originals, folds, fold, CFG, SITE_REGEX)
+        inner = inner_slides(originals, folds, fold, TEST_CV, SITE_REGEX)
         train, val, held = fold_indices(training, originals, folds, fold, inner)
         held_slides = {s for s, k in folds.items() if k == fold}
         train_names = [training.names[i] for i in train]
@@ -81,7 +81,7 @@ def test_a_failing_trial_fails_the_stage_with_family_and_fold(tmp_path: Path) ->
         trial = Trial("lr", 1, LR, PRE, str(tmp_path / "no-store"), str(originals), folds,
                       ("SAS_0",), run.ref())  # fmt: skip
         with pytest.raises(CVError) as err:
-            run_trials([trial], CFG)
+            run_trials([trial], TEST_CV)
     message = user_message("train-lr", err.value).splitlines()[0]
     assert re.fullmatch(r"train-lr failed: lr fold 1: .*no-store is not a finished array store.*",
                         message), message  # fmt: skip
@@ -127,7 +127,14 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
     paths = cv_layout(tmp_path)
     for family, section in (("lr", LR), ("cnn", CNN)):
-        report = run_training(f"train-{family}", family, section, paths, CFG, SITE_REGEX)
+        report = run_training(
+            f"train-{family}",
+            family,
+            TrainSection.model_validate(section),
+            typed(paths),
+            TEST_CV,
+            SITE_REGEX,
+        )
         assert report["oof"]["images"] == 72 and len(report["folds"]) == 3
 
     client = MlflowClient(isolated_mlflow)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from glomx.config import Params, read
 from glomx.data.store import ArrayStore
 from glomx.evaluation.bootstrap import METRICS
 from glomx.evaluation.scoring import score_store
@@ -21,6 +22,7 @@ from glomx.models.mean import MeanClassifier, copy_member
 from glomx.pipeline.evaluate import EvaluateError, evaluate, score_models, trained_models
 from glomx.tracking.runs import MODEL_DESCRIPTION, REGISTERED_MODEL
 
+REPO = Path(__file__).resolve().parents[2]
 DECISION = {
     "rule": "the rule",
     "ranking": [
@@ -36,7 +38,7 @@ DECISION = {
 }  # fmt: skip
 
 
-def _params(root: Path, prepared: Path) -> dict[str, Any]:
+def _params(root: Path, prepared: Path) -> Params:
     paths = {
         "prepared": str(prepared),
         "models": str(root / "models"),
@@ -52,11 +54,16 @@ def _params(root: Path, prepared: Path) -> dict[str, Any]:
         "baseline": True,
         "bootstrap": {"n_resamples": 200, "confidence": 0.95, "seed": 1},
         "calibration_bins": 5,
-        "site_regex": "^(?P<site>[^_-]+)",
         "gradcam_per_case": 2,
         "promotion": {"metric": "balanced_accuracy", "margin": 0.01},
     }
-    return {"paths": paths, "evaluate": evaluate_cfg}
+    repo = read(REPO / "params.yaml")
+    raw = {
+        "paths": {**repo["paths"], **paths},
+        "prepare": {**repo["prepare"], "site_regex": "^(?P<site>[^_-]+)"},
+        "evaluate": evaluate_cfg,
+    }
+    return Params.model_validate(raw)
 
 
 @pytest.fixture
@@ -65,7 +72,7 @@ def params(
     prepared: Path,
     lr_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, Any]:
+) -> Params:
     """models/lr (a copy of ``lr_dir``), an untrained, never registered models/cnn, and the
     choose stage's decision: lr is the candidate."""
     monkeypatch.chdir(tmp_path)
@@ -81,7 +88,7 @@ def params(
 
 
 def test_evaluate_writes_everything_and_promotes_the_candidate(
-    params: dict[str, Any], registered_lr: str, tmp_path: Path
+    params: Params, registered_lr: str, tmp_path: Path
 ) -> None:
     result = evaluate(params)
     assert set(result["models"]) == {"lr", "cnn", "colour_baseline"}
@@ -177,14 +184,14 @@ def _check_mlflow_shape(result: dict[str, Any], version: str) -> None:
     assert set(both.model) == set(children)
 
 
-def test_nothing_to_evaluate(params: dict[str, Any], tmp_path: Path) -> None:
+def test_nothing_to_evaluate(params: Params, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "models")
     with pytest.raises(EvaluateError, match="no trained model"):
         evaluate(params)
 
 
 def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass(
-    params: dict[str, Any], tmp_path: Path
+    params: Params, tmp_path: Path
 ) -> None:
     models = tmp_path / "models"
     members = {f: load_classifier(models / f) for f in ("lr", "cnn")}
@@ -194,10 +201,10 @@ def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass
     ensemble = MeanClassifier.of("ensemble", members, members["lr"].meta.preprocessing)
     ensemble.meta.save(directory)
     decision = {**DECISION, "candidate": "ensemble"}
-    trained = trained_models(models, ["lr", "cnn"], params["paths"], decision)
+    trained = trained_models(models, ["lr", "cnn"], params.need("paths"), decision)
     assert [t.family for t in trained] == ["lr", "cnn", "ensemble"]
-    stores = {s: ArrayStore(Path(params["paths"]["prepared"]) / s) for s in ("train", "test")}
-    cfg = {**params["evaluate"], "baseline": False}
+    stores = {s: ArrayStore(Path(params.need("paths").prepared) / s) for s in ("train", "test")}
+    cfg = params.need("evaluate").model_copy(update={"baseline": False})
     scored = score_models(trained, stores, cfg, models)
     mean = (scored["lr"].proba + scored["cnn"].proba) / 2
     assert scored["ensemble"].proba == pytest.approx(mean)

@@ -14,11 +14,11 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
+from glomx.config import Prepare, read
 from glomx.data.catalogue import FOLDERS, CatalogueError
 from glomx.data.split import read_split_csv
 from glomx.data.store import ArrayStore
 from glomx.data.synth import make_dataset
-from glomx.params import load_params
 from glomx.pipeline.prepare import PrepareError, prepare
 from glomx.tracking import EXPERIMENT
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def params() -> dict:
     """The project's prepare params at a test-sized image."""
-    p = copy.deepcopy(load_params(REPO / "params.yaml")["prepare"])
+    p = copy.deepcopy(read(REPO / "params.yaml")["prepare"])
     p["image"]["size"] = 32
     p["chunk_size"] = 8
     return p
@@ -67,7 +67,9 @@ def _check_outputs(out: Path, metrics: Path, expected_kind: str) -> dict:
 
 
 def test_prepare_synthetic_challenge_format(synth_data: Path, params: dict, tmp_path: Path) -> None:
-    counts = prepare(synth_data, tmp_path / "prep", tmp_path / "prepare.json", params)
+    counts = prepare(
+        synth_data, tmp_path / "prep", tmp_path / "prepare.json", Prepare.model_validate(params)
+    )
     assert counts["total"] == 60
     _check_outputs(tmp_path / "prep", tmp_path / "prepare.json", "synthetic")
     train = ArrayStore(tmp_path / "prep" / "train")
@@ -78,8 +80,13 @@ def test_prepare_synthetic_challenge_format(synth_data: Path, params: dict, tmp_
 def test_prepare_is_deterministic_and_worker_independent(
     synth_data: Path, params: dict, tmp_path: Path
 ) -> None:
-    prepare(synth_data, tmp_path / "a", tmp_path / "a.json", params)
-    prepare(synth_data, tmp_path / "b", tmp_path / "b.json", {**params, "workers": 1})
+    prepare(synth_data, tmp_path / "a", tmp_path / "a.json", Prepare.model_validate(params))
+    prepare(
+        synth_data,
+        tmp_path / "b",
+        tmp_path / "b.json",
+        Prepare.model_validate({**params, "workers": 1}),
+    )
     assert (tmp_path / "a" / "split.csv").read_bytes() == (
         tmp_path / "b" / "split.csv"
     ).read_bytes()
@@ -100,14 +107,14 @@ def test_unreadable_image_policy(
     with Image.open(grey) as colour:
         colour.convert("L").save(grey)  # a greyscale export of a colour patch
     with pytest.raises(PrepareError, match=victim.name) as err:
-        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+        prepare(data, tmp_path / "p", tmp_path / "p.json", Prepare.model_validate(params))
     assert "unreadable_image: skip" in str(err.value)
     report = (tmp_path / "p" / "problems.csv").read_text()
     assert victim.name in report
     assert grey.name in report and "greyscale image (PIL mode L)" in report
 
     params["policy"] = {**params["policy"], "unreadable_image": "skip"}
-    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
+    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", Prepare.model_validate(params))
     assert counts["total"] == 58 and counts["skipped"] == 2
     split_csv = (tmp_path / "q" / "split.csv").read_text()
     assert victim.name not in split_csv and grey.name not in split_csv
@@ -123,7 +130,7 @@ def test_catalogue_errors_are_all_written_to_the_problem_report(
     csv = data / "public.csv"
     csv.write_text("\n".join(csv.read_text().splitlines()[:-30]) + "\n")  # 30 rows fewer
     with pytest.raises(CatalogueError, match=r"30 problem\(s\)") as err:
-        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+        prepare(data, tmp_path / "p", tmp_path / "p.json", Prepare.model_validate(params))
     report = tmp_path / "p" / "problems.csv"
     assert err.value.__notes__ == [f"All 30 problem(s) are listed in {report}."]
     assert len(report.read_text().splitlines()) == 1 + 30
@@ -145,13 +152,15 @@ def test_prepare_stage_logs_its_run_and_writes_what_prepare_alone_writes(
     shutil.copytree(synth_data, data)
     (data / FOLDERS[0] / "stray-1.png").write_bytes(b"")
     params["policy"] = {**params["policy"], "unlisted_file": "skip"}
-    paths = {"data": str(data), "prepared": "prep", "metrics": "metrics"}
+    paths = {**read(REPO / "params.yaml")["paths"], "data": str(data), "prepared": "prep"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": paths, "prepare": params}))
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(REPO / "stages" / "prepare.py"), run_name="__main__")  # as DVC runs it
     assert "train: " in capsys.readouterr().out
 
-    counts = prepare(data, tmp_path / "alone", tmp_path / "alone.json", params)
+    counts = prepare(
+        data, tmp_path / "alone", tmp_path / "alone.json", Prepare.model_validate(params)
+    )
     assert _tree(tmp_path / "prep") == _tree(tmp_path / "alone")  # MLflow adds no output
     assert (tmp_path / "metrics" / "prepare.json").read_bytes() == (
         tmp_path / "alone.json"
@@ -180,7 +189,9 @@ def test_prepare_stage_logs_its_run_and_writes_what_prepare_alone_writes(
 
 
 def test_prepare_real_shared_data(real_data: Path, params: dict, tmp_path: Path) -> None:
-    counts = prepare(real_data, tmp_path / "prep", tmp_path / "prepare.json", params)
+    counts = prepare(
+        real_data, tmp_path / "prep", tmp_path / "prepare.json", Prepare.model_validate(params)
+    )
     assert counts["total"] == 772 and counts["skipped"] == 0
     checked = _check_outputs(tmp_path / "prep", tmp_path / "prepare.json", "real")
     assert {s["split"] for s in checked["slides"].values()} == {"train", "test"}

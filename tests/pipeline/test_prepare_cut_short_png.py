@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from glomx.config import Prepare, read
 from glomx.data.synth import make_dataset
-from glomx.params import load_params
 from glomx.pipeline.prepare import PrepareError, prepare
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,11 +21,11 @@ def test_png_cut_short_is_refused_or_skipped(cut_short_png: bytes, tmp_path: Pat
     make_dataset(data, 30, seed=3, size_range=(40, 60), n_slides=6, workers=1)
     victim = sorted((data / "globally_sclerotic_glomeruli").glob("*.png"))[0]
     victim.write_bytes(cut_short_png)
-    params = copy.deepcopy(load_params(REPO / "params.yaml")["prepare"])
+    params = copy.deepcopy(read(REPO / "params.yaml")["prepare"])
     params["image"]["size"], params["workers"] = 32, 1
 
     with pytest.raises(PrepareError) as err:
-        prepare(data, tmp_path / "p", tmp_path / "p.json", params)
+        prepare(data, tmp_path / "p", tmp_path / "p.json", Prepare.model_validate(params))
     message = str(err.value)
     assert f"  {victim.name}: corrupt or truncated image (pixel data ends after" in message
     assert message.count(victim.name) == 1  # not "X.png: X.png: corrupt…"
@@ -35,7 +35,7 @@ def test_png_cut_short_is_refused_or_skipped(cut_short_png: bytes, tmp_path: Pat
     assert problem["name"] == victim.name and victim.name not in problem["detail"]
 
     params["policy"] = {**params["policy"], "unreadable_image": "skip"}
-    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", params)
+    counts = prepare(data, tmp_path / "q", tmp_path / "q.json", Prepare.model_validate(params))
     assert counts["total"] == 29 and counts["skipped"] == 1
     assert victim.name not in (tmp_path / "q" / "split.csv").read_text()
     assert victim.name in (tmp_path / "q" / "problems.csv").read_text()

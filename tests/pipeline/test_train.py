@@ -8,24 +8,25 @@ import json
 from pathlib import Path
 
 import pytest
-from cv_layout import SITE_REGEX, cv_layout
+from cv_layout import SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
+from glomx.config import TrainSection
 from glomx.data.store import ArrayStore
 from glomx.evaluation.selection import OOF
 from glomx.models import load_classifier
 from glomx.models.mean import MeanClassifier
-from glomx.pipeline.cv import CVConfig
 from glomx.pipeline.train import replace_model, run_training
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
-CFG = CVConfig(cpus_per_trial=1, bootstrap={"n_resamples": 200, "confidence": 0.95, "seed": 0})
-PARAMS = {
-    "model": {"size": 12, "channels": 3},
-    "fit": {"epochs": 3, "alpha": 0.1, "seed": 1},
-    "class_weight": "balanced",
-    "threshold": {"tune": True, "metric": "balanced_accuracy"},
-}
+PARAMS = TrainSection.model_validate(
+    {
+        "model": {"size": 12, "channels": 3},
+        "fit": {"epochs": 3, "alpha": 0.1, "seed": 1},
+        "class_weight": "balanced",
+        "threshold": {"tune": True, "metric": "balanced_accuracy"},
+    }
+)
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
 def test_run_training_cross_validates_saves_the_bag_and_logs_a_registered_run(
     paths: dict[str, str], isolated_mlflow: str
 ) -> None:
-    report = run_training("train-lr", "lr", PARAMS, paths, CFG, SITE_REGEX)
+    report = run_training("train-lr", "lr", PARAMS, typed(paths), TEST_CV, SITE_REGEX)
     oof = OOF.read(Path(paths["cv"]) / "lr.csv")
     originals = ArrayStore(Path(paths["prepared"]) / "train")
     assert sorted(oof.names) == sorted(originals.names)  # every original once, no copy

@@ -1,0 +1,32 @@
+"""A stage's door: ``params.yaml`` parsed once into typed :class:`~glomx.config.Params`, so a
+misspelled key anywhere stops every stage with one line naming it, before any work starts.
+
+A family's own ``model:`` and ``fit:`` parts are typed by its module, which imports Keras;
+:func:`glomx.models.family_section` checks them at the door of the stage that trains it (and
+only there, so prepare and the logistic regression never load TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glomx.config import PARAMS_FILE, TRAIN_PREFIX, Params, ParamsError, load
+from glomx.models import FAMILIES
+
+
+def load_config(path: str | Path = PARAMS_FILE) -> Params:
+    """The whole params file, typed and checked."""
+    params = load(path)
+    if unknown := [f for f in params.train if f not in FAMILIES]:
+        known = ", ".join(f"{TRAIN_PREFIX}{f}" for f in FAMILIES)
+        raise ParamsError(
+            f"params.yaml: {TRAIN_PREFIX}{unknown[0]} is not a known section; families: {known}"
+        )
+    for name in ("choose", "evaluate"):
+        section = getattr(params, name)
+        unknown = [f for f in (section.families if section else []) if f not in FAMILIES]
+        if unknown:
+            raise ParamsError(
+                f"params.yaml: {name}.families names an unknown family {unknown[0]!r}; "
+                f"known: {', '.join(FAMILIES)}"
+            )
+    return params
