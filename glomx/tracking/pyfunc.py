@@ -48,9 +48,8 @@ from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
+from glomx.tracking.names import ARTIFACT, DIGEST_TAG
 
-ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
-DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: files_digest() of the model directory
 BATCH = 32  # rows decoded and predicted at a time
 EXAMPLE_SIZE = 32  # side of the input example PNG
 # (environment variable, default): decoded pixels allowed per image and per request
