@@ -40,6 +40,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 from PIL import Image
 
@@ -131,7 +132,7 @@ def pixel_limit(setting: tuple[str, int]) -> int:
     return int(raw)
 
 
-class GlomxModel(mlflow.pyfunc.PythonModel):
+class GlomxModel(PythonModel):
     """A saved glomx model served on raw image files, with bounded pixels per request."""
 
     def load_context(self, context: Any) -> None:

@@ -118,27 +118,30 @@ def _cv_metrics(tags: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def _cv_digest(client: MlflowClient, run_id: str) -> str | None:
-    """Digest of the cross-validated dataset the training run logged, if any."""
+def _cv_input(client: MlflowClient, run_id: str) -> tuple[str, dict[str, str]] | None:
+    """(digest, tags) of the cross-validated store the training run logged as its input
+    (context :data:`CV_CONTEXT`), if it logged one."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
         return None
-    for item in run.inputs.dataset_inputs:
-        if {t.key: t.value for t in item.tags}.get("mlflow.data.context") == CV_CONTEXT:
-            return item.dataset.digest
+    for item in run.inputs.dataset_inputs if run.inputs else []:
+        tags = {t.key: t.value for t in item.tags}
+        if tags.get("mlflow.data.context") == CV_CONTEXT:
+            return item.dataset.digest, tags
     return None
 
 
 def candidate(client: MlflowClient, version: str, name: str = REGISTERED_MODEL) -> Candidate:
     """Read one registered version."""
     mv = client.get_model_version(name, version)
+    cv = _cv_input(client, mv.run_id) if mv.run_id else None
     return Candidate(
         version=str(mv.version),
         family=mv.tags.get("family", "?"),
         run_id=mv.run_id or "",
         cv_metrics=_cv_metrics(mv.tags),
-        cv_data=_cv_digest(client, mv.run_id) if mv.run_id else None,
+        cv_data=cv[0] if cv else None,
     )
 
 
@@ -222,7 +225,9 @@ def promote(
 
 def _model_path(name: str, version: str, tmp: Path) -> str:
     """Where the glomx model directory lies inside a registered pyfunc model."""
-    local = Path(download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel", dst_path=tmp))
+    local = Path(
+        download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel", dst_path=str(tmp))
+    )
     artifacts = Model.load(local).flavors["python_function"].get("artifacts", {})
     if ARTIFACT not in artifacts:
         raise LookupError(f"models:/{name}/{version} is not a glomx pyfunc model")
@@ -438,18 +443,11 @@ def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
 
 def _cv_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
     """(positives, negatives) of the store the training run cross-validated, if known."""
+    cv = _cv_input(client, run_id)
     try:
-        run = client.get_run(run_id)
-    except MlflowException:
+        return (int(cv[1]["class_1"]), int(cv[1]["class_0"])) if cv else None
+    except (KeyError, ValueError):
         return None
-    for item in run.inputs.dataset_inputs:
-        tags = {t.key: t.value for t in item.tags}
-        if tags.get("mlflow.data.context") == CV_CONTEXT:
-            try:
-                return int(tags["class_1"]), int(tags["class_0"])
-            except (KeyError, ValueError):
-                return None
-    return None
 
 
 def version_accuracy(uri: str) -> ClassifierAccuracy:

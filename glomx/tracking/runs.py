@@ -193,7 +193,8 @@ class StageRun:
         with warnings.catch_warnings():  # two registered local sources, the same class
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(store.path.resolve()))
-        dataset = MetaDataset(source, name=store.path.name, digest=digest, schema=schema)
+        # MLflow leaves Dataset.profile abstract in MetaDataset; Dataset is no ABC, so it builds
+        dataset = MetaDataset(source, name=store.path.name, digest=digest, schema=schema)  # type: ignore[abstract]
         counts = store.manifest.get("class_counts", {})
         tags = {
             "images": str(len(store)),
