@@ -69,7 +69,7 @@ SERVER_DIR ?= mlflow-server
 ARTIFACTS ?= $(SERVER_DIR)/artifacts
 
 ui: setup ## MLflow UI on http://127.0.0.1:$(PORT) over the project's store
-	@echo "open $$(python -c 'from glomx.tracking.runs import ui_url; print(ui_url("http://127.0.0.1:$(PORT)"))')"
+	@echo "open $$(python -c 'from glomx.tracking import ui_url; print(ui_url("http://127.0.0.1:$(PORT)"))')"
 	mlflow ui --backend-store-uri "$(TRACKING)" -h 127.0.0.1 -p $(PORT)
 
 server: setup ## team MLflow server on http://$(HOST):$(PORT): PostgreSQL store in $(SERVER_DIR), artifacts in $(ARTIFACTS)

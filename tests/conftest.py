@@ -26,6 +26,7 @@ from glomx.data.store import ArrayStore, StoreWriter
 from glomx.models import load_classifier
 from glomx.models.logistic import LogisticClassifier
 from glomx.tracking import stage_run
+from glomx.tracking.registry import register
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REMOTE = REPO.parent / "shared" / "glomeruli" / "dvc-remote"
@@ -125,7 +126,7 @@ def registered_lr(lr_dir: Path, prepared: Path) -> str:
     clf = load_classifier(lr_dir)
     images = ArrayStore(prepared / "val").read([0])
     with stage_run("train-lr", {}, "synthetic") as run:
-        return run.log_and_register(lr_dir, clf, images, {"cv_balanced_accuracy": 0.9})
+        return register(run, lr_dir, clf, images, {"cv_balanced_accuracy": 0.9})
 
 
 @pytest.fixture(scope="session")

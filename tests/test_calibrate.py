@@ -19,8 +19,8 @@ from synthetic_images import images_for, write_png
 
 from glomx.cli import main
 from glomx.data.catalogue import FOLDERS
+from glomx.tracking import REGISTERED_MODEL
 from glomx.tracking.registry import load_registered
-from glomx.tracking.runs import REGISTERED_MODEL
 
 SHIFT = 40  # grey levels brighter: every sclerotic patch falls below the LR model's 0.5
 

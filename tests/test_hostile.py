@@ -29,7 +29,7 @@ from glomx.predict import ESCAPED_NOTE, collect_files, load_model, predict_files
 from glomx.stage_main import DEBUG_ENV, stage_main
 from glomx.tracking.pyfunc import MAX_IMAGE_PIXELS, pixel_limit
 from glomx.tracking.registry import promote
-from glomx.tracking.runs import SQLITE_LOCKED
+from glomx.tracking.store import SQLITE_LOCKED
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_NAME = b"SAS_\xff-7.png"  # legal on Linux, not UTF-8

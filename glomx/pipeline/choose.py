@@ -33,7 +33,7 @@ from glomx.models.mean import MeanClassifier, copy_member
 from glomx.pipeline.cv import finite
 from glomx.pipeline.train import model_folder, prepared_preprocessing
 from glomx.tracking import StageRun, stage_run
-from glomx.tracking.registry import version_of
+from glomx.tracking.registry import register, version_of
 
 log = logging.getLogger(__name__)
 DECISION = "decision.json"
@@ -82,7 +82,7 @@ def _register(run: StageRun, selection: Selection, oof: OOF, paths: Paths, out: 
     run.set_tags({"members": ",".join(members)} | {f"member.{f}": v for f, v in versions.items()})
     example = ArrayStore(Path(paths.prepared) / "train").read([0])
     tags = {"members": ", ".join(f"{f} v{v}" for f, v in versions.items())}
-    return run.log_and_register(out / ENSEMBLE, ensemble, example, scores, tags)
+    return register(run, out / ENSEMBLE, ensemble, example, scores, tags)
 
 
 def choose_stage(params: Params) -> dict[str, Any]:

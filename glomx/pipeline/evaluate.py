@@ -38,10 +38,9 @@ from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MEMBERS
 from glomx.pipeline.choose import candidate_dir, read_decision
-from glomx.tracking import StageRun, stage_run
+from glomx.tracking import StageRun, run_link, stage_run, version_link
 from glomx.tracking.pyfunc import files_digest
 from glomx.tracking.registry import promote, version_of
-from glomx.tracking.runs import run_link, version_link
 
 log = logging.getLogger(__name__)
 TABLE = "test_metrics.json"  # the intervals, as an MLflow table, in every evaluation run

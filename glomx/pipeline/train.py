@@ -40,6 +40,7 @@ from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MeanClassifier
 from glomx.pipeline.cv import FoldResult, Trial, finite, inner_slides, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
+from glomx.tracking.registry import register
 
 log = logging.getLogger(__name__)
 SPLIT_FILE = "split.csv"
@@ -202,9 +203,7 @@ def run_training(
         run.set_tags(bag.tags())
         for figure in bag.members[0].write_figures(training, Path(paths.plots) / family):
             run.log_artifact(figure, "plots")
-        version = run.log_and_register(
-            Path(paths.models) / family, bag, originals.read([0]), pooled
-        )
+        version = register(run, Path(paths.models) / family, bag, originals.read([0]), pooled)
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
     return report
 

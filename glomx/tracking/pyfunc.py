@@ -40,6 +40,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 from PIL import Image
 
@@ -48,9 +49,8 @@ from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
+from glomx.tracking.names import ARTIFACT, DIGEST_TAG
 
-ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
-DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: files_digest() of the model directory
 BATCH = 32  # rows decoded and predicted at a time
 EXAMPLE_SIZE = 32  # side of the input example PNG
 # (environment variable, default): decoded pixels allowed per image and per request
@@ -132,7 +132,7 @@ def pixel_limit(setting: tuple[str, int]) -> int:
     return int(raw)
 
 
-class GlomxModel(mlflow.pyfunc.PythonModel):
+class GlomxModel(PythonModel):
     """A saved glomx model served on raw image files, with bounded pixels per request."""
 
     def load_context(self, context: Any) -> None:

@@ -1,4 +1,9 @@
-"""Promotion through the MLflow model registry: alias ``champion`` follows the chosen model.
+"""The MLflow model registry: registering a saved model folder, finding the versions a folder
+was registered as, and promotion, where alias ``champion`` follows the chosen model.
+
+Training runs (and choose, for the ensemble) :func:`register` their model folder;
+:func:`registered_versions` is the one way back from a folder to its versions (by the files
+digest its logged models are tagged with).
 
 The choose stage picks the *candidate* on out-of-fold predictions of the non-test slides (a
 family, or the ``ensemble`` of the families the data cannot tell apart:
@@ -37,22 +42,31 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
-from glomx.models.base import META_FILE
-from glomx.tracking.pyfunc import ARTIFACT, DIGEST_TAG, files_digest
-from glomx.tracking.runs import (
+from glomx.models import load_classifier
+from glomx.models.base import META_FILE, Classifier
+from glomx.tracking.names import (
+    ARTIFACT,
+    CHAMPION,
+    CV_CONTEXT,
+    CV_PREFIX,
+    DIGEST_TAG,
     EXPERIMENT,
+    PREVIOUS,
+    REASON_TAG,
     REGISTERED_MODEL,
-    TrackingError,
-    connect,
-    stage_run,
-    tracking_uri,
 )
+from glomx.tracking.provenance import keras_backend
+from glomx.tracking.pyfunc import files_digest, log_model, log_native_model
+from glomx.tracking.runs import StageRun, stage_run
+from glomx.tracking.store import TrackingError, connect, existing_client
 
-CHAMPION = "champion"
-PREVIOUS = "previous"
-REASON_TAG = "promotion.reason"
-CV_CONTEXT = "cv"  # dataset context under which training runs log the cross-validated store
-CV_PREFIX = "cv_"  # version tags of the pooled out-of-fold metrics
+MODEL_DESCRIPTION = """\
+P(globally sclerotic) for a PAS-stained kidney glomerulus patch. Each version is one training
+run's selected model (tag `family`; its validation scores as `val_<metric>` tags). Alias
+`champion` is the version with the best validation balanced accuracy (ROC-AUC breaks ties; see
+its `promotion.reason`), `previous` the champion it replaced. Test scores: the experiment's
+`evaluate` runs.
+"""
 
 
 @dataclass(frozen=True)
@@ -104,27 +118,30 @@ def _cv_metrics(tags: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def _cv_digest(client: MlflowClient, run_id: str) -> str | None:
-    """Digest of the cross-validated dataset the training run logged, if any."""
+def _cv_input(client: MlflowClient, run_id: str) -> tuple[str, dict[str, str]] | None:
+    """(digest, tags) of the cross-validated store the training run logged as its input
+    (context :data:`CV_CONTEXT`), if it logged one."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
         return None
-    for item in run.inputs.dataset_inputs:
-        if {t.key: t.value for t in item.tags}.get("mlflow.data.context") == CV_CONTEXT:
-            return item.dataset.digest
+    for item in run.inputs.dataset_inputs if run.inputs else []:
+        tags = {t.key: t.value for t in item.tags}
+        if tags.get("mlflow.data.context") == CV_CONTEXT:
+            return item.dataset.digest, tags
     return None
 
 
 def candidate(client: MlflowClient, version: str, name: str = REGISTERED_MODEL) -> Candidate:
     """Read one registered version."""
     mv = client.get_model_version(name, version)
+    cv = _cv_input(client, mv.run_id) if mv.run_id else None
     return Candidate(
         version=str(mv.version),
         family=mv.tags.get("family", "?"),
         run_id=mv.run_id or "",
         cv_metrics=_cv_metrics(mv.tags),
-        cv_data=_cv_digest(client, mv.run_id) if mv.run_id else None,
+        cv_data=cv[0] if cv else None,
     )
 
 
@@ -208,18 +225,52 @@ def promote(
 
 def _model_path(name: str, version: str, tmp: Path) -> str:
     """Where the glomx model directory lies inside a registered pyfunc model."""
-    local = Path(download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel", dst_path=tmp))
+    local = Path(
+        download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel", dst_path=str(tmp))
+    )
     artifacts = Model.load(local).flavors["python_function"].get("artifacts", {})
     if ARTIFACT not in artifacts:
         raise LookupError(f"models:/{name}/{version} is not a glomx pyfunc model")
     return str(artifacts[ARTIFACT]["path"])
 
 
+def register(
+    run: StageRun,
+    model_dir: str | Path,
+    classifier: Classifier,
+    example: np.ndarray,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log the saved model folder ``model_dir`` in ``run`` as the glomx pyfunc (and the
+    family's native flavor, unregistered), and register it as a new version of
+    :data:`REGISTERED_MODEL` tagged with family, stage, data kind, threshold, ``metrics`` and
+    ``tags``; returns the version. :func:`registered_versions` finds it again from the folder."""
+    run.require_active()
+    info = log_model(Path(model_dir), classifier, example)
+    log_native_model(classifier, example)
+    version_tags = {
+        "family": classifier.meta.family,
+        "stage": run.stage,
+        "data_kind": run.data_kind,
+        "threshold": str(classifier.meta.threshold),
+        **{k: f"{v:.6g}" for k, v in (metrics or {}).items()},
+        **(tags or {}),
+    }
+    if classifier.native_flavor == "keras" and (backend := keras_backend()):
+        version_tags["keras_backend"] = backend
+    version = mlflow.register_model(info.model_uri, REGISTERED_MODEL, tags=version_tags)
+    client = MlflowClient()
+    if not client.get_registered_model(REGISTERED_MODEL).description:
+        client.update_registered_model(REGISTERED_MODEL, MODEL_DESCRIPTION)
+    return str(version.version)
+
+
 def registered_versions(model_dir: Path, name: str = REGISTERED_MODEL) -> list[str]:
     """Numbers, ascending, of the registered versions logged from exactly the files of
     ``model_dir`` (found by the files digest their logged models are tagged with; nothing is
     downloaded). Raises LookupError where there is no registry (none is created)."""
-    client = _existing_registry()
+    client = existing_client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return []
@@ -234,8 +285,8 @@ def registered_versions(model_dir: Path, name: str = REGISTERED_MODEL) -> list[s
 
 
 def version_of(model_dir: Path, name: str = REGISTERED_MODEL) -> Candidate | None:
-    """The newest registered version logged from exactly the files of ``model_dir``; None
-    when none is, or when there is no registry yet."""
+    """The newest of :func:`registered_versions`, read as a :class:`Candidate`; None when the
+    folder is not registered, or when there is no registry yet."""
     try:
         versions = registered_versions(model_dir, name)
     except LookupError:
@@ -253,21 +304,9 @@ def _parse(uri: str) -> tuple[str, str]:
     raise ValueError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
-def _existing_registry() -> MlflowClient:
-    """A client for reading; a local SQLite store that does not exist is not created."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise LookupError(
-            f"no MLflow registry at {uri}; run the pipeline (`dvc repro`) here, set "
-            "MLFLOW_TRACKING_URI, or pass a saved model folder"
-        )
-    connect()
-    return MlflowClient()
-
-
 def resolve(uri: str) -> tuple[str, str]:
     """(name, version) of a ``models:/`` URI; raises LookupError naming what is missing."""
-    client = _existing_registry()
+    client = existing_client()
     name, ref = _parse(uri)
     try:
         if ref.isdigit():
@@ -282,8 +321,6 @@ def resolve(uri: str) -> tuple[str, str]:
 
 def load_registered(uri: str) -> tuple[Any, str]:
     """Download the version's glomx model directory and load it → (classifier, source label)."""
-    from glomx.models import load_classifier
-
     name, version = resolve(uri)
     with tempfile.TemporaryDirectory(prefix="glomx-model-") as tmp:
         path = _model_path(name, version, Path(tmp))
@@ -294,7 +331,7 @@ def load_registered(uri: str) -> tuple[Any, str]:
 
 def champion_report(name: str = REGISTERED_MODEL) -> str:
     """Text for ``glomx champion``."""
-    client = _existing_registry()
+    client = existing_client()
     champ = current_champion(client, name)
     if champ is None:
         raise LookupError(
@@ -336,8 +373,6 @@ def register_calibrated(
     (every other file, members of a composite model included, as they are), tagged with
     ``tags``, and point ``alias`` at it; ``champion`` and ``previous`` are left alone. The
     calibrate run logs ``report``. Returns the new version."""
-    from glomx.models import load_classifier
-
     if name != REGISTERED_MODEL:
         raise LookupError(f"calibration registers versions of {REGISTERED_MODEL!r}, not {name!r}")
     params = {"source": f"models:/{name}/{version}", "alias": alias, "threshold": threshold}
@@ -353,7 +388,7 @@ def register_calibrated(
         try:
             with stage_run("calibrate", params, data_kind) as run:
                 run.log_dict(report, "calibration.json")
-                new = run.log_and_register(local, classifier, example, tags=tags)
+                new = register(run, local, classifier, example, tags=tags)
             client = MlflowClient()
             description = (
                 f"Threshold {threshold:.4g} calibrated for {tags.get('lab', alias)} on "
@@ -373,7 +408,7 @@ def register_calibrated(
 def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
     """Text for ``glomx champion --lab``: the lab's calibrated version, what it was calibrated
     on, and whether the champion has moved on since."""
-    client = _existing_registry()
+    client = existing_client()
     alias = f"lab-{lab}"
     mv = version_by_alias(client, name, alias)
     if mv is None:
@@ -408,18 +443,11 @@ def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
 
 def _cv_counts(client: MlflowClient, run_id: str) -> tuple[int, int] | None:
     """(positives, negatives) of the store the training run cross-validated, if known."""
+    cv = _cv_input(client, run_id)
     try:
-        run = client.get_run(run_id)
-    except MlflowException:
+        return (int(cv[1]["class_1"]), int(cv[1]["class_0"])) if cv else None
+    except (KeyError, ValueError):
         return None
-    for item in run.inputs.dataset_inputs:
-        tags = {t.key: t.value for t in item.tags}
-        if tags.get("mlflow.data.context") == CV_CONTEXT:
-            try:
-                return int(tags["class_1"]), int(tags["class_0"])
-            except (KeyError, ValueError):
-                return None
-    return None
 
 
 def version_accuracy(uri: str) -> ClassifierAccuracy:

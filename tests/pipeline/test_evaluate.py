@@ -20,7 +20,8 @@ from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
 from glomx.models.mean import MeanClassifier, copy_member
 from glomx.pipeline.evaluate import EvaluateError, evaluate, score_models, trained_models
-from glomx.tracking.runs import MODEL_DESCRIPTION, REGISTERED_MODEL
+from glomx.tracking import REGISTERED_MODEL
+from glomx.tracking.registry import MODEL_DESCRIPTION
 
 REPO = Path(__file__).resolve().parents[2]
 DECISION = {

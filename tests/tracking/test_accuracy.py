@@ -11,9 +11,8 @@ from mlflow import MlflowClient
 from glomx.data.store import ArrayStore
 from glomx.models import load_classifier
 from glomx.predict import collect_files, load_model, predict_files
-from glomx.tracking import stage_run
-from glomx.tracking.registry import version_accuracy
-from glomx.tracking.runs import REGISTERED_MODEL
+from glomx.tracking import REGISTERED_MODEL, stage_run
+from glomx.tracking.registry import register, version_accuracy
 
 
 def _register(lr_dir: Path, prepared: Path, metrics: dict[str, float]) -> str:
@@ -21,7 +20,7 @@ def _register(lr_dir: Path, prepared: Path, metrics: dict[str, float]) -> str:
     val = ArrayStore(prepared / "val")
     with stage_run("train-lr", {}, "synthetic") as run:
         run.log_dataset(val, "cv")
-        return run.log_and_register(lr_dir, load_classifier(lr_dir), val.read([0]), metrics)
+        return register(run, lr_dir, load_classifier(lr_dir), val.read([0]), metrics)
 
 
 def test_accuracy_from_cv_tags_calibration_tags_or_none(lr_dir: Path, prepared: Path) -> None:

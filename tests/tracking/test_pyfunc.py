@@ -22,7 +22,9 @@ from glomx.data.images import load_image
 from glomx.models.base import ModelMeta, Preprocessing
 from glomx.models.logistic import LogisticClassifier, LRFit
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL, stage_run
-from glomx.tracking.pyfunc import DIGEST_TAG, files_digest, input_example
+from glomx.tracking.names import DIGEST_TAG
+from glomx.tracking.pyfunc import files_digest, input_example
+from glomx.tracking.registry import register
 
 PRE = Preprocessing(size=24, channels=3, method="pad", fill="white")
 
@@ -62,7 +64,7 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
     rng = np.random.default_rng(1)
     example = centre(True, PRE.size, rng)[None]
     with stage_run("train-lr", {}, "synthetic") as run:
-        version = run.log_and_register(model_dir, clf, example, {"val_roc_auc": 1.0})
+        version = register(run, model_dir, clf, example, {"val_roc_auc": 1.0})
 
     # raw files as a client has them: a 40 px RGBA PNG (challenge format) and a 30 px RGB file
     dark = np.dstack([centre(True, 40, rng), np.full((40, 40), 255, np.uint8)])

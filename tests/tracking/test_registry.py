@@ -12,8 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from glomx.tracking import registry
-from glomx.tracking.runs import REGISTERED_MODEL, connect
+from glomx.tracking import REGISTERED_MODEL, connect, registry
 
 
 def _version(tmp_path: Path, family: str, bal_acc: float, auc: float, cv_data: str) -> str:

@@ -14,7 +14,8 @@ import yaml
 from mlflow import MlflowClient
 
 from glomx.tracking import EXPERIMENT, TrackingError, provenance_tags, stage_run, tracking_uri
-from glomx.tracking.runs import HOST_TAG, PID_TAG, pipeline_outputs, ui_url
+from glomx.tracking.names import HOST_TAG, PID_TAG
+from glomx.tracking.provenance import pipeline_outputs, ui_url
 
 
 def _runs(uri: str) -> list:

@@ -38,7 +38,7 @@ from glomx.server.main import ServerError, terminate, wait_ready
 from glomx.server.postgres import free_port
 from glomx.tracking import stage_run
 from glomx.tracking.pyfunc import INPUT_REFUSAL, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
-from glomx.tracking.registry import promote
+from glomx.tracking.registry import promote, register
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_TIMEOUT_S = 180
@@ -117,7 +117,7 @@ def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
         mp.setenv("MLFLOW_TRACKING_URI", store_uri)
         images = ArrayStore(prepared / "val").read([0])
         with stage_run("choose", {}, "synthetic") as run:
-            version = run.log_and_register(ensemble_dir, load_classifier(ensemble_dir), images)
+            version = register(run, ensemble_dir, load_classifier(ensemble_dir), images)
         promote(version)
         port = free_port()
         # mlflow execs `uvicorn` from PATH: the one installed beside this interpreter
