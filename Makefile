@@ -39,9 +39,10 @@ compare-prep: setup ## LR validation table for each prepare.image.method (dvc ex
 test: setup ## run the test suite
 	pytest -q
 
-lint: setup ## ruff check and format check
+lint: setup ## ruff check and format check, mypy on glomx/
 	ruff check glomx stages tests bench
 	ruff format --check glomx stages tests bench
+	mypy
 
 bench: setup ## benchmarks vs in-run baselines (bench/out/); slow, needs `make run` first
 	python bench/prepare.py

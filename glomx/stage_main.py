@@ -66,6 +66,7 @@ def _what(err: BaseException) -> str:
     disk = disk_error(err)
     if disk is None:
         return str(err)
+    assert disk.errno is not None  # disk_error() picks errors by their errno
     what, fix = DISK_ERRORS[disk.errno]
     where = disk.filename or f"somewhere under {Path.cwd()}"
     return escaped(f"{what} {where}: {fix}")

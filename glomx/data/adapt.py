@@ -22,7 +22,10 @@ def adapt(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     if rgb.shape[1:3] != (size, size):
         rgb = (
             np.stack(
-                [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in rgb]
+                [
+                    np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR))
+                    for im in rgb
+                ]
             )
             if len(rgb)
             else np.empty((0, size, size, 3), np.uint8)

@@ -378,7 +378,7 @@ def read_catalogue(
         record = checker.check(name, name_rows, found)
         if record is not None:
             records.append(record)
-    for label, entries in folders.items():
+    for folder_label, entries in folders.items():
         for name, path in sorted(entries.items()):
             if name in by_name or name.startswith("."):
                 continue
@@ -387,7 +387,7 @@ def read_catalogue(
                 checker.add(
                     "unlisted_file",
                     name,
-                    f"{what} in {FOLDERS[label]}/ whose name is not valid UTF-8 (shown with "
+                    f"{what} in {FOLDERS[folder_label]}/ whose name is not valid UTF-8 (shown with "
                     f"\\xNN escapes), so no row of {csv_name} can name it",
                     f"rename it to a UTF-8 name and add its row to {csv_name}, or remove it",
                 )
@@ -395,8 +395,8 @@ def read_catalogue(
             checker.add(
                 "unlisted_file",
                 name,
-                f"{what} in {FOLDERS[label]}/ with no row in {csv_name}",
-                f"add a row '{name},{label}' to {csv_name}, or remove it",
+                f"{what} in {FOLDERS[folder_label]}/ with no row in {csv_name}",
+                f"add a row '{name},{folder_label}' to {csv_name}, or remove it",
             )
 
     errors = [p for p in checker.problems if policies[p.kind] == "error"]

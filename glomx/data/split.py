@@ -153,6 +153,7 @@ def _search(counts: np.ndarray, fractions: np.ndarray, rng: np.random.Generator)
             return assignment
         if score < best_score:
             best, best_score = assignment, score
+    assert best is not None  # RESTARTS ≥ 1, and every score is finite
     return best
 
 

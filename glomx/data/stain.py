@@ -76,7 +76,7 @@ MAX_C_PERCENTILE = 99.0
 
 _OD = -np.log((np.arange(256, dtype=np.float64) + 1) / IO).astype(np.float32)
 _WHITEST_OD = math.log(IO / 255)
-_TARGET_KEYS = {
+_TARGET_KEYS: dict[str, dict[str, tuple[int, ...]]] = {
     "none": {},
     "macenko": {"stain_vectors": (2, 3), "max_concentrations": (2,)},
     "reinhard": {"lab_mean": (3,), "lab_std": (3,)},

@@ -87,7 +87,7 @@ class StoreWriter:
     def append(
         self,
         images: np.ndarray,
-        labels: Sequence[int],
+        labels: Sequence[int] | np.ndarray,
         names: Sequence[str],
         slides: Sequence[str],
     ) -> None:
@@ -208,7 +208,7 @@ class ArrayStore:
                     raise StoreError("slices with a step are not supported; pass indices")
                 out = np.empty((max(stop - start, 0), *self.image_shape), dtype=np.uint8)
                 f.seek(self._offset + start * self._item_bytes)
-                f.readinto(memoryview(out).cast("B"))
+                f.readinto(out.data.cast("B"))
                 return out
             idx = np.asarray(indices, dtype=np.int64)
             out = np.empty((len(idx), *self.image_shape), dtype=np.uint8)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -38,9 +39,12 @@ THRESHOLD_METRICS = METRICS[:6]  # the ones that depend on the threshold
 CLASS_NAMES = {0: "non-sclerotic", 1: "sclerotic"}  # labels as figures name them
 
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
+Counts = (
+    np.ndarray | float
+)  # confusion counts (or sums of them): one threshold, or one per candidate
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _ratio(num: Counts, den: Counts) -> np.ndarray:
     """``num / den`` elementwise, NaN where ``den`` is 0."""
     num, den = np.asarray(num, float), np.asarray(den, float)
     out = np.full(np.broadcast(num, den).shape, np.nan)
@@ -48,7 +52,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def _from_counts(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict:
+def _from_counts(tp: Counts, fp: Counts, tn: Counts, fn: Counts) -> dict:
     """Threshold-dependent metrics from confusion counts (scalars or arrays of thresholds)."""
     recall = _ratio(tp, tp + fn)
     specificity = _ratio(tn, tn + fp)
@@ -202,7 +206,7 @@ def _figure(size: tuple[float, float] = (4.5, 4.0)) -> Figure:
     return fig
 
 
-def _legend(ax: Axes, loc: str) -> None:
+def _legend(ax: Axes, loc: Literal["lower right", "lower left"]) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc=loc, fontsize="small")
 

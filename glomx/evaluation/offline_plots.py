@@ -44,7 +44,7 @@ def html_template(vl_version: str = VEGA_LITE) -> str:
             "offline plots need the vl-convert-python package (it ships Vega, Vega-Lite and "
             "Vega-Embed): pip install vl-convert-python"
         ) from err
-    bundle = vl_convert.javascript_bundle(vl_version=vl_version)
+    bundle = vl_convert.javascript_bundle(vl_version=vl_version)  # type: ignore[call-arg]
     if "</script" in bundle.lower():
         raise RuntimeError("the Vega bundle contains '</script' and cannot be inlined")
     return PAGE.format(bundle=bundle, refresh_tag="{refresh_tag}", plot_divs="{plot_divs}")

@@ -73,7 +73,7 @@ def _beta(rng: np.random.Generator, rate: float, m: int, draws: int) -> np.ndarr
     return rng.beta(x + 0.5, m - x + 0.5, draws)
 
 
-def _corrected(apparent: np.ndarray, se: np.ndarray, sp: np.ndarray) -> np.ndarray:
+def _corrected(apparent: np.ndarray, se: np.ndarray | float, sp: np.ndarray | float) -> np.ndarray:
     """Rogan–Gladen, clipped to [0, 1]; NaN where Se + Sp ≤ 1 (no information)."""
     youden = se + sp - 1
     out = np.full(np.broadcast(apparent, youden).shape, np.nan)

@@ -229,8 +229,8 @@ def select(oofs: Mapping[str, OOF], boot: Mapping[str, Any]) -> Selection:
     differences: dict[str, dict[str, Any]] = {}
     for other in order[1:]:
         d = paired_difference(oofs[best], oofs[other], boot)
-        tied = bool(np.isnan(d["ci_low"]) or d["ci_low"] <= 0 <= d["ci_high"])
-        differences[other] = {**d, "tied": tied}
+        inside = bool(np.isnan(d["ci_low"]) or d["ci_low"] <= 0 <= d["ci_high"])
+        differences[other] = {**d, "tied": inside}
     tied = [best, *(f for f in order[1:] if differences[f]["tied"])]
     conf = f"{boot['confidence']:.0%}"
     if len(tied) == 1:

@@ -403,8 +403,8 @@ def load_backbone(name: str, size: int, weights: str, fallback: bool) -> tuple[k
     try:
         if name != "resnet50":
             return pretrained_model(name, size), "imagenet"
-        if (path := resnet50_imagenet_file()) is not None:
-            return resnet50(size, path), "imagenet"
+        if (cached := resnet50_imagenet_file()) is not None:
+            return resnet50(size, cached), "imagenet"
         raise BackboneWeightsError(
             f"Keras's ResNet-50 ImageNet file is not in the Keras cache and is not downloaded "
             f"here: put {RESNET50_FILE} into {keras_cache_dir() / 'models'}/, or set "

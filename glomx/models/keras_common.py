@@ -18,7 +18,7 @@ import logging
 import math
 import zipfile
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,17 +225,17 @@ class KerasClassifier(Classifier):
     native_flavor: ClassVar[str] = "keras"  # MLflow flavor of :meth:`native_model`
 
     def __init__(
-        self, meta: ModelMeta, fit_config: FitConfig, config: Any, model: keras.Model | None = None
+        self, meta: ModelMeta, fit_config: Any, config: Any, model: keras.Model | None = None
     ) -> None:
         super().__init__(meta)
-        self.fit_config = fit_config
-        self.config = config
+        self.fit_config: Any = fit_config  # an instance of the class's fit_config_class
+        self.config: Any = config  # an instance of its config_class
         self._model = model
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
+    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        config = parse(cls.config_class, params.get("model"), f"train_{cls.family}.model")
+        config: Any = parse(cls.config_class, params.get("model"), f"train_{cls.family}.model")
         fit_config = parse(cls.fit_config_class, params.get("fit"), f"train_{cls.family}.fit")
         meta = ModelMeta(
             family=cls.family,

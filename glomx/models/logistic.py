@@ -35,7 +35,7 @@ for the same seed, so the same params, data and seed give identical metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeVar
@@ -103,7 +103,7 @@ class LogisticClassifier(Classifier):
         self._pipeline = pipeline
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
+    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
         model = parse(LRModel, params.get("model"), "train_lr.model")
         fit = parse(LRFit, params.get("fit"), "train_lr.fit")

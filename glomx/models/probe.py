@@ -197,7 +197,7 @@ class ProbeClassifier(KerasClassifier):
         """Standardisation + logistic regression as the Dense layer's kernel and bias."""
         coef = lr.coef_[0] / scaler.scale_
         bias = lr.intercept_[0] - float(np.dot(coef, scaler.mean_))
-        dense = self._model.get_layer("p_sclerotic")
+        dense = self.keras_model.get_layer("p_sclerotic")
         dense.set_weights([coef[:, None].astype(np.float32), np.array([bias], np.float32)])
 
     def summary(self) -> str:

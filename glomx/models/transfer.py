@@ -21,6 +21,7 @@ images/s at 128 px.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Self
 
 import keras
@@ -123,7 +124,7 @@ class TransferClassifier(KerasClassifier):
         self._backbone: keras.Model | None = None
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], preprocessing: Preprocessing) -> Self:
+    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
         """As for every Keras family, and load the backbone now so missing weights fail fast."""
         classifier = super().from_params(params, preprocessing)
         classifier.load_backbone()

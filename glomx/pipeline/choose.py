@@ -65,7 +65,7 @@ def build_ensemble(members: list[str], paths: Paths, directory: Path) -> MeanCla
         for family in members:
             copy_member(Path(paths.models) / family, build / family)
         loaded = {f: load_classifier(build / f) for f in members}
-        ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(dict(paths)))
+        ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(paths))
         ensemble.meta.save(build)
     return ensemble
 

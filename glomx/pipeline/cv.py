@@ -229,11 +229,15 @@ def ray_session() -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    quiet = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
     if address := os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **quiet)
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=512 * 2**20, **quiet)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            object_store_memory=512 * 2**20,
+            include_dashboard=False,
+            configure_logging=False,
+        )
     try:
         yield ray
     finally:

@@ -171,8 +171,10 @@ class Postgres:
     def ensure_database(self, name: str) -> None:
         """Create database ``name`` unless it exists."""
         import psycopg  # the pinned driver MLflow's SQLAlchemy store uses too
+        from psycopg.conninfo import make_conninfo
 
-        with psycopg.connect(**self.connection("postgres"), autocommit=True) as conn:
+        info = make_conninfo("", **self.connection("postgres"))
+        with psycopg.connect(info, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if exists.fetchone() is None:
                 conn.execute(f'CREATE DATABASE "{name}"')
