@@ -111,24 +111,6 @@ class StageRun:
         self.log_metrics(numeric, step=self._step)
         self._step += 1
 
-    def log_history(self, history: dict[str, list[float]]) -> None:
-        """A whole per-epoch history after the fact (families without live logging)."""
-        epochs = max((len(v) for v in history.values()), default=0)
-        for i in range(epochs):
-            self.log_epoch({k: v[i] for k, v in history.items() if i < len(v)})
-
-    def keras_callback(self) -> Any:
-        """A ``keras.callbacks.Callback`` logging each epoch's metrics as it ends."""
-        import keras  # lazily: the LR stage never loads TensorFlow
-
-        run = self
-
-        class MlflowEpochLogger(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                run.log_epoch(logs or {})
-
-        return MlflowEpochLogger()
-
     def log_text(self, text: str, file: str) -> None:
         self.require_active()
         mlflow.log_text(text, file)
