@@ -40,11 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import keras
 import numpy as np
 from keras import layers
+from pydantic import AfterValidator
 
 from glomx.errors import GlomxError
 from glomx.models.torch_legacy import TorchFileError, load_state_dict
@@ -201,6 +202,15 @@ EFFICIENTNET_LITE0 = InvertedResidualSpec(
 
 SPECS = {spec.name: spec for spec in (MOBILENET_V2, EFFICIENTNET_LITE0)}
 BACKBONES = (*SPECS, "resnet50")
+
+
+def _known(name: str) -> str:
+    if name not in BACKBONES:
+        raise ValueError(f"must be one of {', '.join(BACKBONES)}")
+    return name
+
+
+Backbone = Annotated[str, AfterValidator(_known)]  # a params value naming one of BACKBONES
 
 
 def _conv(

@@ -39,7 +39,7 @@ from glomx.config import ParamsError, Section
 from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
-from glomx.models.backbones import BACKBONES, block_of, load_backbone
+from glomx.models.backbones import Backbone, block_of, load_backbone
 from glomx.models.base import EpochHook
 from glomx.models.keras_common import KerasClassifier
 
@@ -50,17 +50,10 @@ log = logging.getLogger(__name__)
 class ProbeConfig(Section):
     """The frozen feature extractor (the ``model:`` part of ``train_probe``)."""
 
-    backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
+    backbone: Backbone = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
     layer: str = OUTPUT  # the backbone layer whose activations are pooled; output = its last
     size: int = Field(224, ge=32)  # input side
     weights: str = "imagenet"  # imagenet | path to a .weights.h5 of the backbone
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        if name not in BACKBONES:
-            raise ValueError(f"must be one of {', '.join(BACKBONES)}")
-        return name
 
     @field_validator("weights")
     @classmethod

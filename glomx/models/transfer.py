@@ -26,11 +26,11 @@ from typing import Any, Self
 
 import keras
 from keras import layers
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from glomx.config import Section
 from glomx.data.images import Preprocessing
-from glomx.models.backbones import BACKBONES, block_of, load_backbone
+from glomx.models.backbones import Backbone, block_of, load_backbone
 from glomx.models.base import ModelMeta
 from glomx.models.keras_common import (
     FitConfig,
@@ -46,7 +46,7 @@ BN_MOMENTUM_RANDOM_INIT = 0.9
 class TransferConfig(Section):
     """Backbone and fine-tuning settings (the ``model:`` part of ``train_mobilenet``)."""
 
-    backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
+    backbone: Backbone = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
     size: int = Field(224, ge=32)  # input side
     weights: str = "imagenet"  # imagenet | none | path to a .weights.h5 of the backbone
     fallback: bool = False  # imagenet unavailable → warn and train from random init
@@ -55,18 +55,11 @@ class TransferConfig(Section):
     finetune_epochs: int = Field(4, ge=0)  # phase 2 length; 0 = head only
     finetune_learning_rate: float = Field(1e-4, gt=0)
 
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, name: str) -> str:
-        if name not in BACKBONES:
-            raise ValueError(f"must be one of {', '.join(BACKBONES)}")
-        return name
-
 
 class ResNetConfig(TransferConfig):
     """``train_resnet``'s ``model:``: ResNet-50 at 128 px, random-init fallback allowed."""
 
-    backbone: str = "resnet50"
+    backbone: Backbone = "resnet50"
     size: int = Field(128, ge=32)
     fallback: bool = True
     dropout: float = Field(0.3, ge=0, lt=1)
