@@ -13,9 +13,8 @@ An unreadable row does not fail the batch: its ``probability`` and ``label`` are
 Pixels are bounded before any is decoded, from each image's header: an image over
 ``GLOMX_SERVE_MAX_PIXELS`` (default 4 Mpx; glomerulus patches are well under 1 Mpx), or one
 that would take the request over ``GLOMX_SERVE_MAX_REQUEST_PIXELS`` (default 64 Mpx) in all,
-gets an error row instead. MLflow's scoring server itself bounds no request body size (its
-only bound is ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, seconds per request): limit bodies
-in a proxy in front of it.
+gets an error row instead. Bodies, concurrent requests and error replies are bounded by the
+server in front of the model (:mod:`glomx.tracking.scoring`, ``glomx serve``).
 
 The glomx package travels with the model (``code_paths``), so loading it needs only the pinned
 requirements, not this repository.
@@ -121,14 +120,14 @@ def _file_bytes(image: object, name: str) -> bytes:
         raise ImageError(name, f"column 'image' is not valid base64 ({err})") from None
 
 
-def pixel_limit(setting: tuple[str, int]) -> int:
+def env_limit(setting: tuple[str, int], unit: str = "pixels") -> int:
     """The limit an environment variable sets (a positive whole number), else its default."""
     name, default = setting
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{name}={raw!r} is not a positive whole number of pixels; unset it")
+        raise ValueError(f"{name}={raw!r} is not a positive whole number of {unit}; unset it")
     return int(raw)
 
 
@@ -137,8 +136,8 @@ class GlomxModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         self.classifier: Classifier = load_classifier(context.artifacts[ARTIFACT])
-        self.max_pixels = pixel_limit(MAX_IMAGE_PIXELS)
-        self.max_request_pixels = pixel_limit(MAX_REQUEST_PIXELS)
+        self.max_pixels = env_limit(MAX_IMAGE_PIXELS)
+        self.max_request_pixels = env_limit(MAX_REQUEST_PIXELS)
 
     def _within_limits(self, data: bytes, name: str, spent: int) -> int:
         """Pixels of one image by its header; ImageError when over a limit."""
