@@ -22,6 +22,7 @@ itself (:class:`glomx.tracking.pyfunc.GlomxModel`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -58,11 +59,19 @@ MESSAGE_CHARS = 500  # longest error message sent back
 DRAIN_FACTOR = 4  # a body over the limit is read and dropped up to this many times the limit
 NAMED_COLUMNS = 5  # undeclared columns named in a refusal; the rest are counted
 # MLflow's prefix to a prediction error: "Failed to predict data '<the request>'. \nError: "
-_ECHO = re.compile(r"^Failed to predict data .*?\nError: ", re.DOTALL)
+_ECHO = re.compile(r"^Failed to predict data .*\nError: ", re.DOTALL)  # to its last "Error: "
 
 
 class ServeError(GlomxError, ValueError):
     """A limit set wrongly, or a model that cannot be served."""
+
+
+class _Refused(Exception):
+    """A request answered before it reaches MLflow: ``reply`` is ``(status, JSON body)``."""
+
+    def __init__(self, reply: tuple[int, bytes]) -> None:
+        super().__init__(reply[0])
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,12 @@ def _release_memory() -> Callable[[], None]:
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
     trim = getattr(libc, "malloc_trim", None)
-    return (lambda: trim(0) and None) if trim else (lambda: None)
+
+    def release() -> None:
+        if trim is not None:
+            trim(0)
+
+    return release
 
 
 def error_reply(status: int, code: str, message: str) -> tuple[int, bytes]:
@@ -175,7 +189,8 @@ class Guard:
         if declared.isdigit() and int(declared) > self.limits.max_body:
             # a client waiting for `100 Continue` (curl above 1 MB) is answered without it
             if headers.get(b"expect", b"").lower() != b"100-continue":
-                await self._body(receive)  # read and dropped
+                with contextlib.suppress(_Refused):
+                    await self._body(receive)  # read and dropped
             return await _send_reply(send, *self._too_large())
         self.in_flight += 1
         try:
@@ -195,11 +210,11 @@ class Guard:
             f"({MAX_BODY_MB[0]}); send fewer images per request",
         )
 
-    async def _body(self, receive: Receive) -> bytes | None:
-        """The whole body; None when it goes over the limit, the client leaves or it takes
-        over the timeout. A body over the limit is still read to its end and dropped (up to
-        :data:`DRAIN_FACTOR` times the limit), so that a client still sending can read the
-        413 instead of a broken connection."""
+    async def _body(self, receive: Receive) -> bytes:
+        """The whole body, else :class:`_Refused`: over the limit (413), slower than the
+        timeout (408) or the client gone. A body over the limit is still read to its end and
+        dropped (up to :data:`DRAIN_FACTOR` times the limit), so that a client still sending
+        reads the 413 instead of a broken connection."""
         chunks: list[bytes] = []
         size = 0
         try:
@@ -207,22 +222,26 @@ class Guard:
                 while size <= DRAIN_FACTOR * self.limits.max_body:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        return None
+                        raise _Refused(error_reply(400, "BAD_REQUEST", "the client left"))
                     size += len(chunk := message.get("body", b""))
                     if size <= self.limits.max_body:
                         chunks.append(chunk)
                     else:
                         chunks.clear()
                     if not message.get("more_body"):
-                        return b"".join(chunks) if size <= self.limits.max_body else None
+                        break
         except TimeoutError:
-            pass
-        return None
+            message = f"the request body took over {self.limits.timeout_s:g} s to arrive"
+            raise _Refused(error_reply(408, "REQUEST_TIMEOUT", message)) from None
+        if size > self.limits.max_body:
+            raise _Refused(self._too_large())
+        return b"".join(chunks)
 
     async def _invoke(self, scope: Scope, receive: Receive, send: Send, headers: dict) -> None:
-        body = await self._body(receive)
-        if body is None:
-            return await _send_reply(send, *self._too_large())
+        try:
+            body = await self._body(receive)
+        except _Refused as refused:
+            return await _send_reply(send, *refused.reply)
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip()
         problem = content_type == b"application/json" and await asyncio.to_thread(check_json, body)
         if problem:
