@@ -184,6 +184,13 @@ def test_served_champion_answers_in_strict_json_with_null_for_failed_rows(
     assert "row 3: corrupt or truncated image (pixel data ends after" in failed[2]["error"]
 
 
+def test_served_model_keeps_mlflow_routes(server: str) -> None:
+    """`/ping`, `/health` and `/version` answer as `mlflow models serve` does."""
+    for route, expected in (("ping", "\n"), ("health", "\n"), ("version", mlflow.__version__)):
+        with urllib.request.urlopen(f"{server}/{route}", timeout=10) as response:
+            assert (response.status, response.read().decode()) == (200, expected)
+
+
 def _refusal(column: str) -> dict[str, str]:
     return {
         "error_code": "INVALID_PARAMETER_VALUE",
@@ -215,7 +222,8 @@ def test_served_model_names_an_undeclared_column(server: str, png_folder: Path) 
 
 
 def test_served_model_refuses_a_body_over_its_limit_without_reading_it(server: str) -> None:
-    """Declared (Content-Length) or streamed (chunked), a body over the limit gets a short 413."""
+    """Declared (Content-Length) or streamed (chunked), a body over the limit gets a short
+    413, and the client reads it rather than a broken connection."""
     limit = BODY_MB * 1_000_000
     over = b'{"dataframe_split": {"columns": ["image"], "data": [["' + b"A" * limit + b'"]]}}'
     chunks = (over[i : i + 65536] for i in range(0, len(over), 65536))
@@ -227,6 +235,14 @@ def test_served_model_refuses_a_body_over_its_limit_without_reading_it(server: s
             "message": f"the request body is over this server's limit of {BODY_MB} MB "
             f"({MAX_BODY_MB[0]}); send fewer images per request",
         }
+    # curl asks first above 1 MB (`Expect: 100-continue`) and gets the 413 instead of a go-ahead
+    done = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", f"{server}/invocations",
+         "-H", "Content-Type: application/json", "--data-binary", "@-"],
+        input=over, capture_output=True, timeout=30,
+    )  # fmt: skip
+    text, code = done.stdout.decode().rsplit("\n", 1)
+    assert code == "413" and strict_json(text)["error_code"] == "REQUEST_LIMIT_EXCEEDED", text
 
 
 @pytest.mark.parametrize(
