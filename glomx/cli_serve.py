@@ -21,8 +21,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
         help="serve a registered model on /invocations (MLflow's scoring API, with limits)",
-        description="Limits: GLOMX_SERVE_MAX_BODY_MB (64), GLOMX_SERVE_MAX_CONCURRENT (1), "
-        "GLOMX_SERVE_MAX_PIXELS (4000000 per image), GLOMX_SERVE_MAX_REQUEST_PIXELS (64000000).",
+        description="Limits come from the environment: GLOMX_SERVE_MAX_BODY_MB, "
+        "GLOMX_SERVE_MAX_CONCURRENT, GLOMX_SERVE_MAX_PIXELS, GLOMX_SERVE_MAX_REQUEST_PIXELS "
+        "(docs/usage.md, Serve).",
     )
     serve.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})"
