@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 MIB = 2**20
 SETTLE_S = 3.0  # wait after the last reply before reading "after"
+CLIENT_TIMEOUT_S = 1800
 
 
 def _free_port() -> int:
@@ -93,16 +94,19 @@ def worker_pid(server: subprocess.Popen[bytes]) -> int:
 
 
 def post(url: str, body: bytes) -> int:
+    """The HTTP status of one POST (0: no reply)."""
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:
+        with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
             response.read()
             return response.status
     except urllib.error.HTTPError as err:
         err.read()
         return err.code
+    except OSError:  # no reply in time, connection broken
+        return 0
 
 
 def body(rows: list[str]) -> bytes:
@@ -192,7 +196,10 @@ def main() -> int:
             print(name, report[name], flush=True)
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:  # still finishing requests
+            server.kill()
     (OUT / f"serve_load-{args.server}.json").write_text(json.dumps(report, indent=1) + "\n")
     return 0
 

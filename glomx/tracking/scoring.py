@@ -8,7 +8,8 @@ a request's size and echoes a malformed body in its error, so the guard in front
 - a body over ``GLOMX_SERVE_MAX_BODY_MB`` (default 64 MB: a batch of 32 of the challenge's
   largest patches, 1.4 MB each, in base64) is answered 413 before it is read in full;
 - at most ``GLOMX_SERVE_MAX_CONCURRENT`` requests (default 1) are read and predicted at a time;
-  the others wait with their body unread, so memory does not grow with the number of clients;
+  the others wait with their body unread, so memory does not grow with the number of clients
+  (a request past MLflow's timeout gets 504, and its prediction still holds its place);
 - a JSON body that does not parse is answered 400 with the parser's reason, never the body;
 - a column other than ``image`` is answered 400 naming it (MLflow would drop it unread);
 - every error reply is one short JSON object ``{"error_code", "message"}``: MLflow's echo of
@@ -27,6 +28,7 @@ import ctypes
 import ctypes.util
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,11 +101,14 @@ class Limits:
 
 class ColumnCheckedModel:
     """The pyfunc model as MLflow's scoring app sees it, refusing undeclared columns before
-    MLflow's schema enforcement drops them unread."""
+    MLflow's schema enforcement drops them unread, and running at most ``max_concurrent``
+    predictions at once. That bound holds in the worker threads themselves: a request MLflow
+    answers 504 on its timeout leaves its prediction running, and the next one waits for it."""
 
-    def __init__(self, model: PyFuncModel) -> None:
+    def __init__(self, model: PyFuncModel, max_concurrent: int) -> None:
         self.model = model
         self.metadata = model.metadata
+        self.running = threading.BoundedSemaphore(max_concurrent)
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
         columns = list(data) if isinstance(data, pd.DataFrame | dict) else []  # their names
@@ -114,7 +119,8 @@ class ColumnCheckedModel:
                 f"column {named}{more} not accepted: {INPUT_REFUSAL}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        return self.model.predict(data, params=params)
+        with self.running:
+            return self.model.predict(data, params=params)
 
 
 def _release_memory() -> Callable[[], None]:
@@ -289,4 +295,5 @@ def build_app(model_uri: str) -> Guard:
             f"cannot load {model_uri} from {uri}: {err.message}; `glomx champion` shows the "
             "champion, MLFLOW_TRACKING_URI chooses the store"
         ) from None
-    return Guard(scoring_server.init(ColumnCheckedModel(model)), limits)
+    checked = ColumnCheckedModel(model, limits.max_concurrent)
+    return Guard(scoring_server.init(checked), limits)
