@@ -45,7 +45,7 @@ from glomx.tracking.pyfunc import (
     INPUT_REFUSAL,
     MAX_IMAGE_PIXELS,
     MAX_REQUEST_PIXELS,
-    env_limit,
+    pixel_limit,
 )
 
 Scope = MutableMapping[str, Any]
@@ -90,9 +90,9 @@ class Limits:
         a bad value stops the server before the model loads."""
         try:
             for setting in (MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS):
-                env_limit(setting)
-            megabytes = env_limit(MAX_BODY_MB, "megabytes")
-            concurrent = env_limit(MAX_CONCURRENT, "requests")
+                pixel_limit(setting)
+            megabytes = pixel_limit(MAX_BODY_MB, "megabytes")
+            concurrent = pixel_limit(MAX_CONCURRENT, "requests")
         except ValueError as err:
             raise ServeError(str(err)) from None
         timeout = float(scoring_server.MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
@@ -237,8 +237,8 @@ class Guard:
                     if not message.get("more_body"):
                         break
         except TimeoutError:
-            message = f"the request body took over {self.limits.timeout_s:g} s to arrive"
-            raise _Refused(error_reply(408, "REQUEST_TIMEOUT", message)) from None
+            reason = f"the request body took over {self.limits.timeout_s:g} s to arrive"
+            raise _Refused(error_reply(408, "REQUEST_TIMEOUT", reason)) from None
         if size > self.limits.max_body:
             raise _Refused(self._too_large())
         return b"".join(chunks)
@@ -296,4 +296,5 @@ def build_app(model_uri: str) -> Guard:
             "champion, MLFLOW_TRACKING_URI chooses the store"
         ) from None
     checked = ColumnCheckedModel(model, limits.max_concurrent)
-    return Guard(scoring_server.init(checked), limits)
+    # init uses only the model's metadata and predict, which the wrapper has
+    return Guard(scoring_server.init(checked), limits)  # type: ignore[arg-type]
