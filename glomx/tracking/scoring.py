@@ -6,7 +6,7 @@
 a request's size and echoes a malformed body in its error, so the guard in front of it adds:
 
 - a body over ``GLOMX_SERVE_MAX_BODY_MB`` (default 64 MB: a batch of 32 of the challenge's
-  largest patches, 1.4 MB each, in base64) is answered 413 before it is read in full;
+  largest patches, 1.4 MB each, in base64) is answered 413 and never held in memory;
 - at most ``GLOMX_SERVE_MAX_CONCURRENT`` requests (default 1) are read and predicted at a time;
   the others wait with their body unread, so memory does not grow with the number of clients
   (a request past MLflow's timeout gets 504, and its prediction still holds its place);
