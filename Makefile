@@ -10,7 +10,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
-        plots ui server serve predict calibrate bench-calibrate bench-label-free clean
+        plots ui server serve bench-serve predict calibrate bench-calibrate bench-label-free clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -78,8 +78,10 @@ server: setup ## team MLflow server on http://$(HOST):$(PORT): PostgreSQL store 
 
 MODEL ?= models:/glomx@champion
 serve: setup ## serve the champion (or MODEL=models:/glomx@lab-x) on http://127.0.0.1:$(SERVE_PORT)/invocations
-	MLFLOW_TRACKING_URI="$(TRACKING)" mlflow models serve -m "$(MODEL)" \
-		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+	glomx serve --model "$(MODEL)" --host 127.0.0.1 --port $(SERVE_PORT)
+
+bench-serve: setup data ## worker RSS and req/s under 8 concurrent clients (bench/out/serve_load-glomx.json)
+	python bench/serve_load.py --model "$(MODEL)"
 
 predict: setup ## classify a folder of patches with the champion: make predict DIR=path
 	glomx predict "$(DIR)" --out predictions/predictions.csv

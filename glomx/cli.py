@@ -1,5 +1,5 @@
 """The ``glomx`` command: synthetic demo data, predictions, the current champion, lab
-calibration and the team's tracking server."""
+calibration, the served model and the team's tracking server."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from glomx.cli_calibrate import add_calibrate_parser
 from glomx.cli_predict import add_champion_parser, add_predict_parser
+from glomx.cli_serve import add_serve_parser
 from glomx.server.main import add_server_parser
 from glomx.stage_main import user_errors_exit
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_champion_parser(sub)
     add_calibrate_parser(sub)
     add_server_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

@@ -276,3 +276,24 @@ def test_a_bad_server_pixel_limit_names_its_variable(value: str, monkeypatch) ->
     assert pixel_limit(MAX_IMAGE_PIXELS) == 2_500_000
     monkeypatch.delenv(MAX_IMAGE_PIXELS[0])
     assert pixel_limit(MAX_IMAGE_PIXELS) == 4_000_000
+
+
+@pytest.mark.parametrize(
+    ("env", "model", "message"),
+    [
+        ({"GLOMX_SERVE_MAX_BODY_MB": "0"}, "models:/glomx@champion",
+         "GLOMX_SERVE_MAX_BODY_MB='0' is not a positive whole number of megabytes; unset it"),
+        ({"GLOMX_SERVE_MAX_CONCURRENT": "many"}, "models:/glomx@champion",
+         "GLOMX_SERVE_MAX_CONCURRENT='many' is not a positive whole number of requests; unset it"),
+        ({}, "models:/glomx@lab-nowhere", "cannot load models:/glomx@lab-nowhere from sqlite:///"),
+    ],
+)  # fmt: skip
+def test_serve_with_a_bad_limit_or_model_is_one_message(
+    env: dict[str, str], model: str, message: str, capsys, monkeypatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status, err = _glomx(capsys, "serve", "--model", model, "--port", "1")
+    first, *rest = err.splitlines()
+    assert status == 1 and first.startswith(f"glomx serve failed: {message}"), err
+    assert "Traceback" not in err and len(rest) <= 1

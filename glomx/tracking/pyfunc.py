@@ -13,9 +13,8 @@ An unreadable row does not fail the batch: its ``probability`` and ``label`` are
 Pixels are bounded before any is decoded, from each image's header: an image over
 ``GLOMX_SERVE_MAX_PIXELS`` (default 4 Mpx; glomerulus patches are well under 1 Mpx), or one
 that would take the request over ``GLOMX_SERVE_MAX_REQUEST_PIXELS`` (default 64 Mpx) in all,
-gets an error row instead. MLflow's scoring server itself bounds no request body size (its
-only bound is ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, seconds per request): limit bodies
-in a proxy in front of it.
+gets an error row instead. Bodies, concurrent requests and error replies are bounded by the
+server in front of the model (:mod:`glomx.tracking.scoring`, ``glomx serve``).
 
 The glomx package travels with the model (``code_paths``), so loading it needs only the pinned
 requirements, not this repository.
@@ -51,7 +50,7 @@ from glomx.models import load_classifier
 from glomx.models.base import Classifier
 from glomx.tracking.names import ARTIFACT, DIGEST_TAG
 
-BATCH = 32  # rows decoded and predicted at a time
+BATCH = 16  # rows decoded and predicted at a time (32: ~250 MiB more peak RSS when served)
 EXAMPLE_SIZE = 32  # side of the input example PNG
 # (environment variable, default): decoded pixels allowed per image and per request
 MAX_IMAGE_PIXELS = ("GLOMX_SERVE_MAX_PIXELS", 4_000_000)
@@ -121,14 +120,14 @@ def _file_bytes(image: object, name: str) -> bytes:
         raise ImageError(name, f"column 'image' is not valid base64 ({err})") from None
 
 
-def pixel_limit(setting: tuple[str, int]) -> int:
+def pixel_limit(setting: tuple[str, int], unit: str = "pixels") -> int:
     """The limit an environment variable sets (a positive whole number), else its default."""
     name, default = setting
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{name}={raw!r} is not a positive whole number of pixels; unset it")
+        raise ValueError(f"{name}={raw!r} is not a positive whole number of {unit}; unset it")
     return int(raw)
 
 

@@ -1,7 +1,7 @@
 """The champion through the registry: pyfunc round trip, predict by URI, and one real REST
-server (``mlflow models serve``, started once for this module) answering every HTTP check:
-strict JSON with null for failed rows, no file paths, a PNG cut short, bounded pixels, and
-README's command."""
+server (``glomx serve``, started once for this module) answering every HTTP check: strict JSON
+with null for failed rows, no file paths, a PNG cut short, bounded pixels, bounded bodies,
+short errors that never echo the request, and README's command."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,12 @@ from glomx.server.postgres import free_port
 from glomx.tracking import stage_run
 from glomx.tracking.pyfunc import INPUT_REFUSAL, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
 from glomx.tracking.registry import promote, register
+from glomx.tracking.scoring import MAX_BODY_MB
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_TIMEOUT_S = 180
 REQUEST_PIXELS = 3_000_000  # the served module's request budget; images keep the default
+BODY_MB = 2  # the served module's body limit
 
 
 @pytest.fixture
@@ -110,8 +112,8 @@ def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
-    """``ensemble_dir`` registered and promoted in a store of its own, served by ``mlflow
-    models serve`` for the whole module; yields the base URL."""
+    """``ensemble_dir`` registered and promoted in a store of its own, served by ``glomx
+    serve`` for the whole module; yields the base URL."""
     root = Path(store_uri.removeprefix("sqlite:///")).parent
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", store_uri)
@@ -120,17 +122,15 @@ def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
             version = register(run, ensemble_dir, load_classifier(ensemble_dir), images)
         promote(version)
         port = free_port()
-        # mlflow execs `uvicorn` from PATH: the one installed beside this interpreter
         env = {
             **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             MAX_REQUEST_PIXELS[0]: str(REQUEST_PIXELS),
+            MAX_BODY_MB[0]: str(BODY_MB),
         }
     log_path = root / "serve.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/glomx@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            [sys.executable, "-m", "glomx.cli", "serve", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )  # fmt: skip
         try:
@@ -144,19 +144,21 @@ def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
             terminate(server)
 
 
-def _post(base: str, columns: list[str], rows: list[list[str | None]]) -> tuple[int, str]:
-    """POST a ``dataframe_split`` request → (HTTP status, response text), errors included."""
-    body = {"dataframe_split": {"columns": columns, "data": rows}}
-    request = urllib.request.Request(
-        f"{base}/invocations",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
+def _send(base: str, body: bytes | Iterable[bytes], **headers: str) -> tuple[int, str]:
+    """POST ``body`` to /invocations (chunked when an iterable) → (HTTP status, reply text),
+    errors included."""
+    headers = {"Content-Type": "application/json", **headers}
+    request = urllib.request.Request(f"{base}/invocations", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+def _post(base: str, columns: list[str], rows: list[list[str | None]]) -> tuple[int, str]:
+    """POST a ``dataframe_split`` request → (HTTP status, response text), errors included."""
+    return _send(base, json.dumps({"dataframe_split": {"columns": columns, "data": rows}}).encode())
 
 
 def test_served_champion_answers_in_strict_json_with_null_for_failed_rows(
@@ -182,27 +184,87 @@ def test_served_champion_answers_in_strict_json_with_null_for_failed_rows(
     assert "row 3: corrupt or truncated image (pixel data ends after" in failed[2]["error"]
 
 
+def test_served_model_keeps_mlflow_routes(server: str) -> None:
+    """`/ping`, `/health` and `/version` answer as `mlflow models serve` does."""
+    for route, expected in (("ping", "\n"), ("health", "\n"), ("version", mlflow.__version__)):
+        with urllib.request.urlopen(f"{server}/{route}", timeout=10) as response:
+            assert (response.status, response.read().decode()) == (200, expected)
+
+
+def _refusal(column: str) -> dict[str, str]:
+    return {
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": f"column '{column}' not accepted: {INPUT_REFUSAL}",
+    }
+
+
 def test_served_model_never_opens_a_path(server: str, png_folder: Path, tmp_path: Path) -> None:
     """Naming a file, existing or not, gets one fixed refusal; nothing tells them apart."""
     good = str(png_folder / "SAS_1-0.png")
     paths = ["/etc/passwd", str(tmp_path / "no-such-file.png"), str(tmp_path), good]
-    answers = set()
     for path in paths:
         status, text = _post(server, ["path"], [[path]])
-        answer = strict_json(text)
-        # MLflow's message echoes the request ("Failed to predict data '<frame>'. Error: ...")
-        echo, error = answer["message"].split("\nError: ")
-        assert (
-            status == 400 and echo.startswith("Failed to predict data") and error == INPUT_REFUSAL
-        )
-        assert not re.search("exist|directory|readable", text), text
-        answers.add((status, answer["error_code"], error, tuple(answer.keys())))
-    assert len(answers) == 1  # beyond the echo of the request, nothing differs
+        assert (status, strict_json(text)) == (400, _refusal("path")), text
     # beside an image the path is not dropped unread (as MLflow drops undeclared columns): the
     # request is refused as a whole
     status, text = _post(server, ["image", "path"], [[_b64(Path(good)), good]])
+    assert (status, strict_json(text)) == (400, _refusal("path")), text
+
+
+def test_served_model_names_an_undeclared_column(server: str, png_folder: Path) -> None:
+    """Any column but `image` is refused by name, in every request format, never dropped."""
+    image = _b64(png_folder / "SAS_1-0.png")
+    status, text = _post(server, ["image", "slide"], [[image, "SAS_1"]])
+    assert (status, strict_json(text)) == (400, _refusal("slide")), text
+    records = {"dataframe_records": [{"image": image, "Image": image}]}
+    status, text = _send(server, json.dumps(records).encode())
+    assert (status, strict_json(text)) == (400, _refusal("Image")), text
+
+
+def test_served_model_refuses_a_body_over_its_limit_without_reading_it(server: str) -> None:
+    """Declared (Content-Length) or streamed (chunked), a body over the limit gets a short
+    413, and the client reads it rather than a broken connection."""
+    limit = BODY_MB * 1_000_000
+    over = b'{"dataframe_split": {"columns": ["image"], "data": [["' + b"A" * limit + b'"]]}}'
+    chunks = (over[i : i + 65536] for i in range(0, len(over), 65536))
+    for body in (over, chunks):
+        status, text = _send(server, body)
+        assert status == 413 and len(text) < 300, text[:300]
+        assert strict_json(text) == {
+            "error_code": "REQUEST_LIMIT_EXCEEDED",
+            "message": f"the request body is over this server's limit of {BODY_MB} MB "
+            f"({MAX_BODY_MB[0]}); send fewer images per request",
+        }
+    # curl asks first above 1 MB (`Expect: 100-continue`) and gets the 413 instead of a go-ahead
+    done = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", f"{server}/invocations",
+         "-H", "Content-Type: application/json", "--data-binary", "@-"],
+        input=over, capture_output=True, timeout=30,
+    )  # fmt: skip
+    text, code = done.stdout.decode().rsplit("\n", 1)
+    assert code == "413" and strict_json(text)["error_code"] == "REQUEST_LIMIT_EXCEEDED", text
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            b'{"dataframe_split": {"columns": ["image"], "data": [["' + b"A" * 999_000,
+            "not valid JSON",
+        ),
+        (b'{"dataframe_split": "\xff' + b"\xff" * 999_000 + b'"}', "not UTF-8 text"),
+        (b"[" + b'"A", ' * 200_000 + b'"A"]', "must be a JSON object"),
+        (b'{"dataframe_split": {"columns": ["image"], "data": "' + b"A" * 999_000 + b'"}}', ""),
+    ],
+)
+def test_a_malformed_body_gets_a_short_error_not_its_echo(
+    server: str, body: bytes, reason: str
+) -> None:
+    """1 MB of malformed request: 400 and a reply under 1 KB, whatever MLflow would say."""
+    status, text = _send(server, body)
     answer = strict_json(text)
-    assert status == 400 and answer["message"].endswith(f"\nError: {INPUT_REFUSAL}")
+    assert status == 400 and len(text) < 1000 and reason in answer["message"], text[:1000]
+    assert set(answer) == {"error_code", "message"} and "AAAAAAAAAA" not in text
 
 
 def _blank_png(side: int) -> str:

@@ -1,0 +1,33 @@
+"""The ``glomx serve`` subcommand (``make serve``): a registered model over HTTP, bounded."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODEL = "models:/glomx@champion"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from glomx.tracking.scoring import build_app
+
+    app = build_app(args.model)  # a bad limit or model is one message, before listening
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve a registered model on /invocations (MLflow's scoring API, with limits)",
+        description="Limits come from the environment: GLOMX_SERVE_MAX_BODY_MB, "
+        "GLOMX_SERVE_MAX_CONCURRENT, GLOMX_SERVE_MAX_PIXELS, GLOMX_SERVE_MAX_REQUEST_PIXELS "
+        "(docs/usage.md, Serve).",
+    )
+    serve.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001)
+    serve.set_defaults(func=_serve)
