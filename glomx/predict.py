@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -200,25 +201,25 @@ def _scored_on_ray(
 
     from glomx.pipeline.cv import ray_session
 
-    with ray_session() as ray:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False  # ours counts images
-        actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        starts = range(0, len(files), batch_size)
-        items = [{"start": i, "paths": [os.fsencode(p) for p in files[i : i + batch_size]]}
-                 for i in starts]  # fmt: skip
-        # a block per batch: each comes back (and the progress moves) as soon as it is scored
-        dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        scored = dataset.map_batches(
-            RayScorer,
-            fn_constructor_kwargs={"classifier": clf, "tta": tta, "max_pixels": max_pixels},
-            batch_size=1,  # one item is one batch of files
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=1,
-        )
-        done = 0
-        try:
+    try:
+        with ray_session() as ray:
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True
+            context.enable_progress_bars = False  # ours counts images
+            actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            starts = range(0, len(files), batch_size)
+            items = [{"start": i, "paths": [os.fsencode(p) for p in files[i : i + batch_size]]}
+                     for i in starts]  # fmt: skip
+            # a block per batch: each comes back (and the progress moves) as soon as it is scored
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))
+            scored = dataset.map_batches(
+                RayScorer,
+                fn_constructor_kwargs={"classifier": clf, "tta": tta, "max_pixels": max_pixels},
+                batch_size=1,  # one item is one batch of files
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=1,
+            )
+            done = 0
             for out in scored.iter_batches(batch_size=None, batch_format="numpy"):
                 n = len(out["start"])
                 if not np.array_equal(
@@ -228,8 +229,8 @@ def _scored_on_ray(
                 pairs = zip(out["probability"], out["error"], strict=True)
                 yield files[done : done + n], [e or float(p) for p, e in pairs]
                 done += n
-        except ray.exceptions.RayError as err:
-            raise PredictError(f"Ray: {_ray_reason(err)}") from err
+    except (ray.exceptions.RayError, ConnectionError) as err:  # a task, an actor, RAY_ADDRESS
+        raise PredictError(f"Ray: {_ray_reason(err)}") from err
 
 
 def _ray_reason(err: Exception) -> str:
@@ -345,6 +346,7 @@ def predict_files(
         replacing(out, slides_path(out)) as (rows_file, slides_file),
         open(rows_file, "w", newline="", encoding="utf-8") as f,
         Progress(len(files), progress) as bar,
+        closing(scored),  # stops the pool or Ray at once if writing fails
     ):
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
