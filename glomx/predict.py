@@ -160,9 +160,13 @@ def _scored(clf: Classifier, decoded: list[np.ndarray | str], tta: bool) -> list
 
 
 def _scored_locally(
-    files: Sequence[Path], clf: Classifier, tta: bool, max_pixels: int, batch_size: int,
+    files: Sequence[Path],
+    clf: Classifier,
+    tta: bool,
+    max_pixels: int,
+    batch_size: int,
     workers: int,
-) -> Iterator[tuple[Sequence[Path], list[float | str]]]:  # fmt: skip
+) -> Iterator[tuple[Sequence[Path], list[float | str]]]:
     """Batches scored in this process while the pool decodes the next one."""
     pre = clf.meta.preprocessing
     for batch, decoded in _decoded(files, pre, max_pixels, batch_size, workers):
@@ -208,8 +212,10 @@ def _scored_on_ray(
             context.enable_progress_bars = False  # ours counts images
             actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
             starts = range(0, len(files), batch_size)
-            items = [{"start": i, "paths": [os.fsencode(p) for p in files[i : i + batch_size]]}
-                     for i in starts]  # fmt: skip
+            items = [
+                {"start": i, "paths": [os.fsencode(p) for p in files[i : i + batch_size]]}
+                for i in starts
+            ]
             # a block per batch: each comes back (and the progress moves) as soon as it is scored
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
             scored = dataset.map_batches(
@@ -234,7 +240,7 @@ def _scored_on_ray(
 
 
 def _ray_reason(err: Exception) -> str:
-    """The first line of a Ray failure, without Ray's wrapping."""
+    """A Ray failure in one line: its cause's last line (the error under the traceback)."""
     cause = getattr(err, "cause", None) or err
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
@@ -258,8 +264,8 @@ class Progress:
         if self.lines and (now - self.last >= self.every or self.done == self.total):
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
-            print(f"predict: {self.done:,}/{self.total:,} images, {rate:.1f} images/s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            line = f"predict: {self.done:,}/{self.total:,} images, {rate:.1f} images/s"
+            print(line, file=sys.stderr, flush=True)
 
     def __enter__(self) -> Progress:
         return self

@@ -16,7 +16,7 @@ from synthetic_images import images_for, write_png
 from glomx.cli_predict import add_predict_parser
 from glomx.data.images import load_image
 from glomx.evaluation.scoring import dihedral
-from glomx.predict import collect_files, load_model, predict_files
+from glomx.predict import Progress, collect_files, load_model, predict_files
 
 GOOD = ("SAS_1-0.png", "SAS_1-1.png", "VUHSK_7-3.png")
 
@@ -151,6 +151,17 @@ def test_model_column_says_whether_a_model_folder_was_registered(
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed.getsockname()[1]}")
         assert load_model(copy).source == f"{copy} (registry unreachable)"
+
+
+def test_progress_off_a_terminal_is_a_line_with_images_per_second(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with Progress(3, enabled=True, every=0) as bar:
+        bar.update(2)
+        bar.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(", ")[0] for line in lines] == ["predict: 2/3 images", "predict: 3/3 images"]
+    assert all(line.endswith(" images/s") for line in lines)
 
 
 def test_ray_data_writes_the_same_rows_in_the_same_order(
