@@ -235,7 +235,7 @@ def _scored_on_ray(
                 pairs = zip(out["probability"], out["error"], strict=True)
                 yield files[done : done + n], [e or float(p) for p, e in pairs]
                 done += n
-    except (ray.exceptions.RayError, ConnectionError) as err:  # a task, an actor, RAY_ADDRESS
+    except (ray.exceptions.RayError, ConnectionError) as err:  # a task or actor failed, no Ray
         raise PredictError(f"Ray: {_ray_reason(err)}") from err
 
 
