@@ -10,7 +10,8 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
-        plots ui server serve bench-serve predict calibrate bench-calibrate bench-label-free clean
+        plots ui server serve bench-serve predict calibrate bench-calibrate bench-label-free \
+        bench-predict clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -60,6 +61,10 @@ bench-calibrate: setup data ## leave-one-site-out lab calibration on the train +
 
 bench-label-free: setup data ## label-free adaptation (prior-shift EM, per-site features) vs 0.5, same leave-one-site-out (bench/out/label_free.md)
 	python bench/label_free.py
+
+N ?= 50000
+bench-predict: setup ## glomx predict on N synthetic patches (default 50000), locally and --ray: images/s, peak RSS (bench/out/predict_scale.md); needs models/lr
+	python bench/predict_scale.py --n $(N)
 
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    """Refuse a batch size below 1 and a threshold outside [0, 1] (NaN and infinity too)."""
+    """Refuse a batch size or workers below 1 and a threshold outside [0, 1] (NaN and
+    infinity too)."""
     from glomx.predict import PredictError
 
     if args.batch_size < 1:
         raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 1:
+        raise PredictError(f"--workers must be at least 1, got {args.workers}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise PredictError(f"--threshold must be a number from 0 to 1, got {args.threshold}")
 
@@ -48,18 +52,23 @@ def _predict(args: argparse.Namespace) -> int:
     except (PredictError, FileNotFoundError, LookupError, ImageError, RuntimeError) as err:
         print(f"glomx predict: {err}", file=sys.stderr)
         return 2
-    summary = predict_files(
-        files,
-        model,
-        args.out,
-        threshold=args.threshold,
-        tta=args.tta,
-        slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        max_pixels=args.max_pixels,
-        progress=not args.quiet,
-    )
+    try:
+        summary = predict_files(
+            files,
+            model,
+            args.out,
+            threshold=args.threshold,
+            tta=args.tta,
+            slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            max_pixels=args.max_pixels,
+            progress=not args.quiet,
+            ray=args.ray or bool(os.environ.get("RAY_ADDRESS")),
+        )
+    except PredictError as err:  # Ray failed: nothing was written
+        print(f"glomx predict: {err}", file=sys.stderr)
+        return 2
     print(slide_report(summary))
     print(
         f"{summary.predicted} predicted, {summary.failed} unreadable (see column 'error'); "
@@ -105,11 +114,28 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default: prepare.slide_regex of ./params.yaml)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (at least 1)")
-    p.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes decoding images (default: one per core, %(default)s here)",
+    )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="spread decoding and prediction over Ray Data actors, one per CPU, each holding "
+        "the model: the cluster at RAY_ADDRESS (which alone turns this on), else a local "
+        "instance; the same rows in the same order",
+    )
     p.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress (otherwise a bar on a terminal, else a line with images/s every 30 s)",
+    )
     p.set_defaults(func=_predict)
     return p
 

@@ -1,19 +1,28 @@
 """Predict folders of patches with a saved or registered model.
 
-Images are decoded by a small process pool exactly as the prepare stage decodes them (the
-model's own preprocessing), predicted in batches, and written row by row, so memory holds
-two batches whatever the number of files. A file that cannot be read gets a row with its
-error and no prediction; the run goes on. A file name that is not valid UTF-8 is written with
-``\\xNN`` escapes, and its row's ``note`` says so.
+Images are decoded exactly as the prepare stage decodes them (the model's own
+preprocessing), predicted in batches, and written row by row, so memory holds a few batches
+whatever the number of files. Locally a process pool (one process per core by default)
+decodes while the main process predicts; with Ray (``--ray`` or ``RAY_ADDRESS``), Ray Data
+hands fixed batches of paths to an actor pool whose workers each hold the model once and
+decode and predict there, and the rows come back in file order. Both ways write the same
+rows. A file that cannot be read gets a row with its error and no prediction; the run goes
+on. A file name that is not valid UTF-8 is written with ``\\xNN`` escapes, and its row's
+``note`` says so.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
+import os
+import sys
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -143,6 +152,128 @@ def _decoded(
             yield done, [f.result() for f in futures]
 
 
+def _scored(clf: Classifier, decoded: list[np.ndarray | str], tta: bool) -> list[float | str]:
+    """Per file, its probability, or its error message when it could not be decoded."""
+    ok = [r for r in decoded if not isinstance(r, str)]
+    proba = iter(predict_batch(clf, np.stack(ok), tta) if ok else [])
+    return [r if isinstance(r, str) else float(next(proba)) for r in decoded]
+
+
+def _scored_locally(
+    files: Sequence[Path],
+    clf: Classifier,
+    tta: bool,
+    max_pixels: int,
+    batch_size: int,
+    workers: int,
+) -> Generator[tuple[Sequence[Path], list[float | str]], None, None]:
+    """Batches scored in this process while the pool decodes the next one."""
+    pre = clf.meta.preprocessing
+    for batch, decoded in _decoded(files, pre, max_pixels, batch_size, workers):
+        yield batch, _scored(clf, decoded, tta)
+
+
+class RayScorer:
+    """A Ray Data actor: holds the model (unpickled once, when the actor starts), then decodes
+    and scores one batch of paths per call."""
+
+    def __init__(self, classifier: Classifier, tta: bool, max_pixels: int) -> None:
+        self.classifier, self.tta, self.max_pixels = classifier, tta, max_pixels
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One row in (``start``, the file paths as bytes); one row per file out, in order.
+        Paths travel as bytes and errors escaped, since Arrow holds only valid UTF-8 text."""
+        ((start, paths),) = zip(batch["start"], batch["paths"], strict=True)
+        pre = self.classifier.meta.preprocessing
+        decoded = [_load((Path(os.fsdecode(p)), pre, self.max_pixels)) for p in paths]
+        scored = _scored(self.classifier, decoded, self.tta)
+        return {
+            "start": np.full(len(scored), start),
+            "probability": np.array([math.nan if isinstance(s, str) else s for s in scored]),
+            "error": np.array([escaped(s) if isinstance(s, str) else "" for s in scored]),
+        }
+
+
+def _scored_on_ray(
+    files: Sequence[Path], clf: Classifier, tta: bool, max_pixels: int, batch_size: int
+) -> Generator[tuple[Sequence[Path], list[float | str]], None, None]:
+    """The same batches as :func:`_scored_locally` (so the same numbers), scored by an actor
+    pool of one actor per CPU of the Ray cluster, and streamed back in file order."""
+    if not files:
+        return
+    import ray.data
+
+    from glomx.pipeline.cv import ray_session
+
+    try:
+        with ray_session() as ray:
+            context = ray.data.DataContext.get_current()
+            context.execution_options.preserve_order = True
+            context.enable_progress_bars = False  # ours counts images
+            actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            starts = range(0, len(files), batch_size)
+            items = [
+                {"start": i, "paths": [os.fsencode(p) for p in files[i : i + batch_size]]}
+                for i in starts
+            ]
+            # a block per batch: each comes back (and the progress moves) as soon as it is scored
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))
+            scored = dataset.map_batches(
+                RayScorer,
+                fn_constructor_kwargs={"classifier": clf, "tta": tta, "max_pixels": max_pixels},
+                batch_size=1,  # one item is one batch of files
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=1,
+            )
+            done = 0
+            for out in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                n = len(out["start"])
+                if not np.array_equal(
+                    out["start"], np.arange(done, done + n) // batch_size * batch_size
+                ):
+                    raise PredictError("Ray returned rows out of file order")  # preserve_order
+                pairs = zip(out["probability"], out["error"], strict=True)
+                yield files[done : done + n], [e or float(p) for p, e in pairs]
+                done += n
+    except (ray.exceptions.RayError, ConnectionError) as err:  # a task or actor failed, no Ray
+        raise PredictError(f"Ray: {_ray_reason(err)}") from err
+
+
+def _ray_reason(err: Exception) -> str:
+    """A Ray failure in one line: its cause's last line (the error under the traceback)."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+
+
+class Progress:
+    """Images done and images/s: a bar on a terminal, else a line on stderr every
+    ``every`` seconds (a log of a long run shows how far it is and how fast)."""
+
+    def __init__(self, total: int, enabled: bool, every: float = 30.0) -> None:
+        self.total, self.done, self.every = total, 0, every
+        self.start = self.last = time.monotonic()
+        tty = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc="predict", unit="img", disable=not tty)
+        self.lines = enabled and not tty
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.monotonic()
+        if self.lines and (now - self.last >= self.every or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            line = f"predict: {self.done:,}/{self.total:,} images, {rate:.1f} images/s"
+            print(line, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 @dataclass
 class SlideRow:
     """One slide of ``<out>_slides.csv``: counts and, when any was predicted, its %GS."""
@@ -199,47 +330,53 @@ def predict_files(
     tta: bool = False,
     slide_regex: str = DEFAULT_SLIDE_REGEX,
     batch_size: int = 64,
-    workers: int = 2,
+    workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    ray: bool = False,
 ) -> PredictSummary:
     """Write ``out`` (one row per file) and :func:`slides_path` beside it, together: both are
-    written to temporary siblings and replace earlier files only once both are complete."""
+    written to temporary siblings and replace earlier files only once both are complete.
+    ``workers`` decoding processes (default: one per core), or, with ``ray``, Ray Data."""
     clf = model.classifier
     cut = clf.meta.threshold if threshold is None else threshold
     pattern = slide_pattern(slide_regex)
     slides: dict[str, list[int]] = {}  # slide -> [n predicted, n sclerotic, n errors]
-    summary = PredictSummary(accuracy=model_accuracy(model, threshold))
+    accuracy = model_accuracy(model, threshold)
+    summary = PredictSummary(accuracy=accuracy)
+    if ray:
+        scored = _scored_on_ray(files, clf, tta, max_pixels, batch_size)
+    else:
+        cores = workers or os.cpu_count() or 1
+        scored = _scored_locally(files, clf, tta, max_pixels, batch_size, cores)
     with (
         replacing(out, slides_path(out)) as (rows_file, slides_file),
         open(rows_file, "w", newline="", encoding="utf-8") as f,
-        tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
+        Progress(len(files), progress) as bar,
+        closing(scored),  # stops the pool or Ray at once if writing fails
     ):
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        decoded = _decoded(files, clf.meta.preprocessing, max_pixels, batch_size, workers)
-        for batch, results in decoded:
-            ok = [i for i, r in enumerate(results) if not isinstance(r, str)]
-            proba = predict_batch(clf, np.stack([results[i] for i in ok]), tta) if ok else []
-            probs = dict(zip(ok, proba, strict=True))
-            for i, path in enumerate(batch):
+        for batch, results in scored:
+            for path, result in zip(batch, results, strict=True):
                 name = escaped(path.name)
                 slide = slide_of(name, pattern) or ""
                 counts = slides.setdefault(slide or NO_SLIDE, [0, 0, 0])
-                if i in probs:
-                    label = int(probs[i] >= cut)
-                    row = [f"{probs[i]:.6f}", label, model.source, ""]
+                row: list[str | int]
+                if isinstance(result, str):
+                    row = ["", "", model.source, escaped(result)]
+                    counts[2] += 1
+                    summary.failed += 1
+                else:
+                    label = int(result >= cut)
+                    row = [f"{result:.6f}", label, model.source, ""]
                     counts[0] += 1
                     counts[1] += label
                     summary.predicted += 1
-                else:
-                    row = ["", "", model.source, escaped(results[i])]
-                    counts[2] += 1
-                    summary.failed += 1
                 note = ESCAPED_NOTE if name != path.name else ""
                 writer.writerow([name, escaped(str(path)), slide, *row, note])
             bar.update(len(batch))
-        summary.slides = write_slide_summary(slides, slides_file, summary.accuracy)
+        summary.slides = write_slide_summary(slides, slides_file, accuracy)
     return summary
 
 

@@ -111,6 +111,7 @@ def _glomx(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, 
     ("args", "message"),
     [
         (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
         (["--threshold", "nan"], "--threshold must be a number from 0 to 1, got nan"),
         (["--threshold", "1.5"], "--threshold must be a number from 0 to 1, got 1.5"),
         (["--threshold=-inf"], "--threshold must be a number from 0 to 1, got -inf"),

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_images import images_for, write_png
 
 from glomx.cli_predict import add_predict_parser
 from glomx.data.images import load_image
 from glomx.evaluation.scoring import dihedral
-from glomx.predict import collect_files, load_model, predict_files
+from glomx.predict import Progress, collect_files, load_model, predict_files
 
 GOOD = ("SAS_1-0.png", "SAS_1-1.png", "VUHSK_7-3.png")
 
@@ -149,3 +151,37 @@ def test_model_column_says_whether_a_model_folder_was_registered(
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed.getsockname()[1]}")
         assert load_model(copy).source == f"{copy} (registry unreachable)"
+
+
+def test_progress_off_a_terminal_is_a_line_with_images_per_second(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with Progress(3, enabled=True, every=0) as bar:
+        bar.update(2)
+        bar.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(", ")[0] for line in lines] == ["predict: 2/3 images", "predict: 3/3 images"]
+    assert all(line.endswith(" images/s") for line in lines)
+
+
+def test_ray_data_writes_the_same_rows_in_the_same_order(
+    png_folder: Path, lr_dir: Path, tmp_path: Path
+) -> None:
+    """On a real local Ray instance (Ray is a dependency: no skip): the patches of
+    ``png_folder`` (good, corrupt and not images) and 21 more over three slides, one of them
+    named in bytes that are not UTF-8, in batches of 4 spread over the actor pool."""
+    folder = tmp_path / "slides"
+    shutil.copytree(png_folder, folder)
+    more = images_for((np.arange(21) % 3 == 0).astype(np.uint8), seed=11, size=20)
+    for i, image in enumerate(more):
+        write_png(folder / f"KPMP_{i % 3}-{i}.png", image)
+    write_png(folder / os.fsdecode(b"KPMP_0-\xff.png"), more[0])
+    local, on_ray = tmp_path / "local.csv", tmp_path / "ray.csv"
+    common = ("--model", lr_dir, "--batch-size", "4", "-q")
+    assert _cli(folder, "--out", local, "--workers", "2", *common) == 0
+    assert _cli(folder, "--out", on_ray, "--ray", *common) == 0
+    rows = _rows(local)
+    assert len(rows) == 3 + 2 + 21 + 1 and sum(r["error"] != "" for r in rows) == 2
+    assert any(r["note"] for r in rows)  # the name that is not UTF-8 was predicted too
+    assert _rows(on_ray) == rows  # same order, same printed probabilities, same errors
+    assert _rows(tmp_path / "ray_slides.csv") == _rows(tmp_path / "local_slides.csv")

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import tarfile
 import tempfile
 import time
@@ -220,6 +221,21 @@ def run_trial(trial: Trial) -> FoldResult:
     )
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) Ray address that answers no TCP connection is a
+    clear error now; Ray itself would retry for many minutes. ``auto`` and the like pass."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise CVError(
+            f"RAY_ADDRESS={address} is unreachable ({err.strerror or err}): start the Ray "
+            "cluster there, or unset RAY_ADDRESS to use a local instance"
+        ) from None
+
+
 @contextmanager
 def ray_session() -> Iterator[Any]:
     """Ray for the duration of a stage: the cluster at ``RAY_ADDRESS``, else a local instance
@@ -230,6 +246,7 @@ def ray_session() -> Iterator[Any]:
         yield ray
         return
     if address := os.environ.get("RAY_ADDRESS"):
+        check_reachable(address)
         ray.init(address=address, include_dashboard=False, configure_logging=False)
     else:
         ray.init(

@@ -20,7 +20,14 @@ from mlflow import MlflowClient
 from glomx.config import TrainSection
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.pipeline.cv import CVError, Trial, fold_indices, inner_slides, run_trials
+from glomx.pipeline.cv import (
+    CVError,
+    Trial,
+    fold_indices,
+    inner_slides,
+    ray_session,
+    run_trials,
+)
 from glomx.pipeline.train import run_training
 from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
@@ -150,3 +157,13 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
             assert held and not held & set(t.data.tags["cv.inner_val_slides"].split(","))
             assert 0 <= t.data.metrics["oof_balanced_accuracy"] <= 1
             assert t.data.tags["glomx.pid"] != stage.data.tags["glomx.pid"]  # a Ray worker
+
+
+def test_an_unreachable_ray_address_is_one_clear_error_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray itself retries a dead address for minutes; the stage and predict must not hang."""
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    unreachable = r"RAY_ADDRESS=127\.0\.0\.1:\d+ is unreachable"
+    with pytest.raises(CVError, match=unreachable), ray_session():
+        pytest.fail("Ray must not start")
