@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "tests"))  # the pipeline copy the tests run DVC in
-from pipeline_copy import make_copy, merge  # noqa: E402
+from pipeline_copy import copy_env, make_copy, merge  # noqa: E402
 
 from glomx.models import FAMILIES  # noqa: E402
 
@@ -111,6 +111,9 @@ def run_stage(root: Path, env: dict[str, str], stage: str) -> dict[str, Any]:
         while child.poll() is None:
             largest, tree = _rss_mib(proc)
             peak_proc, peak_tree = max(peak_proc, largest), max(peak_tree, tree)
+            running = {"stage": stage, "seconds": time.perf_counter() - start}
+            running |= {"peak_rss_mib": peak_proc, "peak_tree_mib": peak_tree}
+            (OUT / "scale-running.json").write_text(json.dumps(running) + "\n")
             time.sleep(0.5)
     seconds = time.perf_counter() - start
     text = log_path.read_text()
@@ -131,26 +134,22 @@ def run_stage(root: Path, env: dict[str, str], stage: str) -> dict[str, Any]:
 
 
 def run_dataset(
-    name: str,
-    data: Path,
-    report: dict[str, Any],
-    stages: list[str] | None,
-    keep: bool,
+    name: str, data: Path, report: dict[str, Any], stages: list[str] | None, reuse: bool
 ) -> None:
-    """The pipeline on ``data`` in a fresh copy under bench/out/scale/; each stage's figures go
+    """The pipeline on ``data`` in a fresh copy under bench/out/scale/ (``reuse``: the copy a
+    ``--keep`` run left, to go on with ``stages`` in their order); each stage's figures go
     into ``report[name]`` and are saved at once (a long run can be read while it goes)."""
     root = OUT / "scale" / name
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    env = make_copy(root, report["families"], CHEAP, data)
-    for stage in _stage_order(root):
-        if stages and stage not in stages:
-            continue
+    if reuse and (root / "dvc.yaml").is_file():
+        env = copy_env()
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        env = make_copy(root, report["families"], CHEAP, data)
+    for stage in stages or _stage_order(root):
         report[name][stage] = run_stage(root, env, stage)
         print(name, stage, json.dumps(report[name][stage]), flush=True)
         save(report)
-    if not keep:
-        shutil.rmtree(root)
 
 
 def _epochs(section: dict[str, Any], family: str) -> int:
@@ -259,7 +258,15 @@ def main() -> None:
     )
     parser.add_argument("--stages", help="comma-separated stages to run (default: all)")
     parser.add_argument("--shared", type=Path, default=ROOT / "data", help="the shared slice")
-    parser.add_argument("--keep", action="store_true", help="keep the copies (bench/out/scale/)")
+    parser.add_argument(
+        "--datasets", default="shared,challenge", help="comma-separated: shared, challenge"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the copies (bench/out/scale/<dataset>)"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="go on in the copies a --keep run left"
+    )
     args = parser.parse_args()
     families = [f for f in args.families.split(",") if f]
     if unknown := set(families) - set(FAMILIES):
@@ -289,8 +296,11 @@ def main() -> None:
         "challenge_mib": _du_mib(data),
         "shared_mib": _du_mib(args.shared.resolve()),
     }
-    run_dataset("shared", args.shared, report, stages, args.keep)
-    run_dataset("challenge", data, report, stages, args.keep)
+    for name, source in (("shared", args.shared), ("challenge", data)):
+        if name in args.datasets.split(","):
+            run_dataset(name, source, report, stages, args.reuse)
+            if not args.keep:
+                shutil.rmtree(OUT / "scale" / name)
     print(save(report))
 
 

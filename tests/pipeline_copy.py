@@ -70,6 +70,14 @@ def _keep_families(root: Path, families: Sequence[str]) -> None:
     (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
+def copy_env() -> dict[str, str]:
+    """The environment to run commands in inside a copy: this Python's tools first, no
+    MLFLOW_TRACKING_URI (the copy's own mlruns/)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
 def make_copy(
     root: Path,
     families: Sequence[str] = tuple(FAMILIES),
@@ -103,8 +111,7 @@ def make_copy(
         make_dataset(root / "data", 90, seed=5, size_range=(40, 80), n_slides=12, workers=1)
     else:  # ignored by git (/data), hashed by DVC through the link
         (root / "data").symlink_to(Path(data).resolve(), target_is_directory=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = copy_env()
     run(["git", "init", "-q"], root, env)
     for key, value in (("user.name", "t"), ("user.email", "t@t")):  # also for DVC's exp commits
         run(["git", "config", key, value], root, env)
