@@ -15,13 +15,15 @@ It then projects the default schedule (params.yaml: 3 folds, every family's epoc
 challenge size from the measured per-epoch times (Keras' epoch lines), names the stage that
 dominates, and writes ``bench/out/scale.md`` and ``bench/out/scale.json``.
 
-Usage: ``python bench/scale.py [--scale 1.0] [--families lr,cnn,probe] [--stages ...] [--keep]``
-(``make bench-scale``). The shared slice is ``data/`` (``make data``).
+Usage: ``python bench/scale.py [--scale 1.0] [--families lr,cnn,probe] [--stages a,b]
+[--datasets shared,challenge] [--keep] [--reuse]`` (``make bench-scale SCALE=… FAMILIES=…``).
+The shared slice is ``data/`` (``make data``); the copies go to ``bench/out/scale/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -175,7 +177,7 @@ def project(stage: str, fig: dict[str, Any], params: dict[str, Any]) -> float:
     section = params[f"train_{family}"]
     if "epochs" not in section.get("fit", {}) or family == "lr":  # lr keeps its default epochs
         return fig["seconds"] * work
-    cheap = merge(json.loads(json.dumps(section)), CHEAP.get(f"train_{family}", {}))
+    cheap = merge(copy.deepcopy(section), CHEAP.get(f"train_{family}", {}))
     ratio = _epochs(section, family) / _epochs(cheap, family)
     fixed = fig["seconds"] - fig["epoch_seconds"]
     return fixed * k / BENCH_FOLDS + fig["epoch_seconds"] * ratio * work
