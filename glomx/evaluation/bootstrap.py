@@ -6,8 +6,10 @@ replacement and keeps all images of every drawn slide.
 
 Every metric here is a function of per-slide sums (confusion counts, squared errors,
 calibration-bin sums, positives and negatives per distinct score), so a replicate is just a
-weighted sum of slide rows: all replicates come out of one matrix product, no Python loop
-over replicates.
+weighted sum of slide rows: blocks of replicates come out of one matrix product, no Python loop
+over replicates. The per-score columns are about one per patch, and each patch fills one of
+them in one slide's row, so the slide sums are a sparse matrix: memory stays bounded and time
+linear in the number of patches (a dense one grew as patches × slides, both with the data).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from glomx.evaluation.metrics import _from_counts, _ratio
 
@@ -31,7 +34,8 @@ METRICS = (
     "brier",
     "ece",
 )
-_BLOCK = 250  # replicates per matrix product: bounds memory at _BLOCK × columns
+_BLOCK = 250  # replicates per matrix product at most
+_BLOCK_VALUES = 2**21  # and at most this many values per (replicates × columns) array: 16 MiB
 # Fewer slides than this give no interval: resampling 2-4 clusters yields a handful of distinct
 # replicates, and the "interval" is an artefact of which slides happened to be drawn.
 MIN_SLIDES = 5
@@ -41,13 +45,13 @@ MIN_SLIDES = 5
 class SlideSums:
     """Per-slide sums from which every metric is computed (one row per slide)."""
 
-    sums: np.ndarray  # (S, K)
+    sums: sparse.csr_array  # (S, K)
     n_bins: int
     n_scores: int  # distinct probabilities, ascending, in the last 2 * n_scores columns
 
     @property
     def n_slides(self) -> int:
-        return len(self.sums)
+        return int(self.sums.shape[0])
 
 
 def slide_sums(
@@ -71,7 +75,6 @@ def slide_sums(
     bins = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
     n_scores = len(scores)
     k = 5 + 3 * n_bins + 2 * n_scores
-    sums = np.zeros((int(slide_idx.max(initial=-1)) + 1, k))
     columns = [
         (np.zeros_like(y), (y == 1) & pred),
         (np.ones_like(y), (y == 0) & pred),
@@ -84,9 +87,13 @@ def slide_sums(
         (5 + 3 * n_bins + score_idx, y),
         (5 + 3 * n_bins + n_scores + score_idx, 1 - y),
     ]
-    for col, value in columns:
-        np.add.at(sums, (slide_idx, col), value.astype(np.float64))
-    return SlideSums(sums, n_bins, n_scores)
+    rows = np.concatenate([slide_idx] * len(columns))
+    cols = np.concatenate([col for col, _ in columns])
+    values = np.concatenate([value.astype(np.float64) for _, value in columns])
+    shape = (int(slide_idx.max(initial=-1)) + 1, k)
+    return SlideSums(
+        sparse.coo_array((values, (rows, cols)), shape=shape).tocsr(), n_bins, n_scores
+    )
 
 
 def metrics_from_totals(totals: np.ndarray, n_bins: int, n_scores: int) -> dict[str, np.ndarray]:
@@ -116,7 +123,9 @@ def metrics_from_totals(totals: np.ndarray, n_bins: int, n_scores: int) -> dict[
 
 def point_metrics(s: SlideSums) -> dict[str, float]:
     """The metrics on all images (each slide once)."""
-    values = metrics_from_totals(s.sums.sum(axis=0, keepdims=True), s.n_bins, s.n_scores)
+    values = metrics_from_totals(
+        np.asarray(s.sums.sum(axis=0)).reshape(1, -1), s.n_bins, s.n_scores
+    )
     return {k: float(v[0]) for k, v in values.items()}
 
 
@@ -130,14 +139,23 @@ def replicate_weights(n_slides: int, n_resamples: int, seed: int) -> np.ndarray:
     )
 
 
+def replicate_metrics(s: SlideSums, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric on each replicate, a row of ``weights`` (draws per slide) → ``{name: (B,)}``.
+
+    Replicates go through in blocks whose arrays stay under :data:`_BLOCK_VALUES` values, so
+    memory does not grow with the number of distinct scores (about one column per patch)."""
+    block = max(1, min(_BLOCK, _BLOCK_VALUES // s.sums.shape[1]))  # type: ignore[misc]
+    parts = [
+        metrics_from_totals(np.asarray(weights[i : i + block] @ s.sums), s.n_bins, s.n_scores)
+        for i in range(0, len(weights), block)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in METRICS}
+
+
 def bootstrap_distribution(s: SlideSums, n_resamples: int, seed: int) -> dict[str, np.ndarray]:
     """Every metric on ``n_resamples`` slide-resampled replicates → ``{name: (B,)}``."""
     weights = replicate_weights(s.n_slides, n_resamples, seed).astype(np.float64)
-    parts = [
-        metrics_from_totals(weights[i : i + _BLOCK] @ s.sums, s.n_bins, s.n_scores)
-        for i in range(0, n_resamples, _BLOCK)
-    ]
-    return {k: np.concatenate([p[k] for p in parts]) for k in METRICS}
+    return replicate_metrics(s, weights)
 
 
 def bootstrap_metrics(

@@ -175,7 +175,7 @@ def paired_difference(
     if n < b.MIN_SLIDES:
         return {"value": point, "ci_low": float("nan"), "ci_high": float("nan")}
     weights = b.replicate_weights(n, boot["n_resamples"], boot["seed"]).astype(np.float64)
-    values = [b.metrics_from_totals(weights @ s.sums, s.n_bins, s.n_scores)[metric] for s in sums]
+    values = [b.replicate_metrics(s, weights)[metric] for s in sums]
     diff = values[0] - values[1]
     diff = diff[~np.isnan(diff)]
     tail = (1 - boot["confidence"]) / 2 * 100

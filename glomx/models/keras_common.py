@@ -14,6 +14,7 @@ without improvement. The best weights are restored when fitting ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import zipfile
@@ -201,6 +202,20 @@ class ValidationMonitor(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+@functools.cache
+def log_gpus() -> tuple[str, ...]:
+    """Log once per process the GPUs the backend trains on (none: CPU), so that a stage's log
+    (each Ray fold worker's included) shows whether a GPU install is in use."""
+    if keras.backend.backend() != "tensorflow":
+        log.info("Keras backend %s: device listing is TensorFlow's only", keras.backend.backend())
+        return ()
+    import tensorflow as tf
+
+    gpus = tuple(d.name for d in tf.config.list_physical_devices("GPU"))
+    log.info("tf.config.list_physical_devices('GPU'): %s", list(gpus) or "none, training on CPU")
+    return gpus
+
+
 @contextmanager
 def dtype_policy(mixed_precision: bool) -> Iterator[None]:
     """Build layers under ``mixed_float16`` or ``float32``, restoring the global policy after."""
@@ -277,6 +292,7 @@ class KerasClassifier(Classifier):
         cfg = self.fit_config
         if len(set(val.labels.tolist())) < 2:
             raise ValueError(f"{val.path} needs both classes to select a model on validation")
+        log_gpus()
         keras.utils.set_random_seed(cfg.seed)
         with dtype_policy(cfg.mixed_precision):
             self._model = model = self.build_model()

@@ -41,7 +41,7 @@ from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
 from glomx.models.backbones import Backbone, block_of, load_backbone
 from glomx.models.base import EpochHook
-from glomx.models.keras_common import KerasClassifier
+from glomx.models.keras_common import KerasClassifier, log_gpus
 
 OUTPUT = "output"
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class ProbeClassifier(KerasClassifier):
             raise ValueError(
                 f"need training images and both classes in {val.path} to select on validation"
             )
+        log_gpus()
         keras.utils.set_random_seed(cfg.seed)
         self._model = self.build_model()
         log.info("probe: features of %d training images × %d view(s)", len(train), cfg.views)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
-from glomx.data.synth import CLASS_DIRS, MARKER, data_kind, make_dataset
+from glomx.cli import main
+from glomx.data.synth import CLASS_DIRS, MARKER, challenge_plan, data_kind, make_dataset
 
 SLIDE_REGEX = re.compile(r"^(?P<slide>.+?)(?:_PAS_.*|-\d+)\.png$")  # params.yaml prepare
 NAME = re.compile(r"^S-\d{4}-\d{6}_PAS_(\d)of(\d)_[0-9a-f]{24}\.png$")
@@ -145,4 +148,74 @@ def test_rerun_replaces_a_synthetic_folder_but_refuses_others(tmp_path: Path) ->
 def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _make(tmp_path / "data", **kwargs)
+    assert not (tmp_path / "data").exists()
+
+
+# --- the challenge-shaped set (glomx synth --like challenge) ----------------------------------
+
+PARAMS = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["prepare"]
+
+
+def _shape(scale: float) -> tuple[dict, np.ndarray, Counter, Counter]:
+    """Summary, (height, width) per patch, patches per slide and slides per site of the plan."""
+    summary, patches = challenge_plan(Path("data"), scale, seed=0)
+    slide_re = re.compile(PARAMS["slide_regex"])
+    site_re = re.compile(PARAMS["site_regex"])
+    slides = Counter(slide_re.fullmatch(p.path.name)["slide"] for p in patches)
+    sites = Counter(site_re.match(slide)["site"] for slide in slides)
+    return summary, np.array([(p.height, p.width) for p in patches]), slides, sites
+
+
+def test_challenge_plan_has_the_challenge_shape() -> None:
+    """At full size, drawn in milliseconds: the figures the challenge set is described by."""
+    summary, sizes, slides, sites = _shape(1.0)
+    assert (summary["n"], summary["class_0"], summary["class_1"]) == (5758, 4704, 1054)
+    assert summary["like"] == "challenge" and summary["synthetic"]
+    assert sizes.min() == 256 and sizes.max() == 915
+    assert abs(np.median(sizes[:, 0]) - 530) <= 10 and abs(np.median(sizes[:, 1]) - 540) <= 10
+    assert len(slides) == 215 == summary["slides"]
+    counts = sorted(slides.values())
+    assert counts[0] == 1 and counts[-1] >= 200 and np.median(counts) <= 20  # skewed
+    assert set(sites) == {"SYNA", "SYNB", "SYNC"} and min(sites.values()) >= 20
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.2])
+def test_a_fraction_keeps_the_shape(scale: float) -> None:
+    summary, sizes, slides, sites = _shape(scale)
+    assert summary["n"] == round(5758 * scale)
+    assert abs(summary["class_1"] / summary["n"] - 1054 / 5758) < 0.005
+    assert sizes.min() >= 256 and sizes.max() <= 915
+    assert abs(np.median(sizes) - 535) <= 25
+    assert len(slides) == max(12, round(215 * scale))
+    counts = sorted(slides.values())
+    assert counts[-1] >= 5 * np.median(counts)  # a few large slides, many small ones
+    assert len(sites) == 3
+
+
+def test_cli_writes_a_small_challenge_like_set(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    assert main(["synth", str(out), "--like", "challenge", "--scale", "0.003"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 17 and sum(label for _, label in rows) == 3
+    assert json.loads((out / MARKER).read_text())["like"] == "challenge"
+    name, label = rows[0]
+    with Image.open(out / CLASS_DIRS[label] / name) as im:
+        assert im.mode == "RGBA" and 256 <= min(im.size) <= max(im.size) <= 915
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--like", "challenge", "--n", "10"], "--like challenge fixes the count"),
+        (["--scale", "0.5"], "--scale is a fraction of the challenge set"),
+        (["--like", "challenge", "--scale", "0"], "scale must be in (0, 1]"),
+    ],
+)
+def test_cli_refuses_contradictory_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", str(tmp_path / "data"), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("glomx synth failed: ") and message in err
     assert not (tmp_path / "data").exists()

@@ -19,6 +19,7 @@ from glomx.models.keras_common import (
     color_jitter,
     dihedral,
     dtype_policy,
+    log_gpus,
     set_trainable,
 )
 
@@ -121,6 +122,20 @@ def test_dtype_policy_is_restored() -> None:
     with dtype_policy(mixed_precision=True):
         assert keras.config.dtype_policy().name == "mixed_float16"
     assert keras.config.dtype_policy().name == before
+
+
+def test_gpus_are_logged_once_per_process(caplog: pytest.LogCaptureFixture) -> None:
+    """The stage log says whether a GPU install is used; here (no GPU) that training is on CPU."""
+    import tensorflow as tf
+
+    log_gpus.cache_clear()
+    with caplog.at_level("INFO", logger="glomx.models.keras_common"):
+        first, again = log_gpus(), log_gpus()
+    lines = [r.message for r in caplog.records if "list_physical_devices" in r.message]
+    assert len(lines) == 1 and first == again
+    assert len(first) == len(tf.config.list_physical_devices("GPU"))
+    if not first:
+        assert "none, training on CPU" in lines[0]
 
 
 def test_set_trainable_reaches_the_layers_of_a_nested_model() -> None:
