@@ -338,8 +338,8 @@ def read(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
-    """The params file, typed and validated (the families' ``model``/``fit`` parts excepted:
-    :func:`glomx.pipeline.door.load_config` checks those against the families)."""
+    """The params file, typed and validated; the families' own ``model``/``fit`` parts are
+    checked by :func:`glomx.models.family_section` at the stage that trains them."""
     return parse(Params, read(path), "")
 
 

@@ -27,14 +27,20 @@ def family_class(family: str) -> type[Classifier]:
     return getattr(import_module(module), name)
 
 
+def check_family(family: str) -> None:
+    """A ``train_<family>`` section must name a family of :data:`FAMILIES`."""
+    if family not in FAMILIES:
+        known = ", ".join(f"{TRAIN_PREFIX}{f}" for f in FAMILIES)
+        raise ParamsError(
+            f"params.yaml: {TRAIN_PREFIX}{family} is not a known section; families: {known}"
+        )
+
+
 def family_section(params: Params, family: str) -> TrainSection:
     """``train_<family>`` with its ``model:`` and ``fit:`` checked by the family's own types;
     a Keras family's ``fit:`` over the shared ``keras_fit`` values."""
+    check_family(family)
     where = f"{TRAIN_PREFIX}{family}"
-    if family not in FAMILIES:
-        raise ParamsError(
-            f"params.yaml: {where} names no model family; known: {', '.join(FAMILIES)}"
-        )
     section: TrainSection = params.need(where)
     cls = family_class(family)
     if cls.keras_fit:

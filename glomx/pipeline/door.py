@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glomx.config import PARAMS_FILE, TRAIN_PREFIX, Params, ParamsError, load
-from glomx.models import FAMILIES
+from glomx.config import PARAMS_FILE, Params, ParamsError, load
+from glomx.models import FAMILIES, check_family
 
 
 def load_config(path: str | Path = PARAMS_FILE) -> Params:
     """The whole params file, typed and checked."""
     params = load(path)
-    if unknown := [f for f in params.train if f not in FAMILIES]:
-        known = ", ".join(f"{TRAIN_PREFIX}{f}" for f in FAMILIES)
-        raise ParamsError(
-            f"params.yaml: {TRAIN_PREFIX}{unknown[0]} is not a known section; families: {known}"
-        )
+    for family in params.train:
+        check_family(family)
     for name in ("choose", "evaluate"):
         section = getattr(params, name)
         unknown = [f for f in (section.families if section else []) if f not in FAMILIES]

@@ -61,11 +61,11 @@ from glomx.tracking.runs import StageRun, stage_run
 from glomx.tracking.store import TrackingError, connect, existing_client
 
 MODEL_DESCRIPTION = """\
-P(globally sclerotic) for a PAS-stained kidney glomerulus patch. Each version is one training
-run's selected model (tag `family`; its validation scores as `val_<metric>` tags). Alias
-`champion` is the version with the best validation balanced accuracy (ROC-AUC breaks ties; see
-its `promotion.reason`), `previous` the champion it replaced. Test scores: the experiment's
-`evaluate` runs.
+P(globally sclerotic) for a PAS-stained kidney glomerulus patch. Each version is a training
+stage's bag of fold models (tag `family`; pooled out-of-fold scores as `cv_<metric>` tags) or
+the choose stage's `ensemble` of tied families. Alias `champion` is the candidate choose picked
+on out-of-fold predictions, promoted by evaluate (see its `promotion.reason`); `previous` the
+champion it replaced; `lab-<name>` a lab's calibrated copy. Test scores: the `evaluate` runs.
 """
 
 
