@@ -67,7 +67,8 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 	dvc repro prepare
 	python bench/models.py --scope trainval
 
-bench-calibrate: setup data ## leave-one-site-out lab calibration on the train + val slides (bench/out/calibrate.md); needs `dvc repro prepare`
+bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md); ~20 min; after `make run`
+	dvc repro balance
 	python bench/calibrate.py
 
 bench-scale: setup data ## the pipeline at the challenge set's size vs the shared slice (bench/out/scale.md; docs/scale.md); SCALE=0.05 FAMILIES=lr,cnn

@@ -1,106 +1,131 @@
-"""Does a threshold calibrated on a few of a new lab's labelled patches beat 0.5 on its others?
+"""Does a threshold calibrated on a few of a new lab's labelled patches beat the model's own?
 
-Leave-one-site-out on the train + val slides of ``artifacts/prepared/split.csv`` (never test;
-a site is the slide id's prefix before ``_``/``-``): for each hospital the probe family
-(frozen EfficientNet-Lite0 features at ``train_probe``'s layer and size, standardised, then a
-balanced logistic regression, C = 0.01 as ``bench/probe_sites.py``) is fitted on the other
-hospitals and scores the held-out one. Then, many times over, ``n`` of its labelled patches
-are drawn, by patch or as whole slides (slides added in random order until they hold ``n``
-patches), a threshold is chosen on them as ``glomx calibrate`` does, and the site's other
-patches are scored at 0.5 and at that threshold (balanced accuracy). A draw with one class
-only is refused, as the command refuses it: the lab keeps 0.5 there.
+Leave-one-site-out with the pipeline's own training, on the train + val slides of
+``artifacts/prepared/split.csv`` (never test; a site is ``prepare.site_regex``'s group, the
+hospital). Every family of ``choose.families`` is cross-validated by the very trials its
+``train-<family>`` stage runs (:mod:`glomx.pipeline.cv`: the augmented, balanced training store,
+inner-validation slides for its fit-time choices, its ``params.yaml`` section), except that the
+folds are the hospitals: each hospital's original patches are scored by a model that saw no
+slide of it. The ensemble is the mean of the champion's members (``decision.json``'s tied
+families, or ``--ensemble``), as the choose stage builds it, at threshold 0.5.
 
-Platt scaling (a logistic fit of the label on the score's logit, on the same draw) is
-measured too: with balanced class weights, its 0.5 is one more threshold (balanced accuracy);
+Then, for each model and hospital, many times over, ``n`` of its labelled patches are drawn, by
+patch or as whole slides (slides added in random order until they hold ``n`` patches), a
+threshold is chosen on them as ``glomx calibrate`` does, and the site's other patches are
+scored at the model's own threshold and at the calibrated one (balanced accuracy). A draw with
+one class only is refused, as the command refuses it: the lab keeps the model's threshold.
+Platt scaling (a logistic fit of the label on the score's logit, on the same draw) is measured
+too: with balanced class weights, its 0.5 is one more threshold (balanced accuracy);
 unweighted, its probabilities against the raw ones (Brier score, lower is better).
 
-Images are decoded from data/ here (``glomx.data.images``), not read from the pipeline's
-stores; each image's features are computed once and cached in ``bench/out``.
+Each family's held-out scores are cached in ``bench/out/calibrate_sites/`` under a key of its
+params section, ``cv``, ``site_regex`` and the stores' manifests, so a rerun with other draws
+trains nothing. The trials' MLflow runs go to ``bench/out/mlruns``, never the project's store.
 
-Usage: ``python bench/calibrate.py [--repeats 200] [--sizes 5,10,20,40]`` after
-``dvc repro prepare``; prints a markdown table and writes ``bench/out/calibrate.md``.
+Usage: ``python bench/calibrate.py [--families lr,cnn] [--ensemble cnn,probe] [--repeats 200]
+[--sizes 5,10,20,40]`` after ``dvc repro balance``; prints markdown tables and writes
+``bench/out/calibrate.md``. All five families on the shared slice: about 20 min on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from glomx.calibrate import MIN_PER_CLASS, MIN_SLIDES
-from glomx.config import read
-from glomx.data.adapt import adapt
-from glomx.data.catalogue import FOLDERS
-from glomx.data.images import Preprocessing, load_image
+from glomx.config import Params, file_hash, load
 from glomx.data.split import read_split_csv, sites_of
+from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import choose_threshold
+from glomx.evaluation.selection import ENSEMBLE, OOF, mean_of
+from glomx.models import family_section
+from glomx.pipeline.choose import DECISION
+from glomx.pipeline.cv import Trial, inner_slides, run_trials
+from glomx.pipeline.train import SPLIT_FILE, prepared_preprocessing
+from glomx.tracking import stage_run
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLIT = ROOT / "artifacts" / "prepared" / "split.csv"
+SPLIT = ROOT / "artifacts" / "prepared" / SPLIT_FILE
 OUT = ROOT / "bench" / "out"
-C = 0.01
 MODES = ("patches", "slides")
 
 
-def features(paths: list[Path], params: dict) -> np.ndarray:
-    """Pooled probe features of each image, decoded as prepare decodes it (cached by the list
-    of files and the probe's backbone, layer and size)."""
-    model, image = params["train_probe"]["model"], params["prepare"]["image"]
-    key = hashlib.sha256(repr(([str(p) for p in paths], model, image)).encode()).hexdigest()[:16]
-    cache = OUT / f"calibrate_features_{key}.npy"
+def site_folds(params: Params) -> dict[str, int]:
+    """Every train + val slide's fold: the index of its hospital among the sorted hospitals."""
+    slides = sorted({r.slide for r in read_split_csv(SPLIT) if r.split != "test"})
+    sites = sites_of(slides, params.need("prepare").site_regex or "(?P<site>.+)")
+    index = {site: k for k, site in enumerate(sorted(set(sites)))}
+    return {slide: index[site] for slide, site in zip(slides, sites, strict=True)}
+
+
+def cache_path(params: Params, family: str, stores: list[ArrayStore]) -> Path:
+    """Where ``family``'s held-out scores are kept, named by everything they depend on."""
+    facts = {
+        "family": family,
+        "section": family_section(params, family).model_dump(),
+        "cv": params.need("cv").model_dump(),
+        "site_regex": params.need("prepare").site_regex,
+        "stores": [file_hash(s.path / "manifest.json") for s in stores],
+        "split": file_hash(SPLIT),
+    }
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+    return OUT / "calibrate_sites" / f"{family}-{key[:16]}.csv"
+
+
+def held_out_scores(params: Params, family: str, folds: dict[str, int]) -> OOF:
+    """``family`` trained on all hospitals but one, scoring that one's original patches, for
+    each hospital in turn: the pipeline's CV trials with the hospitals as folds (cached)."""
+    paths, cfg = params.need("paths"), params.need("cv")
+    site_regex = params.need("prepare").site_regex
+    originals = ArrayStore(Path(paths.prepared) / "train")
+    training = ArrayStore(paths.balanced)
+    cache = cache_path(params, family, [originals, training])
     if cache.is_file():
-        return np.load(cache)
-    import keras
-
-    from glomx.models.backbones import pretrained_model
-    from glomx.models.probe import truncate
-
-    pre = Preprocessing(image["size"], image["channels"], image["method"], image["fill"])
-    net = pretrained_model(model["backbone"], model["size"])
-    pooled = keras.Model(
-        net.inputs, keras.layers.GlobalAveragePooling2D()(truncate(net, model["layer"]).outputs[0])
+        return OOF.read(cache)
+    section = family_section(params, family)
+    logged = {"family": family, "folds": "sites", "cv": cfg.model_dump()}
+    with stage_run(f"bench-calibrate {family}", logged, originals.data_kind) as run:
+        trials = [
+            Trial(
+                family,
+                fold,
+                section,
+                prepared_preprocessing(paths),
+                str(training.path.resolve()),
+                str(originals.path.resolve()),
+                folds,
+                tuple(sorted(inner_slides(originals, folds, fold, cfg, site_regex))),
+                run.ref(),
+            )
+            for fold in sorted(set(folds.values()))
+        ]
+        results = run_trials(trials, cfg)
+    oof = OOF.of(
+        [
+            (n, s, r.fold, int(y), float(p), r.threshold)
+            for r in results
+            for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
+        ]
     )
-    parts = []
-    for start in range(0, len(paths), 32):
-        batch = np.stack([load_image(p, pre) for p in paths[start : start + 32]])
-        x = adapt(batch, model["size"], 3).astype(np.float32)
-        parts.append(np.asarray(pooled.predict(x, verbose=0), dtype=np.float32))
-        print(f"  features {min(start + 32, len(paths))}/{len(paths)}", end="\r", flush=True)
-    feats = np.concatenate(parts)
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.save(cache, feats)
-    return feats
+    oof.write(cache)
+    return oof
 
 
-def site_data(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Features, labels, slides and sites of the train + val patches of ``SPLIT`` (never test),
-    shared with ``bench/label_free.py`` so both benches score the same patches."""
-    rows = [r for r in read_split_csv(SPLIT) if r.split != "test"]
-    data = ROOT / params["paths"]["data"]
-    x = features([data / FOLDERS[r.label] / r.name for r in rows], params)
-    y = np.array([r.label for r in rows])
-    slides = np.array([r.slide for r in rows])
-    return x, y, slides, sites_of(slides, params["prepare"]["site_regex"])
-
-
-def probe() -> Pipeline:
-    """An unfitted probe head: standardise, then balanced logistic regression at ``C``."""
-    return make_pipeline(
-        StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
-    )
-
-
-def held_out_scores(x: np.ndarray, y: np.ndarray, sites: np.ndarray, site: str) -> np.ndarray:
-    """The probe fitted on the other sites, scoring ``site``'s patches."""
-    model = probe().fit(x[sites != site], y[sites != site])
-    return model.predict_proba(x[sites == site])[:, 1]
+def champion_members() -> list[str]:
+    """The tied families the choose stage averaged into the champion candidate, if any."""
+    decision = ROOT / "artifacts" / "select" / DECISION
+    if not decision.is_file():
+        return []
+    chosen = json.loads(decision.read_text())
+    return list(chosen.get("ensemble", {}).get("members", []))
 
 
 def draw(rng: np.random.Generator, slides: np.ndarray, n: int, mode: str) -> np.ndarray | None:
@@ -125,20 +150,23 @@ def _ba(y: np.ndarray, pred: np.ndarray) -> float:
     return float(balanced_accuracy_score(y, pred)) if 0 < y.sum() < len(y) else np.nan
 
 
-def one_draw(y: np.ndarray, p: np.ndarray, slides: np.ndarray, cal: np.ndarray) -> dict[str, float]:
-    """Balanced accuracy on the patches outside ``cal`` at 0.5, at the calibrated threshold and
-    at balanced Platt's 0.5; Brier of raw and (unweighted) Platt probabilities; whether
-    ``glomx calibrate`` would warn that the threshold is not to be trusted yet."""
+def one_draw(
+    y: np.ndarray, p: np.ndarray, own: np.ndarray, slides: np.ndarray, cal: np.ndarray
+) -> dict[str, float]:
+    """Balanced accuracy on the patches outside ``cal`` at the model's own thresholds ``own``,
+    at the calibrated threshold and at balanced Platt's 0.5; Brier of raw and (unweighted)
+    Platt probabilities; whether ``glomx calibrate`` would warn that the threshold is not to be
+    trusted yet."""
     rest = np.setdiff1d(np.arange(len(y)), cal)
     yc, pc, yr, pr = y[cal], p[cal], y[rest], p[rest]
     few = min(yc.sum(), len(yc) - yc.sum()) < MIN_PER_CLASS or len(set(slides[cal])) < MIN_SLIDES
     out = {
-        "ba_05": _ba(yr, pr >= 0.5),
+        "ba_own": _ba(yr, pr >= own[rest]),
         "brier_raw": brier_score_loss(yr, pr),
         "warned": float(few),
     }
-    if not 0 < yc.sum() < len(yc):  # one class: refused, the lab keeps 0.5
-        return out | {"refused": 1.0, "ba_cal": out["ba_05"], "ba_platt": out["ba_05"],
+    if not 0 < yc.sum() < len(yc):  # one class: refused, the lab keeps the model's threshold
+        return out | {"refused": 1.0, "ba_cal": out["ba_own"], "ba_platt": out["ba_own"],
                       "brier_platt": out["brier_raw"]}  # fmt: skip
     t = choose_threshold(yc, pc, ties="interval")
     balanced = LogisticRegression(C=1e4, class_weight="balanced").fit(_logit(pc), yc)
@@ -151,6 +179,21 @@ def one_draw(y: np.ndarray, p: np.ndarray, slides: np.ndarray, cal: np.ndarray) 
     }
 
 
+def draws(
+    oof: OOF, mask: np.ndarray, mode: str, n: int, repeats: int, seed: int
+) -> dict[str, np.ndarray] | None:
+    """:func:`one_draw`'s figures over ``repeats`` draws of ``n`` of the ``mask`` patches;
+    None when no draw leaves a slide to score."""
+    y, p, own, slides = oof.labels[mask], oof.proba[mask], oof.thresholds[mask], oof.slides[mask]
+    rng = np.random.default_rng(seed)
+    results = [
+        one_draw(y, p, own, slides, cal)
+        for _ in range(repeats)
+        if (cal := draw(rng, slides, n, mode)) is not None
+    ]
+    return {k: np.array([d[k] for d in results]) for k in results[0]} if results else None
+
+
 def _spread(values: np.ndarray) -> str:
     v = values[~np.isnan(values)]
     if not len(v):
@@ -159,64 +202,119 @@ def _spread(values: np.ndarray) -> str:
     return f"{v.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def _table(cols: list[str]) -> list[str]:
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def report(models: dict[str, OOF], site_regex: str, args: argparse.Namespace) -> list[list[str]]:
+    """The three tables: each model at each held-out hospital; the calibration gain per model,
+    draw and size, a column per hospital; every figure per model, hospital, draw and size."""
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sites_table = _table(["model", "site", "patches (scl.)", "slides", "AUC", "BA own",
+                          "oracle BA"])  # fmt: skip
+    summary: dict[tuple[str, str, int], dict[str, dict[str, np.ndarray]]] = {}
+    detail = _table(["model", "site", "draw", "n", "refused", "BA own", "BA calibrated",
+                     "gain [p10, p90]", "warned", "gain if not warned", "Platt BA gain",
+                     "Brier raw → Platt"])  # fmt: skip
+    for name, oof in models.items():
+        sites = sites_of(oof.slides, site_regex)
+        for site in sorted(set(sites)):
+            mask = sites == site
+            y, p = oof.labels[mask], oof.proba[mask]
+            if not 0 < y.sum() < len(y):
+                continue
+            oracle = _ba(y, p >= choose_threshold(y, p, ties="interval"))
+            sites_table.append(
+                f"| {name} | {site} | {len(y)} ({y.sum()}) | {len(set(oof.slides[mask]))} "
+                f"| {roc_auc_score(y, p):.3f} | {_ba(y, p >= oof.thresholds[mask]):.3f} "
+                f"| {oracle:.3f} |"
+            )
+            for mode in MODES:
+                for n in sizes:
+                    r = draws(oof, mask, mode, n, args.repeats, args.seed)
+                    if r is None:
+                        continue
+                    summary.setdefault((name, mode, n), {})[site] = r
+                    gain, trusted = r["ba_cal"] - r["ba_own"], r["warned"] == 0
+                    detail.append(
+                        f"| {name} | {site} | {mode} | {n} | {r['refused'].mean():.0%} "
+                        f"| {np.nanmean(r['ba_own']):.3f} | {np.nanmean(r['ba_cal']):.3f} "
+                        f"| {_spread(gain)} | {r['warned'].mean():.0%} "
+                        f"| {_spread(gain[trusted])} | {_spread(r['ba_platt'] - r['ba_own'])} "
+                        f"| {r['brier_raw'].mean():.3f} → {r['brier_platt'].mean():.3f} |"
+                    )
+    site_names = sorted({s for per_site in summary.values() for s in per_site})
+    gains = _table(["model", "draw", "n", *site_names, "mean gain", "warned",
+                    "mean gain if not warned", "Platt mean gain"])  # fmt: skip
+    for (name, mode, n), per_site in summary.items():
+        cells = [
+            _spread(r["ba_cal"] - r["ba_own"]) if (r := per_site.get(s)) else "n/a"
+            for s in site_names
+        ]
+        mean = np.mean([np.nanmean(r["ba_cal"] - r["ba_own"]) for r in per_site.values()])
+        platt = np.mean([np.nanmean(r["ba_platt"] - r["ba_own"]) for r in per_site.values()])
+        warned = np.mean([r["warned"].mean() for r in per_site.values()])
+        trusted = [
+            np.mean(g)
+            for r in per_site.values()
+            if len(g := (r["ba_cal"] - r["ba_own"])[r["warned"] == 0])
+        ]
+        if_trusted = (
+            f"{np.mean(trusted):+.3f} ({len(trusted)} of {len(per_site)})" if trusted else "n/a"
+        )
+        gains.append(
+            f"| {name} | {mode} | {n} | {' | '.join(cells)} | {mean:+.3f} | {warned:.0%} "
+            f"| {if_trusted} | {platt:+.3f} |"
+        )
+    return [sites_table, gains, detail]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", help="comma-separated (default: choose.families)")
+    parser.add_argument(
+        "--ensemble", help="members of the ensemble, comma-separated; '' for none (default: "
+        "the champion's members in decision.json)"
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=200, help="draws per site, size and mode")
     parser.add_argument("--sizes", default="5,10,20,40", help="calibration set sizes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not SPLIT.is_file():
-        print(f"{SPLIT.relative_to(ROOT)} not found: run dvc repro prepare first")
+        print(f"{SPLIT.relative_to(ROOT)} not found: run `dvc repro balance` first")
         return
     started = time.time()
-    x, y, slides, sites = site_data(read(ROOT / "params.yaml"))
-    sizes = [int(s) for s in args.sizes.split(",")]
-    head = ["site", "patches (scl.)", "slides", "AUC", "BA @0.5", "oracle BA"]
-    site_lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cols = ["site", "draw", "n", "refused", "BA @0.5", "BA calibrated", "gain [p10, p90]",
-            "warned", "gain if not warned", "Platt BA gain", "Brier raw → Platt"]  # fmt: skip
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for site in sorted(set(sites)):
-        mask = sites == site
-        ys, ss = y[mask], slides[mask]
-        if not 0 < ys.sum() < len(ys):
-            continue
-        p = held_out_scores(x, y, sites, site)
-        oracle = _ba(ys, p >= choose_threshold(ys, p, ties="interval"))
-        site_lines.append(
-            f"| {site} | {len(ys)} ({ys.sum()}) | {len(set(ss))} | {roc_auc_score(ys, p):.3f} "
-            f"| {_ba(ys, p >= 0.5):.3f} | {oracle:.3f} |"
-        )
-        rng = np.random.default_rng(args.seed)
-        for mode in MODES:
-            for n in sizes:
-                results = [
-                    one_draw(ys, p, ss, cal)
-                    for _ in range(args.repeats)
-                    if (cal := draw(rng, ss, n, mode)) is not None
-                ]
-                if not results:
-                    continue
-                r = {k: np.array([d[k] for d in results]) for k in results[0]}
-                gain, trusted = r["ba_cal"] - r["ba_05"], r["warned"] == 0
-                lines.append(
-                    f"| {site} | {mode} | {n} | {r['refused'].mean():.0%} "
-                    f"| {np.nanmean(r['ba_05']):.3f} | {np.nanmean(r['ba_cal']):.3f} "
-                    f"| {_spread(gain)} | {r['warned'].mean():.0%} | {_spread(gain[trusted])} "
-                    f"| {_spread(r['ba_platt'] - r['ba_05'])} "
-                    f"| {r['brier_raw'].mean():.3f} → {r['brier_platt'].mean():.3f} |"
-                )
+    os.chdir(ROOT)  # params.yaml's paths are relative to it
+    params = load(ROOT / "params.yaml")
+    site_regex = params.need("prepare").site_regex
+    if not site_regex:
+        print("prepare.site_regex is null: set it so that slides have a hospital to leave out")
+        return
+    families = args.families.split(",") if args.families else params.need("choose").families
+    members = (
+        [m for m in args.ensemble.split(",") if m]
+        if args.ensemble is not None
+        else champion_members()
+    )
+    if len(members) < 2:
+        print("no ensemble: the champion is one family or choose has not run; --ensemble a,b")
+    (OUT / "mlruns").mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{OUT / 'mlruns' / 'mlflow.db'}"
+    folds = site_folds(params)
+    models = {f: held_out_scores(params, f, folds) for f in dict.fromkeys(families + members)}
+    if len(members) > 1:
+        models[f"{ENSEMBLE} ({', '.join(members)})"] = mean_of(models, members)
     write_report(
         "calibrate.md",
         "Lab calibration: leave-one-site-out, train + val slides only",
-        f"Probe fitted on the other sites; {args.repeats} draws per row (seed {args.seed}); "
-        "BA on the site's patches outside each draw; gain = calibrated − 0.5, mean "
-        "[10th, 90th percentile] over draws; refused = draws with one class (0.5 kept); "
-        f"warned = draws with < {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} "
-        "slides, where `glomx calibrate` warns. "
-        f"{time.time() - started:.0f} s.",
-        site_lines,
-        lines,
+        "Each model trained on the other hospitals by its pipeline trial (ensemble: the "
+        f"members' mean at 0.5); {args.repeats} draws per row (seed {args.seed}); BA on the "
+        "site's patches outside each draw; BA own = at the model's own threshold; gain = "
+        "calibrated − own, mean [10th, 90th percentile] over draws; refused = draws with one "
+        "class (own threshold kept); warned = draws with "
+        f"< {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} slides, where "
+        f"`glomx calibrate` warns. {time.time() - started:.0f} s.",
+        *report(models, site_regex, args),
     )
 
 

@@ -1,7 +1,10 @@
 """Can a lab's *unlabelled* patches move the probe's decision closer to its best than 0.5 does?
 
-Leave-one-site-out exactly as ``bench/calibrate.py`` (same train + val patches, cached
-features and probe; never test): the probe is fitted on the other hospitals, and the held-out
+Leave-one-site-out on the train + val patches of ``artifacts/prepared/split.csv`` (never
+test; a site is the slide id's prefix before ``_``/``-``): the probe, frozen EfficientNet-Lite0
+features at ``train_probe``'s layer and size (decoded from data/ as prepare decodes them,
+computed once and cached in ``bench/out``), standardised, then a balanced logistic regression
+at C = 0.01 as ``bench/probe_sites.py``, is fitted on the other hospitals, and the held-out
 hospital's patches are then used without their labels by
 
 - ``EM``: its sclerotic share estimated by EM (Saerens, Latinne & Decaestecker 2002) from the
@@ -32,22 +35,77 @@ markdown tables and writes ``bench/out/label_free.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from calibrate import ROOT, SPLIT, _ba, _logit, probe, site_data, write_report
+from calibrate import OUT, ROOT, SPLIT, _ba, _logit, write_report
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from glomx.config import read
+from glomx.data.adapt import adapt
+from glomx.data.catalogue import FOLDERS
+from glomx.data.images import Preprocessing, load_image
+from glomx.data.split import read_split_csv, sites_of
 from glomx.evaluation.metrics import choose_threshold
 
+C = 0.01
 TRAIN_PRIOR = 0.5  # balanced class weights: the weighted training set is half sclerotic
 METHODS = (
     "0.5", "EM", "true prior", "BCTS", "BCTS+EM", "EM quantile", "site std", "per-site std"
 )  # fmt: skip
+
+
+def features(paths: list[Path], params: dict) -> np.ndarray:
+    """Pooled probe features of each image, decoded as prepare decodes it (cached by the list
+    of files and the probe's backbone, layer and size)."""
+    model, image = params["train_probe"]["model"], params["prepare"]["image"]
+    key = hashlib.sha256(repr(([str(p) for p in paths], model, image)).encode()).hexdigest()[:16]
+    cache = OUT / f"label_free_features_{key}.npy"
+    if cache.is_file():
+        return np.load(cache)
+    import keras
+
+    from glomx.models.backbones import pretrained_model
+    from glomx.models.probe import truncate
+
+    pre = Preprocessing(image["size"], image["channels"], image["method"], image["fill"])
+    net = pretrained_model(model["backbone"], model["size"])
+    pooled = keras.Model(
+        net.inputs, keras.layers.GlobalAveragePooling2D()(truncate(net, model["layer"]).outputs[0])
+    )
+    parts = []
+    for start in range(0, len(paths), 32):
+        batch = np.stack([load_image(p, pre) for p in paths[start : start + 32]])
+        x = adapt(batch, model["size"], 3).astype(np.float32)
+        parts.append(np.asarray(pooled.predict(x, verbose=0), dtype=np.float32))
+        print(f"  features {min(start + 32, len(paths))}/{len(paths)}", end="\r", flush=True)
+    feats = np.concatenate(parts)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(cache, feats)
+    return feats
+
+
+def site_data(params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels, slides and sites of the train + val patches of ``SPLIT`` (never test)."""
+    rows = [r for r in read_split_csv(SPLIT) if r.split != "test"]
+    data = ROOT / params["paths"]["data"]
+    x = features([data / FOLDERS[r.label] / r.name for r in rows], params)
+    y = np.array([r.label for r in rows])
+    slides = np.array([r.slide for r in rows])
+    return x, y, slides, sites_of(slides, params["prepare"]["site_regex"])
+
+
+def probe() -> Pipeline:
+    """An unfitted probe head: standardise, then balanced logistic regression at ``C``."""
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
+    )
 
 
 def reweight(p: np.ndarray, prior: float, train_prior: float = TRAIN_PRIOR) -> np.ndarray:
