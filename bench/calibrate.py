@@ -274,7 +274,7 @@ def main() -> None:
     parser.add_argument("--families", help="comma-separated (default: choose.families)")
     parser.add_argument(
         "--ensemble", help="members of the ensemble, comma-separated; '' for none (default: "
-        "the champion's members in decision.json)"
+        "the champion's members in decision.json, when all are among the families)"
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=200, help="draws per site, size and mode")
     parser.add_argument("--sizes", default="5,10,20,40", help="calibration set sizes")
@@ -291,13 +291,15 @@ def main() -> None:
         print("prepare.site_regex is null: set it so that slides have a hospital to leave out")
         return
     families = args.families.split(",") if args.families else params.need("choose").families
-    members = (
-        [m for m in args.ensemble.split(",") if m]
-        if args.ensemble is not None
-        else champion_members()
-    )
+    if args.ensemble is not None:
+        members = [m for m in args.ensemble.split(",") if m]
+    else:
+        members = [m for m in champion_members() if m in families]
+        if len(members) < len(champion_members()):
+            members = []  # the champion's ensemble needs every member; --ensemble asks for it
     if len(members) < 2:
-        print("no ensemble: the champion is one family or choose has not run; --ensemble a,b")
+        print("no ensemble (the champion is one family, choose has not run, or --families "
+              "leaves out a member); --ensemble a,b adds one")  # fmt: skip
     (OUT / "mlruns").mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{OUT / 'mlruns' / 'mlflow.db'}"
     folds = site_folds(params)
