@@ -48,7 +48,7 @@ from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.selection import ENSEMBLE, OOF, mean_of
 from glomx.models import family_section
 from glomx.pipeline.choose import DECISION
-from glomx.pipeline.cv import Trial, inner_slides, run_trials
+from glomx.pipeline.cv import fold_trials, out_of_fold, run_trials
 from glomx.pipeline.train import SPLIT_FILE, prepared_preprocessing
 from glomx.tracking import stage_run
 
@@ -90,31 +90,20 @@ def held_out_scores(params: Params, family: str, folds: dict[str, int]) -> OOF:
     cache = cache_path(params, family, [originals, training])
     if cache.is_file():
         return OOF.read(cache)
-    section = family_section(params, family)
     logged = {"family": family, "folds": "sites", "cv": cfg.model_dump()}
     with stage_run(f"bench-calibrate {family}", logged, originals.data_kind) as run:
-        trials = [
-            Trial(
-                family,
-                fold,
-                section,
-                prepared_preprocessing(paths),
-                str(training.path.resolve()),
-                str(originals.path.resolve()),
-                folds,
-                tuple(sorted(inner_slides(originals, folds, fold, cfg, site_regex))),
-                run.ref(),
-            )
-            for fold in sorted(set(folds.values()))
-        ]
-        results = run_trials(trials, cfg)
-    oof = OOF.of(
-        [
-            (n, s, r.fold, int(y), float(p), r.threshold)
-            for r in results
-            for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
-        ]
-    )
+        trials = fold_trials(
+            family,
+            family_section(params, family),
+            prepared_preprocessing(paths),
+            training,
+            originals,
+            folds,
+            cfg,
+            site_regex,
+            run.ref(),
+        )
+        oof = out_of_fold(run_trials(trials, cfg))
     oof.write(cache)
     return oof
 

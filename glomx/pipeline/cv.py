@@ -44,6 +44,7 @@ from glomx.data.split import inner_validation
 from glomx.data.store import ArrayStore, write_subset
 from glomx.errors import GlomxError
 from glomx.evaluation import metrics as m
+from glomx.evaluation.selection import OOF
 from glomx.models import family_class
 from glomx.models.base import Classifier
 from glomx.pipeline.balance import class_weights as balanced_weights
@@ -122,6 +123,46 @@ def inner_slides(
     ]
     return inner_validation(
         [s for s, _ in rows], [y for _, y in rows], cfg.inner_val, cfg.seed + fold, site_regex
+    )
+
+
+def fold_trials(
+    family: str,
+    section: TrainSection,
+    preprocessing: Preprocessing,
+    training: ArrayStore,
+    originals: ArrayStore,
+    folds: dict[str, int],
+    cfg: CV,
+    site_regex: str | None,
+    parent: RunRef,
+) -> list[Trial]:
+    """One trial of ``family`` per fold of ``folds`` (slide → fold: prepare's folds for a
+    training stage, the hospitals for ``bench/calibrate.py``), nested under ``parent``."""
+    return [
+        Trial(
+            family,
+            fold,
+            section,
+            preprocessing,
+            str(training.path.resolve()),
+            str(originals.path.resolve()),
+            folds,
+            tuple(sorted(inner_slides(originals, folds, fold, cfg, site_regex))),
+            parent,
+        )
+        for fold in sorted(set(folds.values()))
+    ]
+
+
+def out_of_fold(results: Sequence[FoldResult]) -> OOF:
+    """Every trial's held-out predictions as one table: the out-of-fold predictions."""
+    return OOF.of(
+        [
+            (n, s, r.fold, int(y), float(p), r.threshold)
+            for r in results
+            for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
+        ]
     )
 
 

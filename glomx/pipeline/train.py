@@ -38,7 +38,7 @@ from glomx.files import discard, put_in_place, temporary_sibling, write_json
 from glomx.models import family_class, family_section, load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MeanClassifier
-from glomx.pipeline.cv import FoldResult, Trial, finite, inner_slides, run_trials, unpack
+from glomx.pipeline.cv import FoldResult, finite, fold_trials, out_of_fold, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register
 
@@ -159,29 +159,20 @@ def run_training(
     with stage_run(stage, logged, kind) as run:
         run.log_dataset(training, "training")
         run.log_dataset(originals, "cv")
-        trials = [
-            Trial(
-                family,
-                fold,
-                section,
-                preprocessing,
-                str(training.path.resolve()),
-                str(originals.path.resolve()),
-                folds,
-                tuple(sorted(inner_slides(originals, folds, fold, cfg, site_regex))),
-                run.ref(),
-            )
-            for fold in sorted(set(folds.values()))
-        ]
+        trials = fold_trials(
+            family,
+            section,
+            preprocessing,
+            training,
+            originals,
+            folds,
+            cfg,
+            site_regex,
+            run.ref(),
+        )
         log.info("%s: %d-fold cross-validation of %s (%s data)", stage, len(trials), family, kind)
         results = run_trials(trials, cfg)
-        oof = OOF.of(
-            [
-                (n, s, r.fold, int(y), float(p), r.threshold)
-                for r in results
-                for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
-            ]
-        )
+        oof = out_of_fold(results)
         oof.write(Path(paths.cv) / f"{family}.csv")
         bag = build_bag(family, results, preprocessing, Path(paths.models) / family)
         report = cv_report(oof, results, cfg.bootstrap.model_dump())

@@ -18,12 +18,13 @@ from cv_layout import PRE, SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
 from glomx.config import TrainSection
-from glomx.data.split import read_split_csv, slide_folds
+from glomx.data.split import read_split_csv, sites_of, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.pipeline.cv import (
     CVError,
     Trial,
     fold_indices,
+    fold_trials,
     inner_slides,
     ray_session,
     run_trials,
@@ -32,6 +33,7 @@ from glomx.pipeline.train import run_training
 from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
 from glomx.tracking import EXPERIMENT, stage_run
+from glomx.tracking.runs import RunRef
 
 LR = TrainSection(model={"size": 8}, fit={"epochs": 2, "seed": 1}, class_weight="balanced")
 CNN = TrainSection(
@@ -67,6 +69,28 @@ def test_no_held_out_slide_reaches_training_in_original_or_augmented_form(
         assert {originals.slides[i] for i in held} == held_slides
         held_everywhere += held_names
     assert sorted(held_everywhere) == sorted(originals.names)  # each original scored once
+
+
+def test_trials_over_hospitals_leave_each_hospital_out_whole(tmp_path: Path) -> None:
+    """``bench/calibrate.py`` runs the pipeline's trials with the hospitals as folds: each trial
+    must score one whole hospital and train and choose on the others only."""
+    paths = cv_layout(tmp_path)
+    training = ArrayStore(paths["balanced"])
+    originals = ArrayStore(Path(paths["prepared"]) / "train")
+    slides = sorted(set(originals.slides))
+    sites = dict(zip(slides, sites_of(slides, SITE_REGEX), strict=True))
+    index = {site: k for k, site in enumerate(sorted(set(sites.values())))}
+    folds = {slide: index[site] for slide, site in sites.items()}
+    parent = RunRef("sqlite:///unused.db", "0", "run", "bench-calibrate", "synthetic", {})
+    trials = fold_trials("lr", LR, PRE, training, originals, folds, TEST_CV, SITE_REGEX, parent)
+    assert [t.fold for t in trials] == [0, 1, 2]
+    for trial in trials:
+        train, val, held = fold_indices(training, originals, folds, trial.fold, set(trial.inner))
+        site = next(s for s, k in index.items() if k == trial.fold)
+        assert {sites[originals.slides[i]] for i in held} == {site}
+        assert sum(sites[s] == site for s in originals.slides) == len(held)
+        assert site not in {sites[training.slides[i]] for i in train}
+        assert site not in {sites[originals.slides[i]] for i in val} and trial.inner
 
 
 def test_a_row_without_a_fold_is_refused(tmp_path: Path) -> None:
