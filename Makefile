@@ -67,7 +67,7 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 	dvc repro prepare
 	python bench/models.py --scope trainval
 
-bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md); ~20 min; after `make run`; FAMILIES=lr,probe trains only those
+bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md); ~15 min; after `make run`; FAMILIES=lr,probe trains only those
 	dvc repro balance
 	python bench/calibrate.py $(if $(FAMILIES),--families $(FAMILIES))
 

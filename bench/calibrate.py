@@ -24,7 +24,7 @@ trains nothing. The trials' MLflow runs go to ``bench/out/mlruns``, never the pr
 
 Usage: ``python bench/calibrate.py [--families lr,cnn] [--ensemble cnn,probe] [--repeats 200]
 [--sizes 5,10,20,40]`` after ``dvc repro balance``; prints markdown tables and writes
-``bench/out/calibrate.md``. All five families on the shared slice: about 20 min on 2 cores.
+``bench/out/calibrate.md``. All five families on the shared slice: about 15 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from glomx.data.split import read_split_csv, sites_of
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.selection import ENSEMBLE, OOF, mean_of
-from glomx.models import family_section
+from glomx.models import FAMILIES, family_section
 from glomx.pipeline.choose import DECISION
 from glomx.pipeline.cv import fold_trials, out_of_fold, run_trials
 from glomx.pipeline.train import SPLIT_FILE, prepared_preprocessing
@@ -58,10 +58,10 @@ OUT = ROOT / "bench" / "out"
 MODES = ("patches", "slides")
 
 
-def site_folds(params: Params) -> dict[str, int]:
+def site_folds(site_regex: str) -> dict[str, int]:
     """Every train + val slide's fold: the index of its hospital among the sorted hospitals."""
     slides = sorted({r.slide for r in read_split_csv(SPLIT) if r.split != "test"})
-    sites = sites_of(slides, params.need("prepare").site_regex or "(?P<site>.+)")
+    sites = sites_of(slides, site_regex)
     index = {site: k for k, site in enumerate(sorted(set(sites)))}
     return {slide: index[site] for slide, site in zip(slides, sites, strict=True)}
 
@@ -286,12 +286,14 @@ def main() -> None:
         members = [m for m in champion_members() if m in families]
         if len(members) < len(champion_members()):
             members = []  # the champion's ensemble needs every member; --ensemble asks for it
-    if len(members) < 2:
+    if len(members) < 2 and args.ensemble is None:
         print("no ensemble (the champion is one family, choose has not run, or --families "
               "leaves out a member); --ensemble a,b adds one")  # fmt: skip
+    if unknown := [f for f in families + members if f not in FAMILIES]:
+        raise SystemExit(f"unknown family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
     (OUT / "mlruns").mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{OUT / 'mlruns' / 'mlflow.db'}"
-    folds = site_folds(params)
+    folds = site_folds(site_regex)
     models = {f: held_out_scores(params, f, folds) for f in dict.fromkeys(families + members)}
     if len(members) > 1:
         models[f"{ENSEMBLE} ({', '.join(members)})"] = mean_of(models, members)
