@@ -82,6 +82,10 @@ class Classifier(ABC):
     ) -> Self:
         """Train on ``train``; epochs, early stopping or C are chosen on ``val``. Each epoch's
         scores go to ``on_epoch`` as they come and into ``history_``."""
+        if len(train) == 0:
+            raise ValueError(f"{train.path} has no images to train on")
+        if len(set(val.labels.tolist())) < 2:
+            raise ValueError(f"{val.path} needs both classes to select a model on validation")
         self.history_ = self._fit(train, val, class_weight, on_epoch or (lambda scores: None))
         weights = {str(k): float(v) for k, v in class_weight.items()} if class_weight else None
         self.meta.extra["class_weight"] = weights  # as glomx.json keeps it

@@ -290,8 +290,6 @@ class KerasClassifier(Classifier):
         on_epoch: EpochHook,
     ) -> dict[str, list[float]]:
         cfg = self.fit_config
-        if len(set(val.labels.tolist())) < 2:
-            raise ValueError(f"{val.path} needs both classes to select a model on validation")
         log_gpus()
         keras.utils.set_random_seed(cfg.seed)
         with dtype_policy(cfg.mixed_precision):

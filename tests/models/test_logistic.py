@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glomx.data.images import Preprocessing
-from glomx.data.store import ArrayStore
+from glomx.data.store import ArrayStore, StoreWriter
 from glomx.evaluation.metrics import classification_metrics
 from glomx.models import load_classifier, logistic
 from glomx.models.logistic import LogisticClassifier
@@ -111,3 +111,15 @@ def test_bad_params_and_unfitted_use_are_refused(stores: Stores) -> None:
         LogisticClassifier.from_params({"fit": {"select": "test_auc"}}, PRE)
     with pytest.raises(RuntimeError, match="not fitted"):
         LogisticClassifier.from_params({}, PRE).predict_proba(stores[1].read(slice(0, 1)))
+
+
+def test_fit_refuses_an_empty_training_store_or_a_one_class_validation_store(
+    stores: Stores, blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
+) -> None:
+    train, val = stores
+    with StoreWriter(tmp_path / "empty", train.image_shape, train.params) as writer:
+        empty = writer.close({"data_kind": "synthetic"})
+    with pytest.raises(ValueError, match="empty has no images to train on"):
+        LogisticClassifier.from_params(PARAMS, PRE).fit(empty, val)
+    with pytest.raises(ValueError, match="needs both classes"):  # one image: one class
+        LogisticClassifier.from_params(PARAMS, PRE).fit(train, blob_store(1, 4))
