@@ -46,8 +46,7 @@ def family_section(params: Params, family: str) -> TrainSection:
     if cls.keras_fit:
         parse(cls.fit_config_class, params.keras_fit, "keras_fit")
         section = section.model_copy(update={"fit": {**params.keras_fit, **section.fit}})
-    parse(cls.config_class, section.model, f"{where}.model")
-    parse(cls.fit_config_class, section.fit, f"{where}.fit")
+    cls.typed_params(section.model_dump())
     return section
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from glomx.config import Section
+from glomx.config import TRAIN_PREFIX, Section, parse
 from glomx.data.adapt import adapt
 from glomx.data.images import Preprocessing
 from glomx.data.stain import StainNormalizer
@@ -72,6 +72,30 @@ class Classifier(ABC):
     def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Classifier:
         """An unfitted classifier from its ``model:`` and ``fit:`` params (typed by
         :attr:`config_class` and :attr:`fit_config_class`; other keys are ignored)."""
+
+    @classmethod
+    def typed_params(cls, params: Mapping[str, Any]) -> tuple[Any, Any]:
+        """``params``' ``model:`` and ``fit:`` parts as :attr:`config_class` and
+        :attr:`fit_config_class`; a :class:`~glomx.config.ParamsError` naming the key if not."""
+        where = f"{TRAIN_PREFIX}{cls.family}"
+        return (
+            parse(cls.config_class, params.get("model"), f"{where}.model"),
+            parse(cls.fit_config_class, params.get("fit"), f"{where}.fit"),
+        )
+
+    @classmethod
+    def new_meta(
+        cls, model: Section, fit: Section, size: int, channels: int, preprocessing: Preprocessing
+    ) -> ModelMeta:
+        """An unfitted model's meta, its typed ``model:`` and ``fit:`` kept in ``extra``."""
+        return ModelMeta(
+            family=cls.family,
+            size=size,
+            channels=channels,
+            preprocessing=preprocessing,
+            # through JSON, so the meta equals its saved-and-loaded self (tuples become lists)
+            extra={"model": model.model_dump(mode="json"), "fit": fit.model_dump(mode="json")},
+        )
 
     def fit(
         self,

@@ -250,19 +250,9 @@ class KerasClassifier(Classifier):
     @classmethod
     def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        config: Any = parse(cls.config_class, params.get("model"), f"train_{cls.family}.model")
-        fit_config = parse(cls.fit_config_class, params.get("fit"), f"train_{cls.family}.fit")
-        meta = ModelMeta(
-            family=cls.family,
-            size=config.size,
-            channels=cls.channels or config.channels,
-            preprocessing=preprocessing,
-            # through JSON, so the meta equals its saved-and-loaded self (tuples become lists)
-            extra={
-                "model": config.model_dump(mode="json"),
-                "fit": fit_config.model_dump(mode="json"),
-            },
-        )
+        config, fit_config = cls.typed_params(params)
+        channels = cls.channels or config.channels
+        meta = cls.new_meta(config, fit_config, config.size, channels, preprocessing)
         return cls(meta, fit_config, config)
 
     @property

@@ -105,15 +105,8 @@ class LogisticClassifier(Classifier):
     @classmethod
     def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
         """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        model = parse(LRModel, params.get("model"), "train_lr.model")
-        fit = parse(LRFit, params.get("fit"), "train_lr.fit")
-        meta = ModelMeta(
-            family=cls.family,
-            size=model.size,
-            channels=model.channels,
-            preprocessing=preprocessing,
-            extra={"model": model.model_dump(mode="json"), "fit": fit.model_dump(mode="json")},
-        )
+        model, fit = cls.typed_params(params)
+        meta = cls.new_meta(model, fit, model.size, model.channels, preprocessing)
         return cls(meta, fit)
 
     @property
