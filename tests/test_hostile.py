@@ -27,7 +27,7 @@ from glomx.data.synth import make_dataset
 from glomx.pipeline.prepare import prepare
 from glomx.predict import ESCAPED_NOTE, collect_files, load_model, predict_files
 from glomx.stage_main import DEBUG_ENV, stage_main
-from glomx.tracking.pyfunc import MAX_IMAGE_PIXELS, pixel_limit
+from glomx.tracking.pyfunc import MAX_IMAGE_PIXELS, env_limit
 from glomx.tracking.registry import promote
 from glomx.tracking.store import SQLITE_LOCKED
 
@@ -272,11 +272,11 @@ def test_a_locked_store_is_one_message_for_predict_and_champion(
 def test_a_bad_server_pixel_limit_names_its_variable(value: str, monkeypatch) -> None:
     monkeypatch.setenv(MAX_IMAGE_PIXELS[0], value)
     with pytest.raises(ValueError, match=rf"^GLOMX_SERVE_MAX_PIXELS='{re.escape(value)}' is not"):
-        pixel_limit(MAX_IMAGE_PIXELS)
+        env_limit(MAX_IMAGE_PIXELS)
     monkeypatch.setenv(MAX_IMAGE_PIXELS[0], " 2500000 ")
-    assert pixel_limit(MAX_IMAGE_PIXELS) == 2_500_000
+    assert env_limit(MAX_IMAGE_PIXELS) == 2_500_000
     monkeypatch.delenv(MAX_IMAGE_PIXELS[0])
-    assert pixel_limit(MAX_IMAGE_PIXELS) == 4_000_000
+    assert env_limit(MAX_IMAGE_PIXELS) == 4_000_000
 
 
 @pytest.mark.parametrize(

@@ -120,7 +120,7 @@ def _file_bytes(image: object, name: str) -> bytes:
         raise ImageError(name, f"column 'image' is not valid base64 ({err})") from None
 
 
-def pixel_limit(setting: tuple[str, int], unit: str = "pixels") -> int:
+def env_limit(setting: tuple[str, int], unit: str = "pixels") -> int:
     """The limit an environment variable sets (a positive whole number), else its default."""
     name, default = setting
     raw = os.environ.get(name, "").strip()
@@ -136,8 +136,8 @@ class GlomxModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         self.classifier: Classifier = load_classifier(context.artifacts[ARTIFACT])
-        self.max_pixels = pixel_limit(MAX_IMAGE_PIXELS)
-        self.max_request_pixels = pixel_limit(MAX_REQUEST_PIXELS)
+        self.max_pixels = env_limit(MAX_IMAGE_PIXELS)
+        self.max_request_pixels = env_limit(MAX_REQUEST_PIXELS)
 
     def _within_limits(self, data: bytes, name: str, spent: int) -> int:
         """Pixels of one image by its header; ImageError when over a limit."""

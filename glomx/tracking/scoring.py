@@ -45,7 +45,7 @@ from glomx.tracking.pyfunc import (
     INPUT_REFUSAL,
     MAX_IMAGE_PIXELS,
     MAX_REQUEST_PIXELS,
-    pixel_limit,
+    env_limit,
 )
 
 Scope = MutableMapping[str, Any]
@@ -90,9 +90,9 @@ class Limits:
         a bad value stops the server before the model loads."""
         try:
             for setting in (MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS):
-                pixel_limit(setting)
-            megabytes = pixel_limit(MAX_BODY_MB, "megabytes")
-            concurrent = pixel_limit(MAX_CONCURRENT, "requests")
+                env_limit(setting)
+            megabytes = env_limit(MAX_BODY_MB, "megabytes")
+            concurrent = env_limit(MAX_CONCURRENT, "requests")
         except ValueError as err:
             raise ServeError(str(err)) from None
         timeout = float(scoring_server.MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
