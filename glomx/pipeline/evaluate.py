@@ -392,7 +392,8 @@ def evaluate(params: Params) -> dict[str, Any]:
     paths, cfg = params.need("paths"), params.need("evaluate")
     stores = {s: ArrayStore(Path(paths.prepared) / s) for s in ("train", "test")}
     test = stores["test"]
-    sites = sites_of(test.slides, params.need("prepare").site_regex)
+    site_regex = params.need("prepare").site_regex  # null: no sites, one whole-split report
+    sites = sites_of(test.slides, site_regex) if site_regex else np.full(len(test), "all")
     data = data_summary(stores, sites)
     selection = read_decision(paths)
     models_dir = Path(paths.models)

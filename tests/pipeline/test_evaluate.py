@@ -185,6 +185,16 @@ def _check_mlflow_shape(result: dict[str, Any], version: str) -> None:
     assert set(both.model) == set(children)
 
 
+def test_without_a_site_regex_the_split_is_reported_whole(
+    params: Params, registered_lr: str, tmp_path: Path
+) -> None:
+    prepare = params.need("prepare").model_copy(update={"site_regex": None})
+    result = evaluate(params.model_copy(update={"prepare": prepare}))
+    assert result["champion"] == {"version": registered_lr, "family": "lr"}
+    assert json.loads((tmp_path / "reports" / "sites.json").read_text()) == {}
+    assert "| SAS |" not in (tmp_path / "reports" / "summary.md").read_text()
+
+
 def test_nothing_to_evaluate(params: Params, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "models")
     with pytest.raises(EvaluateError, match="no trained model"):
