@@ -13,7 +13,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
         train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
-        plots ui server serve bench-serve predict calibrate bench-calibrate bench-label-free \
+        plots ui server serve bench-serve predict calibrate bench-calibrate bench-sites bench-label-free \
         bench-predict bench-scale clean
 
 help: ## list the targets
@@ -70,6 +70,10 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md); ~15 min; after `make run`; FAMILIES=lr,probe trains only those
 	dvc repro balance
 	python bench/calibrate.py $(if $(FAMILIES),--families $(FAMILIES))
+
+bench-sites: setup data ## each hospital left out, at the shipped threshold, no labels (bench/out/sites/; docs/generalisation.md); after `make run`; SET="k=v k=v" NAME=x FAMILIES=… HOMECV=1; TABLE=1 every kept run
+	$(if $(TABLE),,dvc repro balance)
+	python bench/sites.py $(if $(TABLE),--table) $(if $(NAME),--name $(NAME)) $(foreach s,$(SET),--set $(s)) $(if $(FAMILIES),--families $(FAMILIES)) $(if $(HOMECV),--home)
 
 bench-scale: setup data ## the pipeline at the challenge set's size vs the shared slice (bench/out/scale.md; docs/scale.md); SCALE=0.05 FAMILIES=lr,cnn
 	nice -n 10 python bench/scale.py --scale $(SCALE) $(if $(FAMILIES),--families $(FAMILIES))

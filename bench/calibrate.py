@@ -66,7 +66,9 @@ def site_folds(site_regex: str) -> dict[str, int]:
     return {slide: index[site] for slide, site in zip(slides, sites, strict=True)}
 
 
-def cache_path(params: Params, family: str, stores: list[ArrayStore]) -> Path:
+def cache_path(
+    params: Params, family: str, stores: list[ArrayStore], folds: dict[str, int]
+) -> Path:
     """Where ``family``'s held-out scores are kept, named by everything they depend on."""
     facts = {
         "family": family,
@@ -75,23 +77,27 @@ def cache_path(params: Params, family: str, stores: list[ArrayStore]) -> Path:
         "site_regex": params.need("prepare").site_regex,
         "stores": [file_hash(s.path / "manifest.json") for s in stores],
         "split": file_hash(SPLIT),
+        "folds": folds,
     }
     key = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
     return OUT / "calibrate_sites" / f"{family}-{key[:16]}.csv"
 
 
-def held_out_scores(params: Params, family: str, folds: dict[str, int]) -> OOF:
-    """``family`` trained on all hospitals but one, scoring that one's original patches, for
-    each hospital in turn: the pipeline's CV trials with the hospitals as folds (cached)."""
+def held_out_scores(
+    params: Params, family: str, folds: dict[str, int], bench: str = "bench-calibrate"
+) -> OOF:
+    """``family`` trained on all folds but one, scoring that one's original patches, for each
+    fold in turn: the pipeline's CV trials with the given folds (the hospitals, or prepare's
+    folds), cached. The trials' runs are nested under a run named ``<bench> <family>``."""
     paths, cfg = params.need("paths"), params.need("cv")
     site_regex = params.need("prepare").site_regex
     originals = ArrayStore(Path(paths.prepared) / "train")
     training = ArrayStore(paths.balanced)
-    cache = cache_path(params, family, [originals, training])
+    cache = cache_path(params, family, [originals, training], folds)
     if cache.is_file():
         return OOF.read(cache)
-    logged = {"family": family, "folds": "sites", "cv": cfg.model_dump()}
-    with stage_run(f"bench-calibrate {family}", logged, originals.data_kind) as run:
+    logged = {"family": family, "folds": json.dumps(folds, sort_keys=True), "cv": cfg.model_dump()}
+    with stage_run(f"{bench} {family}", logged, originals.data_kind) as run:
         trials = fold_trials(
             family,
             family_section(params, family),

@@ -231,12 +231,20 @@ class Bootstrap(Section):
     seed: int
 
 
+class Restyle(Toggle):
+    """RandStainNA-style restyling of a fold trial's training images (glomx.data.stain)."""
+
+    probability: float = Field(gt=0, le=1)  # share of training images restyled
+    spread: float = Field(gt=0)  # × the training images' spread of each style statistic
+
+
 class CV(Section):
     inner_val: float = Share
     seed: int
     cpus_per_trial: float = Field(gt=0)
     gpus_per_trial: Literal["auto"] | float  # auto: 1 where the Ray cluster has a GPU, else 0
     bootstrap: Bootstrap
+    restyle: Restyle
 
     @field_validator("gpus_per_trial", mode="before")
     @classmethod

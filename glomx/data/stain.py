@@ -56,13 +56,14 @@ each of three sessions; the 2-core machine was shared with training jobs at load
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glomx.data.adapt import adapt
-from glomx.data.store import ArrayStore
+from glomx.data.store import ArrayStore, StoreWriter
 
 METHODS = ("none", "macenko", "reinhard")
 FIT_SAMPLE = 256
@@ -310,3 +311,70 @@ class StainNormalizer:
                 f"stain normaliser dict must be {{'method': ..., 'target': {{...}}}}, got {d!r}"
             )
         return cls(d["method"], d.get("target", {}))
+
+
+@dataclass(frozen=True)
+class StyleDistribution:
+    """The spread of stain styles over training images, for RandStainNA-style augmentation
+    (Shen et al., MICCAI 2022): a style is an image's tissue LAB mean and standard deviation
+    (Reinhard's statistics, 6 numbers), and a virtual style draws each of the 6 from a normal
+    distribution with the training images' mean and standard deviation of it.
+
+    It is fitted inside each cross-validation trial on that trial's own training originals,
+    never in the augment stage: the augmented store serves every fold and every left-out
+    hospital, so styles fitted there would carry held-out slides' colours into training.
+    """
+
+    mean: tuple[float, ...]  # (6,): LAB mean of L, a, b, then LAB std of L, a, b
+    std: tuple[float, ...]  # (6,)
+
+    @classmethod
+    def fit(cls, images: np.ndarray) -> StyleDistribution:
+        """From the styles of at most :data:`FIT_SAMPLE` evenly spaced ``images`` (uint8
+        ``(N, H, W, 3|4)``); images without enough tissue do not count."""
+        _check_images(images, "StyleDistribution.fit")
+        styles = []
+        for i in fit_sample(len(images)):
+            rgb = _channels_first(images[i])
+            estimate = _reinhard_estimate(_OD[rgb], _rgb_to_lab(rgb))
+            if estimate is not None:
+                styles.append(np.concatenate(estimate))
+        if len(styles) < 2:
+            raise ValueError(
+                f"StyleDistribution.fit: {len(styles)} of {len(images)} images show enough "
+                f"stained tissue (≥ {MIN_TISSUE_PIXELS} tissue pixels); fit on training images"
+            )
+        stacked = np.stack(styles).astype(np.float64)
+        return cls(tuple(stacked.mean(axis=0).tolist()), tuple(stacked.std(axis=0).tolist()))
+
+    def draw(self, rng: np.random.Generator, spread: float = 1.0) -> StainNormalizer:
+        """A Reinhard normaliser onto one virtual style: each statistic drawn from its normal
+        distribution, widened × ``spread``; LAB spreads stay ≥ :data:`MIN_LAB_STD`."""
+        values = rng.normal(np.asarray(self.mean), spread * np.asarray(self.std))
+        values[3:] = np.maximum(values[3:], MIN_LAB_STD)
+        return StainNormalizer(
+            "reinhard", {"lab_mean": values[:3].tolist(), "lab_std": values[3:].tolist()}
+        )
+
+    def restyle(
+        self,
+        store: ArrayStore,
+        path: Path,
+        probability: float,
+        spread: float,
+        seed: tuple[int, ...],
+    ) -> ArrayStore:
+        """A copy of ``store`` at ``path`` in which each image, with ``probability``, is moved
+        onto a style of its own draw; the draws depend on ``seed`` and the row only."""
+        with StoreWriter(path, store.image_shape, store.params) as writer:
+            for start, chunk in store.iter_chunks(64):
+                out = chunk.copy()
+                for j in range(len(chunk)):
+                    rng = np.random.default_rng([*seed, start + j])
+                    if rng.random() < probability:
+                        out[j] = self.draw(rng, spread).transform(chunk[j : j + 1])[0]
+                rows = slice(start, start + len(chunk))
+                writer.append(out, store.labels[rows], store.names[rows], store.slides[rows])
+            carried = {k: store.manifest[k] for k in ("data_kind",) if k in store.manifest}
+            restyle = asdict(self) | {"probability": probability, "spread": spread}
+            return writer.close({**carried, "restyle": restyle})

@@ -5,7 +5,9 @@ Prepare divides the non-test slides into K folds (``split.csv``). For fold k, a 
 1. trains on the (augmented, balanced) training rows of every *other* fold's slides, except a
    few inner-validation slides (:func:`glomx.data.split.inner_validation`, about
    ``cv.inner_val`` of them) on which the family makes its fit-time choices: best epoch and
-   early stopping, C, the threshold when ``threshold.tune`` is on;
+   early stopping, C, the threshold when ``threshold.tune`` is on; with ``cv.restyle`` on, a
+   share of those training rows is first moved onto stain styles drawn from the spread of its
+   own training slides (RandStainNA-style; :func:`restyled`);
 2. scores fold k's *original* patches once: its out-of-fold (OOF) predictions.
 
 :func:`fold_indices` is where that separation is decided, so that is what the leak test
@@ -38,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from glomx.config import CV, TrainSection
+from glomx.config import CV, Restyle, TrainSection
 from glomx.data.images import Preprocessing
 from glomx.data.split import inner_validation
+from glomx.data.stain import StyleDistribution, fit_sample
 from glomx.data.store import ArrayStore, write_subset
 from glomx.errors import GlomxError
 from glomx.evaluation import metrics as m
@@ -70,6 +73,8 @@ class Trial:
     folds: dict[str, int]  # slide -> fold
     inner: tuple[str, ...]  # this fold's inner-validation slides
     parent: RunRef
+    restyle: Restyle  # cv.restyle
+    seed: int  # cv.seed
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ def fold_trials(
             folds,
             tuple(sorted(inner_slides(originals, folds, fold, cfg, site_regex))),
             parent,
+            cfg.restyle,
+            cfg.seed,
         )
         for fold in sorted(set(folds.values()))
     ]
@@ -164,6 +171,29 @@ def out_of_fold(results: Sequence[FoldResult]) -> OOF:
             for n, s, y, p in zip(r.names, r.slides, r.labels, r.proba, strict=True)
         ]
     )
+
+
+def restyled(trial: Trial, train: ArrayStore, originals: ArrayStore, tmp: Path) -> ArrayStore:
+    """``train`` with a share of its images moved onto stain styles drawn from the spread of
+    this trial's own training originals (``cv.restyle``), so no held-out or inner-validation
+    slide lends its colours; ``train`` itself when restyling is off."""
+    cfg = trial.restyle
+    if not cfg.enabled:
+        return train
+    own = np.array(
+        [
+            i
+            for i, s in enumerate(originals.slides)
+            if s in trial.folds and trial.folds[s] != trial.fold and s not in trial.inner
+        ]
+    )
+    start = time.perf_counter()
+    style = StyleDistribution.fit(originals.read(own[fit_sample(len(own))]))
+    out = style.restyle(
+        train, tmp / "train_restyled", cfg.probability, cfg.spread, (trial.seed, trial.fold)
+    )
+    log.info("restyled %d training images in %.1f s", len(out), time.perf_counter() - start)
+    return out
 
 
 def threshold(section: TrainSection, classifier: Classifier, val: ArrayStore) -> float:
@@ -208,7 +238,9 @@ def run_trial(trial: Trial) -> FoldResult:
     with tempfile.TemporaryDirectory(prefix=f"glomx-{trial.family}-fold{trial.fold}-") as tmp:
         training, originals = ArrayStore(trial.balanced), ArrayStore(trial.originals)
         rows = fold_indices(training, originals, trial.folds, trial.fold, set(trial.inner))
-        train = write_subset(training, rows[0], Path(tmp) / "train")
+        train = restyled(
+            trial, write_subset(training, rows[0], Path(tmp) / "train"), originals, Path(tmp)
+        )
         val = write_subset(originals, rows[1], Path(tmp) / "inner_val")
         held = write_subset(originals, rows[2], Path(tmp) / "heldout")
         heldout_slides = sorted(set(held.slides))

@@ -110,7 +110,7 @@ def test_a_failing_trial_fails_the_stage_with_family_and_fold(tmp_path: Path) ->
     folds = slide_folds(read_split_csv(Path(paths["prepared"]) / "split.csv"))
     with stage_run("train-lr", {}, "synthetic") as run:
         trial = Trial("lr", 1, LR, PRE, str(tmp_path / "no-store"), str(originals), folds,
-                      ("SAS_0",), run.ref())  # fmt: skip
+                      ("SAS_0",), run.ref(), TEST_CV.restyle, TEST_CV.seed)  # fmt: skip
         with pytest.raises(CVError) as err:
             run_trials([trial], TEST_CV)
     message = user_message("train-lr", err.value).splitlines()[0]
