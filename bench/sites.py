@@ -163,7 +163,7 @@ def figures(run: dict[str, Any]) -> SiteFigures:
 
 def verdict(run: dict[str, Any], today: dict[str, Any], boot: dict[str, Any]) -> str:
     """The rule's one line for ``run`` against ``today``, with the paired home difference."""
-    low = today["home"][today["champion"]]["ci_low"]
+    low = today["home"].get(today["champion"], {}).get("ci_low", float("nan"))
     line = judge(figures(today), figures(run), low).reason()
     mine, theirs = (RUNS / f"{r['name']}-home.csv" for r in (run, today))
     if mine.is_file() and theirs.is_file():
@@ -191,18 +191,18 @@ def report(run: dict[str, Any]) -> list[str]:
 
 
 def summary_table(boot: dict[str, Any]) -> list[str]:
-    """Every kept run's champion in one table, judged against ``today``."""
-    runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
-    today = next((r for r in runs if r["name"] == TODAY), None)
-    sites = sorted({r["site"] for run in runs for r in run["sites"]})
-    lines = _table(["run", "params", *(f"{s} BA shipped" for s in sites), "home OOF BA",
+    """Every kept run's champion in one table, each judged against the run it names."""
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
+    sites = sorted({r["site"] for run in runs.values() for r in run["sites"]})
+    lines = _table(["run", "model", "params", *(f"{s} BA shipped" for s in sites), "home OOF BA",
                     "minutes", "verdict"])  # fmt: skip
-    for run in sorted(runs, key=lambda r: (r["name"] != TODAY, r["started"])):
+    for run in sorted(runs.values(), key=lambda r: r["started"]):
         shipped = {r["site"]: r["shipped"] for r in run["sites"] if r["model"] == run["champion"]}
         home = run["home"].get(run["champion"])
-        judged = "—" if today is None or run is today else verdict(run, today, boot)
+        base = runs.get(run["against"])
+        judged = "—" if base is None or base is run else verdict(run, base, boot)
         lines.append(
-            f"| {run['name']} | {' '.join(run['set']) or 'params.yaml'} "
+            f"| {run['name']} | {run['champion']} | {' '.join(run['set']) or 'params.yaml'} "
             f"| {' | '.join(_f(shipped.get(s, float('nan'))) for s in sites)} "
             f"| {_f(home['value']) if home else 'not run'} | {run['seconds'] / 60:.0f} "
             f"| {judged} |"
@@ -216,6 +216,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--families", help="comma-separated (default: choose.families)")
     parser.add_argument("--home", action="store_true", help="train the normal CV if needed")
+    parser.add_argument(
+        "--ensemble", help="the champion's members, comma-separated (default: decision.json's)"
+    )
+    parser.add_argument("--against", default=TODAY, help="the kept run a candidate is judged by")
     parser.add_argument("--table", action="store_true", help="only print every kept run")
     args = parser.parse_args()
     os.chdir(ROOT)  # params.yaml's paths are relative to it
@@ -233,9 +237,12 @@ def main() -> None:
     if not site_regex:
         raise SystemExit("prepare.site_regex is null: set it so that slides have a hospital")
     families = args.families.split(",") if args.families else params.need("choose").families
-    if unknown := [f for f in families if f not in FAMILIES]:
+    if unknown := [
+        f for f in families + (args.ensemble or "").split(",") if f and f not in FAMILIES
+    ]:
         raise SystemExit(f"unknown family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
-    if not (members := champion_members()):
+    members = args.ensemble.split(",") if args.ensemble else champion_members()
+    if not members:
         raise SystemExit("artifacts/select/decision.json has no champion: run `make run` first")
     (OUT / "mlruns").mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{OUT / 'mlruns' / 'mlflow.db'}"
@@ -262,6 +269,7 @@ def main() -> None:
     run = {
         "name": args.name,
         "set": args.set,
+        "against": args.against,
         "champion": champion,
         "started": started,
         "seconds": time.time() - started,
@@ -271,9 +279,9 @@ def main() -> None:
     (RUNS / f"{args.name}.json").write_text(json.dumps(run, indent=2) + "\n")
     lines = [f"# bench-sites: {args.name} ({' '.join(args.set) or 'params.yaml'})", "",
              *report(run), ""]  # fmt: skip
-    if args.name != TODAY and (RUNS / f"{TODAY}.json").is_file():
-        today = json.loads((RUNS / f"{TODAY}.json").read_text())
-        lines.append(f"Verdict against today: {verdict(run, today, boot)}")
+    if args.name != args.against and (RUNS / f"{args.against}.json").is_file():
+        today = json.loads((RUNS / f"{args.against}.json").read_text())
+        lines.append(f"Verdict against {args.against}: {verdict(run, today, boot)}")
     lines.append(f"{run['seconds']:.0f} s ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} "
                  "cores)")  # fmt: skip
     print("\n".join(lines))

@@ -15,6 +15,7 @@ candidate that already fails 1 or 2; such a candidate is rejected whatever its h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -68,7 +69,8 @@ def judge(
     max_drop: float = MAX_DROP,
 ) -> Verdict:
     """``candidate`` against ``today`` by the three rules; ``home_low`` is the lower end of
-    today's slide-bootstrap interval of its home out-of-fold balanced accuracy."""
+    today's slide-bootstrap interval of its home out-of-fold balanced accuracy (NaN when not
+    measured: rule 3 stays open)."""
     sites = sorted(today.shipped)
     if missing := sorted(set(sites) - set(candidate.shipped)):
         raise ValueError(f"the candidate was not scored at {', '.join(missing)}")
@@ -78,5 +80,5 @@ def judge(
     change = {s: candidate.shipped[s] - today.shipped[s] for s in sites}
     mean_gain = sum(change[s] for s in counted) / len(counted)
     worst = min(0.0, *change.values())
-    home = None if candidate.home is None else candidate.home >= home_low
+    home = None if candidate.home is None or math.isnan(home_low) else candidate.home >= home_low
     return Verdict(mean_gain, worst, mean_gain > 0, worst >= -max_drop, home, counted)
