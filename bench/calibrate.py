@@ -66,6 +66,16 @@ def site_folds(site_regex: str) -> dict[str, int]:
     return {slide: index[site] for slide, site in zip(slides, sites, strict=True)}
 
 
+def store_digest(store: ArrayStore) -> str:
+    """md5 of a store's files, pixels included (streamed): a manifest alone does not tell two
+    stores apart, e.g. the balanced store records balance's params, not augment's."""
+    digest = hashlib.md5()
+    for name in sorted(p.name for p in store.path.iterdir()):
+        with open(store.path / name, "rb") as f:
+            digest.update(name.encode() + hashlib.file_digest(f, "md5").digest())
+    return digest.hexdigest()
+
+
 def cache_path(
     params: Params, family: str, stores: list[ArrayStore], folds: dict[str, int]
 ) -> Path:
@@ -75,7 +85,7 @@ def cache_path(
         "section": family_section(params, family).model_dump(),
         "cv": params.need("cv").model_dump(),
         "site_regex": params.need("prepare").site_regex,
-        "stores": [file_hash(s.path / "manifest.json") for s in stores],
+        "stores": [store_digest(s) for s in stores],
         "split": file_hash(SPLIT),
         "folds": folds,
     }
