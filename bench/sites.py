@@ -117,13 +117,30 @@ def candidate_stores(params: Params, raw: dict[str, Any], workspace: dict[str, A
     return out
 
 
+def _at(raw: dict[str, Any], key: str) -> Any:
+    """``raw``'s value at a dotted key, as dvc.lock names a stage's params (None if absent)."""
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal params, leaves compared as text too: dvc.lock keeps ``1e-05`` as a string."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or str(a) == str(b)
+
+
 def pipeline_oof(raw: dict[str, Any], family: str) -> OOF | None:
     """The pipeline's own out-of-fold predictions of ``family`` when ``dvc.lock`` recorded
     every stage from prepare to ``train-<family>`` with exactly ``raw``'s params; else None."""
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
     for stage in (*UPSTREAM, f"train-{family}"):
         recorded = lock.get(stage, {}).get("params", {}).get("params.yaml")
-        if not recorded or any(raw.get(k) != v for k, v in recorded.items()):
+        if not recorded or any(not _same(_at(raw, k), v) for k, v in recorded.items()):
             return None
     path = Path(raw["paths"]["cv"]) / f"{family}.csv"
     return OOF.read(path) if path.is_file() else None
