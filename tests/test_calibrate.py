@@ -48,7 +48,11 @@ def champion(registered_lr: str) -> str:
 
 
 def _calibrate(lab: Path, reports: Path, *extra: str) -> int:
-    return main(["calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra])
+    """``glomx calibrate`` in this process → its exit status."""
+    try:
+        return main(["calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
 
 def _aliases() -> dict[str, str]:
@@ -174,7 +178,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
         "model folder": ["--lab", "north", "--model", str(tmp_path)],
     }
     reports = tmp_path / "reports"
-    assert _calibrate(lab, reports, *extra.get(what, ["--lab", "north"])) == 1
+    refused_argument = what in extra  # exit status 2; bad data 1
+    assert _calibrate(lab, reports, *extra.get(what, ["--lab", "north"])) == 1 + refused_argument
     err = capsys.readouterr().err
     assert err.startswith("glomx calibrate failed: ") and message in err
     assert "Traceback" not in err
