@@ -53,12 +53,12 @@ def _poll_parent(parent: int) -> None:
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (with the PID, it names one process
-    for good), or None when there is no such process."""
+    for good), or None when there is no such process, or only its zombie."""
     try:
-        stat = (PROC / str(pid) / "stat").read_text()
+        fields = (PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return int(stat.rpartition(")")[2].split()[19])  # field 22; the name may hold spaces
+    return None if fields[0] == "Z" else int(fields[19])  # fields 3 and 22; names hold spaces
 
 
 def descendants(pid: int) -> list[tuple[int, int]]:

@@ -105,15 +105,16 @@ def user_errors_exit(name: str, flag: bool = True) -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         yield
-    except Exception as err:
-        if debug_requested() or not (isinstance(err, USER_ERRORS) or disk_error(err)):
+    except BaseException as err:
+        if _signalled:  # whatever a library made of the SystemExit on its way up (Ray: exit 1)
+            print(f"{name} stopped: terminated (SIGTERM)", file=sys.stderr)
+            raise SystemExit(TERMINATED) from None
+        if not isinstance(err, Exception) or debug_requested():
+            raise
+        if not (isinstance(err, USER_ERRORS) or disk_error(err)):
             raise
         print(user_message(name, err, flag), file=sys.stderr)
         raise SystemExit(2 if isinstance(err, UsageError) else 1) from None
-    except SystemExit as exit_:
-        if exit_.code == TERMINATED:
-            print(f"{name} stopped: terminated (SIGTERM)", file=sys.stderr)
-        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -133,8 +134,12 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_signalled: list[int] = []  # the SIGTERMs received
+
+
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM: unwind the stack (closing runs and removing temporaries) and exit 143."""
+    _signalled.append(signum)
     raise SystemExit(TERMINATED)
 
 
