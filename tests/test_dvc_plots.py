@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import vl_convert
 import yaml
 
 from glomx.evaluation.metrics import write_plot_data
 
-vl_convert = pytest.importorskip("vl_convert")
 REPO = Path(__file__).resolve().parents[1]
 # 7 negatives (one scored high), 4 positives (one scored low): tn 6, fp 1, fn 1, tp 3
 LABELS = np.array([0] * 7 + [1] * 4)

@@ -129,9 +129,7 @@ def _stage_runs(runs: list[dict[str, Any]], exp: str | None = None) -> list[dict
 def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
     """Server started; pipeline run in clone A against it with a server restart in between;
     outputs committed and pushed to the lab's DVC remotes."""
-    if reason := _missing_postgres():
-        if os.environ.get("CI"):
-            pytest.fail(f"the team-server tests need PostgreSQL: {reason}")
+    if reason := _missing_postgres():  # a failure under CI (tests/conftest.py)
         pytest.skip(f"the team-server tests need PostgreSQL: {reason}")
     folder = Path(tempfile.mkdtemp(prefix="glomx-server-"))
     folder.chmod(0o711)  # PostgreSQL's own user must reach its cluster folder under root
