@@ -85,7 +85,10 @@ def real_data() -> Path:
     data = REPO / "data"
     if not (data / "public.csv").is_file() and SHARED_REMOTE.is_dir():
         subprocess.run(
-            [sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"], cwd=REPO, check=True
+            [sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"],
+            cwd=REPO,
+            check=True,
+            timeout=600,
         )
     if not (data / "public.csv").is_file():
         pytest.skip(f"real data missing: {data} (needs {SHARED_REMOTE} and `dvc pull`)")

@@ -6,16 +6,13 @@
   the ``os`` and ``io`` calls that reach the kernel, so no mount, ``chattr`` or root is needed.
 - :func:`file_size_limit`: ``ulimit -f`` for a child process; a write past it fails with
   EFBIG (Python ignores SIGXFSZ), a disk that is full for this process only.
-- :func:`glomx` runs the command with a timeout that names it.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 SITECUSTOMIZE = """
@@ -86,24 +83,3 @@ def file_size_limit(limit_bytes: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return limit
-
-
-GLOMX = [sys.executable, "-m", "glomx.cli"]
-
-
-def glomx(
-    argv: Sequence[str | Path],
-    timeout: float = 300,
-    **kwargs,
-) -> subprocess.CompletedProcess[str]:
-    """``glomx ARGV`` as a user runs it; the test fails naming the command if it hangs."""
-    return run([*GLOMX, *map(str, argv)], timeout=timeout, **kwargs)
-
-
-def run(args: Sequence[str | Path], timeout: float = 300, **kwargs):
-    """A subprocess with captured text output, failing the test if it outlives ``timeout``."""
-    args = [str(a) for a in args]
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"hung for more than {timeout} s: {' '.join(args)}") from None

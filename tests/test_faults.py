@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bounded import GLOMX, glomx, run
 from cv_layout import REPO, stage_project
-from faults import GLOMX, file_size_limit, glomx, refusing_env, run
+from faults import file_size_limit, refusing_env
 
 from glomx.config import read
 from glomx.data.synth import make_dataset

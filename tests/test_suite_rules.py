@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import run
+from bounded import run
 
 ON_PURPOSE = "GLOMX_TEST_MISBEHAVE"
 HERE = Path(__file__)

@@ -256,6 +256,6 @@ def test_a_stopped_server_is_a_fast_error_naming_its_uri(team: Team) -> None:
         assert s.connect_ex(("127.0.0.1", team.server.port)) != 0
     started = time.monotonic()
     done = subprocess.run(["glomx", "champion"], cwd=team.clone, env=team.env,
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1 and f"{team.server.url} is unreachable" in done.stderr
     assert time.monotonic() - started < 15
