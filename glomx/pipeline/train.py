@@ -31,12 +31,12 @@ from glomx.config import CV, Params, Paths, TrainSection
 from glomx.data.images import Preprocessing
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
-from glomx.errors import GlomxError
+from glomx.errors import GlomxError, UsageError
 from glomx.evaluation import metrics as m
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
 from glomx.files import discard, put_in_place, temporary_sibling, write_json
-from glomx.models import family_class, family_section, load_classifier
+from glomx.models import FAMILIES, family_class, family_section, load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MeanClassifier
 from glomx.pipeline.cv import FoldResult, finite, fold_trials, out_of_fold, run_trials, unpack
@@ -217,6 +217,8 @@ def run_training(
 
 def run(params: Params, family: str) -> str:
     """The ``train-<family>`` stage; returns its summary: the pooled out-of-fold scores."""
+    if family not in FAMILIES:
+        raise UsageError(f"stages/train.py FAMILY: {family!r} is none of {', '.join(FAMILIES)}")
     section = family_section(params, family)
     site_regex = params.need("prepare").site_regex
     report = run_training(

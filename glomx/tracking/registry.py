@@ -308,8 +308,8 @@ def _parse(uri: str) -> tuple[str, str]:
 
 def resolve(uri: str) -> tuple[str, str]:
     """(name, version) of a ``models:/`` URI; raises LookupError naming what is missing."""
+    name, ref = _parse(uri)  # a malformed URI is refused before any store is opened
     client = existing_client()
-    name, ref = _parse(uri)
     try:
         if ref.isdigit():
             return name, str(client.get_model_version(name, ref).version)
