@@ -39,7 +39,8 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "scored, the threshold maximising balanced accuracy is chosen, and a new version of "
         "the model with that threshold is registered under alias lab-NAME (champion and "
         "previous never move). Writes reports/calibration_NAME.{md,json}. Uses "
-        "MLFLOW_TRACKING_URI or ./mlruns. Exit status 1, writing nothing, on bad input.",
+        "MLFLOW_TRACKING_URI or ./mlruns. Exit status 1, writing nothing, on bad data; 2 on a "
+        "refused argument (a lab name or --model it cannot use).",
     )
     p.add_argument("data_dir", type=Path, help="the lab's labelled patches")
     p.add_argument("--lab", required=True, help="lab name: letters, digits, '-' or '_'")

@@ -74,7 +74,8 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="predict image files or folders of patches (PNG/JPEG/TIFF, recursively)",
         description="Writes one row per file (an unreadable file gets its error and no "
         "prediction) and a per-slide summary <out>_slides.csv, both complete or not at all. "
-        "Exit status 1 when nothing could be predicted.",
+        "Exit status 1 when nothing could be predicted or the run failed, 2 when an argument is "
+        "refused.",
     )
     p.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument(
