@@ -47,12 +47,16 @@ def champion(registered_lr: str) -> str:
     return registered_lr
 
 
-def _calibrate(lab: Path, reports: Path, *extra: str) -> int:
-    """``glomx calibrate`` in this process → its exit status."""
+def _glomx(*argv: str) -> int:
+    """``glomx ARGV`` in this process → its exit status."""
     try:
-        return main(["calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra])
+        return main(list(argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
+
+
+def _calibrate(lab: Path, reports: Path, *extra: str) -> int:
+    return _glomx("calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra)
 
 
 def _aliases() -> dict[str, str]:
@@ -106,7 +110,7 @@ def test_calibration_restores_balanced_accuracy_and_moves_only_the_lab_alias(
     shown = capsys.readouterr().out
     assert f"models:/glomx/{aliases['lab-north']}" in shown
     assert f"calibrated from version {champion} on 30 patches" in shown
-    assert main(["champion", "--lab", "east"]) == 1
+    assert _glomx("champion", "--lab", "east") == 1
     assert "no alias 'lab-east'" in capsys.readouterr().err
 
 

@@ -16,6 +16,7 @@ HOST_TAG, PID_TAG = "glomx.host", "glomx.pid"  # run tags: the process that owns
 NOTE_TAG = "mlflow.note.content"  # the run/experiment description the MLflow UI shows
 DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: the saved model folder's files digest
 REASON_TAG = "promotion.reason"  # version tag: why promotion did what it did
+CALIBRATED_FROM = "calibrated_from"  # version tag of a lab's copy: the version it copies
 
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
 CV_CONTEXT = "cv"  # dataset context under which training runs log the cross-validated store

@@ -47,6 +47,7 @@ from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.tracking.names import (
     ARTIFACT,
+    CALIBRATED_FROM,
     CHAMPION,
     CV_CONTEXT,
     CV_PREFIX,
@@ -210,6 +211,11 @@ def promote(
     and tags."""
     connect()
     client = MlflowClient()
+    if source := client.get_model_version(name, version).tags.get(CALIBRATED_FROM):
+        raise UsageError(
+            f"version {version} is a lab's calibrated copy of version {source}: champion moves "
+            "only to a trained candidate, and a lab's version only by its alias"
+        )
     top = candidate(client, version, name)
     decision = decide(top, current_champion(client, name), metric, margin, why)
     if decision.changed:
@@ -420,7 +426,7 @@ def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
         )
     tags = mv.tags
     champ = current_champion(client, name)
-    source = tags.get("calibrated_from", "?")
+    source = tags.get(CALIBRATED_FROM, "?")
     lines = [
         f"lab {lab}: models:/{name}/{mv.version} ({tags.get('family', '?')}), alias {alias}",
         f"threshold {tags.get('threshold', '?')}, calibrated from version {source} on "
