@@ -30,6 +30,8 @@ from pipeline_copy import REPO, make_copy, run
 from glomx.server.main import wait_ready
 from glomx.server.postgres import PASSFILE, PostgresError, free_port, pg_bin, server_user
 
+pytestmark = pytest.mark.slow  # a whole pipeline against a real server
+
 FAMILIES = ("lr", "cnn")
 STAGES = {"prepare", "augment", "balance", "train-lr", "train-cnn", "choose", "evaluate"}
 QUEUED = {"lr-epochs-1": 1, "lr-epochs-3": 3}  # experiment name → train_lr.fit.epochs
