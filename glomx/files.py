@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 _TOKEN_BYTES = 4
-# a temporary sibling, or a file inside a temporary folder
 _held: dict[Path, int] = {}  # temporary sibling -> the open descriptor that holds its lock
+# a temporary sibling, or a file inside a temporary folder
 _TEMPORARY = re.compile(rf"(^|/)\.[^/]+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp(/|$)")
 
 

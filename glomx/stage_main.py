@@ -64,16 +64,17 @@ def debug_requested() -> bool:
 
 
 def disk_error(err: BaseException) -> OSError | None:
-    """The OSError of :data:`DISK_ERRORS`, or any naming a file, that is ``err`` or caused it."""
+    """The OSError of :data:`DISK_ERRORS` that is ``err`` or caused it; else ``err`` itself
+    when it is any other OSError naming a file (a user error keeps its own message)."""
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
-        if isinstance(cause, OSError) and (
-            cause.errno in DISK_ERRORS or (cause.errno and cause.filename is not None)
-        ):
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRORS:
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
+    if isinstance(err, OSError) and not isinstance(err, USER_ERRORS):
+        return err if err.errno and err.filename is not None else None
     return None
 
 
@@ -107,6 +108,7 @@ def user_errors_exit(name: str, flag: bool = True) -> Iterator[None]:
         yield
     except BaseException as err:
         if _signalled:  # whatever a library made of the SystemExit on its way up (Ray: exit 1)
+            _signalled.clear()
             print(f"{name} stopped: terminated (SIGTERM)", file=sys.stderr)
             raise SystemExit(TERMINATED) from None
         if not isinstance(err, Exception) or debug_requested():
