@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
-        train-mobilenet evaluate repro run compare-prep test test-fast lint bench bench-models bench-select \
+        train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
         plots ui server serve bench-serve predict calibrate bench-calibrate bench-label-free \
         bench-predict bench-scale clean
 
@@ -51,6 +51,7 @@ compare-prep: setup ## LR validation table for each prepare.image.method (dvc ex
 test: setup ## run the test suite
 	pytest -q
 
+.PHONY: test-fast
 test-fast: setup ## the suite without the end-to-end tests marked slow: the inner loop
 	pytest -q -m "not slow"
 
