@@ -48,9 +48,9 @@ def merge(base: dict, override: dict) -> dict:
     return base
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 1500) -> str:
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 3000) -> str:
     """Run a command; fail the test with its output tail unless it succeeds within
-    ``timeout`` s (the whole tiny pipeline takes a few minutes); stdout + stderr."""
+    ``timeout`` s (the whole tiny pipeline: 24 min on 2 busy cores); stdout + stderr."""
     done = bounded.run(args, cwd=cwd, env=env, timeout=timeout)
     assert done.returncode == 0, (
         f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
