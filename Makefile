@@ -51,6 +51,10 @@ compare-prep: setup ## LR validation table for each prepare.image.method (dvc ex
 test: setup ## run the test suite
 	pytest -q
 
+.PHONY: test-fast
+test-fast: setup ## the suite without the end-to-end tests marked slow: the inner loop
+	pytest -q -m "not slow"
+
 lint: setup ## ruff check and format check, mypy on glomx/
 	ruff check glomx stages tests bench
 	ruff format --check glomx stages tests bench

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,16 @@ import numpy as np
 from glomx.data.catalogue import FOLDERS, read_catalogue
 from glomx.data.images import DEFAULT_MAX_PIXELS
 from glomx.data.synth import data_kind
-from glomx.errors import GlomxError
+from glomx.errors import GlomxError, UsageError
 from glomx.evaluation.bootstrap import MIN_SLIDES as MIN_SLIDES_FOR_INTERVALS
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.scoring import predict_batch
 from glomx.predict import DEFAULT_MODEL, _decoded
+from glomx.tracking.names import lab_alias
 
 MIN_PER_CLASS = 10  # fewer patches of a class than this: the threshold is not to be trusted
 MIN_SLIDES = 3  # likewise for slides (patches of one slide share stain and tissue)
-LAB_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 SHOWN = {
     "balanced_accuracy": "balanced accuracy",
     "recall": "sensitivity",
@@ -45,17 +44,7 @@ SHOWN = {
 
 
 class CalibrationError(GlomxError, ValueError):
-    """The lab's data or name cannot be calibrated on; the message says why and what to do."""
-
-
-def lab_alias(lab: str) -> str:
-    """``lab-<lab>``, the registry alias of a lab's calibrated version."""
-    if not LAB_PATTERN.fullmatch(lab):
-        raise CalibrationError(
-            f"lab name {lab!r} is not usable in a registry alias: use 1-63 letters, digits, "
-            "'-' or '_', starting with a letter or digit (e.g. --lab leiden)"
-        )
-    return f"lab-{lab}"
+    """The lab's data cannot be calibrated on; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +266,7 @@ def calibrate_lab(
     data_dir = Path(data_dir)
     lab_alias(lab)
     if not model.startswith("models:/"):
-        raise CalibrationError(
+        raise UsageError(
             f"--model {model}: calibration makes a new registry version from a registered "
             "one; pass models:/NAME@ALIAS or models:/NAME/VERSION"
         )

@@ -12,7 +12,7 @@ from glomx.cli_calibrate import add_calibrate_parser
 from glomx.cli_predict import add_champion_parser, add_predict_parser
 from glomx.cli_serve import add_serve_parser
 from glomx.server.main import add_server_parser
-from glomx.stage_main import user_errors_exit
+from glomx.stage_main import closed_pipe, user_errors_exit
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -70,10 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``glomx`` console script: a user error, a full disk or an unwritable
-    output ends it with one ``glomx <command> failed: ...`` message and status 1."""
-    args = build_parser().parse_args(argv)
-    with user_errors_exit(f"glomx {args.command}", flag=False):
-        return args.func(args)
+    output ends it with one ``glomx <command> failed: ...`` message and status 1 (2 for a
+    refused argument); a reader that closed the pipe (``| head``) ends it quietly."""
+    try:
+        args = build_parser().parse_args(argv)
+        with user_errors_exit(f"glomx {args.command}", flag=False):
+            status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        return closed_pipe()
 
 
 if __name__ == "__main__":

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from glomx.data.images import DEFAULT_MAX_PIXELS
-from glomx.errors import GlomxError
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from glomx.calibrate import calibrate_lab
     from glomx.predict import DEFAULT_MODEL, slide_regex_from
 
-    try:
-        result, paths = calibrate_lab(
-            args.data_dir,
-            args.lab,
-            model=args.model or DEFAULT_MODEL,
-            tta=args.tta,
-            reports=args.reports,
-            slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            max_pixels=args.max_pixels,
-        )
-    except (GlomxError, LookupError, ValueError, OSError, RuntimeError) as err:
-        print(f"glomx calibrate failed: {err}", file=sys.stderr)
-        return 1
+    result, paths = calibrate_lab(
+        args.data_dir,
+        args.lab,
+        model=args.model or DEFAULT_MODEL,
+        tta=args.tta,
+        reports=args.reports,
+        slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_pixels=args.max_pixels,
+    )
     print(result.markdown())
     print(f"wrote {' and '.join(map(str, paths))}")
     return 0
@@ -45,7 +39,8 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "scored, the threshold maximising balanced accuracy is chosen, and a new version of "
         "the model with that threshold is registered under alias lab-NAME (champion and "
         "previous never move). Writes reports/calibration_NAME.{md,json}. Uses "
-        "MLFLOW_TRACKING_URI or ./mlruns. Exit status 1, writing nothing, on bad input.",
+        "MLFLOW_TRACKING_URI or ./mlruns. Exit status 1, writing nothing, on bad data; 2 on a "
+        "refused argument (a lab name or --model it cannot use).",
     )
     p.add_argument("data_dir", type=Path, help="the lab's labelled patches")
     p.add_argument("--lab", required=True, help="lab name: letters, digits, '-' or '_'")

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError
+from glomx.data.images import DEFAULT_MAX_PIXELS
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse a batch size or workers below 1 and a threshold outside [0, 1] (NaN and
     infinity too)."""
-    from glomx.predict import PredictError
+    from glomx.errors import UsageError
 
     if args.batch_size < 1:
-        raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers < 1:
-        raise PredictError(f"--workers must be at least 1, got {args.workers}")
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise PredictError(f"--threshold must be a number from 0 to 1, got {args.threshold}")
+        raise UsageError(f"--threshold must be a number from 0 to 1, got {args.threshold}")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -39,36 +38,26 @@ def _predict(args: argparse.Namespace) -> int:
     )
     from glomx.tracking import lock_explained, tracking_uri
 
-    try:
-        _check_numbers(args)
-        check_outputs(args.out, args.force)
-        files = collect_files(args.paths)
-        if not files:
-            raise PredictError(
-                f"no image files (PNG/JPEG/TIFF) under {' '.join(map(str, args.paths))}"
-            )
-        with lock_explained(tracking_uri()):
-            model = load_model(args.model or DEFAULT_MODEL)
-    except (PredictError, FileNotFoundError, LookupError, ImageError, RuntimeError) as err:
-        print(f"glomx predict: {err}", file=sys.stderr)
-        return 2
-    try:
-        summary = predict_files(
-            files,
-            model,
-            args.out,
-            threshold=args.threshold,
-            tta=args.tta,
-            slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
-            batch_size=args.batch_size,
-            workers=args.workers,
-            max_pixels=args.max_pixels,
-            progress=not args.quiet,
-            ray=args.ray or bool(os.environ.get("RAY_ADDRESS")),
-        )
-    except PredictError as err:  # Ray failed: nothing was written
-        print(f"glomx predict: {err}", file=sys.stderr)
-        return 2
+    _check_numbers(args)
+    check_outputs(args.out, args.force)
+    files = collect_files(args.paths)
+    if not files:
+        raise PredictError(f"no image files (PNG/JPEG/TIFF) under {' '.join(map(str, args.paths))}")
+    with lock_explained(tracking_uri()):
+        model = load_model(args.model or DEFAULT_MODEL)
+    summary = predict_files(
+        files,
+        model,
+        args.out,
+        threshold=args.threshold,
+        tta=args.tta,
+        slide_regex=args.slide_regex or slide_regex_from(Path("params.yaml")),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+        ray=args.ray or bool(os.environ.get("RAY_ADDRESS")),
+    )
     print(slide_report(summary))
     print(
         f"{summary.predicted} predicted, {summary.failed} unreadable (see column 'error'); "
@@ -85,7 +74,8 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="predict image files or folders of patches (PNG/JPEG/TIFF, recursively)",
         description="Writes one row per file (an unreadable file gets its error and no "
         "prediction) and a per-slide summary <out>_slides.csv, both complete or not at all. "
-        "Exit status 1 when nothing could be predicted.",
+        "Exit status 1 when nothing could be predicted or the run failed, 2 when an argument is "
+        "refused.",
     )
     p.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
     p.add_argument(
@@ -141,15 +131,11 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _champion(args: argparse.Namespace) -> int:
-    from glomx.tracking import TrackingError, lock_explained, tracking_uri
+    from glomx.tracking import lock_explained, tracking_uri
     from glomx.tracking.registry import champion_report, lab_report
 
-    try:
-        with lock_explained(tracking_uri()):
-            print(lab_report(args.lab, args.name) if args.lab else champion_report(args.name))
-    except (TrackingError, LookupError) as err:
-        print(f"glomx champion: {err}", file=sys.stderr)
-        return 1
+    with lock_explained(tracking_uri()):
+        print(lab_report(args.lab, args.name) if args.lab else champion_report(args.name))
     return 0
 
 

@@ -17,6 +17,12 @@ class GlomxError(Exception):
     file, what is wrong and how to fix it."""
 
 
+class UsageError(GlomxError, ValueError):
+    """An argument a command refuses before doing any work (a value out of range, a name it does
+    not allow, an input that is not there, an output it must not replace): exit status 2, as
+    for argparse's own errors, where any other failure exits 1."""
+
+
 class CorruptModelError(GlomxError, RuntimeError):
     """A saved model's weights file exists but cannot be loaded (truncated, overwritten); a
     RuntimeError too, which `glomx predict` reports as a message."""

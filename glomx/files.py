@@ -5,7 +5,11 @@ Each target is first written as a hidden temporary sibling (``.<name>.<random>.t
 same folder, so on the same file system) and renamed over the target only once complete; a
 failure (an exception, a full disk) removes the temporary and leaves the target as it was. A
 file is flushed to disk before its rename, so the rename never exposes data still in flight.
-A process killed outright (SIGKILL) may leave a temporary sibling behind, never a torn target.
+A process killed outright (SIGKILL) may leave a temporary sibling behind, never a torn target;
+the next writer of that target removes it. A writer holds a lock (``flock``) on each temporary
+it makes until the temporary is renamed or removed, and the kernel drops it when the writer
+dies, so a sibling that can be locked is a killed writer's, and one still locked is another
+live writer's, which is left alone.
 
 A Linux file name is bytes and need not be UTF-8 (``b"patch_\\xff.png"``); Python holds its
 undecodable bytes as lone surrogates, which a UTF-8 writer refuses with a traceback.
@@ -16,6 +20,8 @@ It imports nothing from glomx, so every layer may use it.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
 import re
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 _TOKEN_BYTES = 4
+_held: dict[Path, int] = {}  # temporary sibling -> the open descriptor that holds its lock
 # a temporary sibling, or a file inside a temporary folder
 _TEMPORARY = re.compile(rf"(^|/)\.[^/]+\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp(/|$)")
 
@@ -42,28 +49,84 @@ def escaped(text: str) -> str:
 
 
 def temporary_sibling(target: Path, directory: bool = False) -> Path:
-    """A new, empty hidden file (or folder) beside ``target``, with the permissions a plain
-    ``open`` or ``mkdir`` would give it (``tempfile``'s are private to the owner); its parent
-    is created."""
+    """A new, empty hidden file (or folder) beside ``target``, locked by this process until
+    :func:`put_in_place` or :func:`discard`, with the permissions a plain ``open`` or ``mkdir``
+    would give it (``tempfile``'s are private to the owner); its parent is created, and what a
+    killed writer of ``target`` left beside it is removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
     while True:
         path = target.with_name(f".{target.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
         try:
             if directory:
                 path.mkdir()
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             else:
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
-        return path
+        if _lock(fd) and _same_file(path, fd):  # not taken for a killed writer's meanwhile
+            _held[path] = fd
+            return path
+        os.close(fd)
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock on an open file or folder without waiting; False if held."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _release(temporary: Path) -> None:
+    fd = _held.pop(temporary, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporary siblings of ``target`` that no living writer holds (a killed
+    writer's); returns them. Only names :func:`temporary_sibling` gives are touched."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp")
+    removed = []
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if not pattern.fullmatch(path.name) or path in _held or path.is_symlink():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                _remove(path)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def discard(temporary: Path) -> None:
-    """Remove a temporary sibling, file or folder, if it is still there."""
-    if temporary.is_dir() and not temporary.is_symlink():
-        shutil.rmtree(temporary, ignore_errors=True)
-    else:
-        temporary.unlink(missing_ok=True)
+    """Remove a temporary sibling, file or folder, if it is still there, and its lock."""
+    try:
+        _remove(temporary)
+    finally:
+        _release(temporary)
 
 
 def put_in_place(temporary: Path, target: Path) -> None:
@@ -80,14 +143,17 @@ def put_in_place(temporary: Path, target: Path) -> None:
         finally:
             os.close(fd)
         os.replace(temporary, target)
+        _release(temporary)
         return
     if not target.exists() and not target.is_symlink():
         os.rename(temporary, target)
+        _release(temporary)
         return
     old = temporary_sibling(target, directory=True)
     os.rename(target, old / target.name)
     os.rename(temporary, target)
-    shutil.rmtree(old, ignore_errors=True)
+    _release(temporary)
+    discard(old)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
 from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, Preprocessing, load_image
+from glomx.errors import GlomxError, UsageError
 from glomx.evaluation.prevalence import (
     ClassifierAccuracy,
     SlidePrevalence,
@@ -42,6 +43,7 @@ from glomx.evaluation.scoring import predict_batch
 from glomx.files import escaped, replacing
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
+from glomx.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ NO_SLIDE = "(no slide id)"
 ESCAPED_NOTE = "file name is not valid UTF-8: its undecodable bytes are written as \\xNN"
 
 
-class PredictError(RuntimeError):
+class PredictError(GlomxError, RuntimeError):
     """Nothing to predict, or a model that cannot be found."""
 
 
@@ -85,7 +87,7 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
         elif path.exists():
             found.append(path)
         else:
-            raise PredictError(f"{path} does not exist; pass image files or folders of them")
+            raise UsageError(f"{path} does not exist; pass image files or folders of them")
     return found
 
 
@@ -97,7 +99,7 @@ def load_model(spec: str | Path) -> LoadedModel:
         return LoadedModel(*load_registered(str(spec)))
     directory = Path(spec)
     if not directory.is_dir():
-        raise PredictError(
+        raise UsageError(
             f"model {spec} is neither a saved model folder nor a models:/ URI "
             f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"
         )
@@ -134,13 +136,14 @@ def _decoded(
 ) -> Iterator[tuple[Sequence[Path], list[np.ndarray | str]]]:
     """Batches of decoded images in file order; with ``workers > 1`` a process pool decodes
     the next batch while the current one is predicted (spawned, never forked from a process
-    that may hold Keras threads)."""
+    that may hold Keras threads; each dies with this process, even one killed outright)."""
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     if workers <= 1:
         for batch in batches:
             yield batch, [_load((p, pre, max_pixels)) for p in batch]
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    spawn = get_context("spawn")
+    with ProcessPoolExecutor(workers, spawn, die_with_parent, (os.getpid(),)) as pool:
         pending: deque[tuple[Sequence[Path], list[Future]]] = deque()
         for batch in batches:
             pending.append((batch, [pool.submit(_load, (p, pre, max_pixels)) for p in batch]))
@@ -312,9 +315,9 @@ def check_outputs(out: Path, force: bool = False) -> None:
     that is not an earlier output of glomx predict: a rerun replaces its own outputs only."""
     for path, columns in ((out, COLUMNS), (slides_path(out), SLIDE_COLUMNS)):
         if path.is_dir():
-            raise PredictError(f"--out: {escaped(str(path))} is a folder; name a CSV file")
+            raise UsageError(f"--out: {escaped(str(path))} is a folder; name a CSV file")
         if path.exists() and not force and not _earlier_output(path, columns):
-            raise PredictError(
+            raise UsageError(
                 f"--out: {escaped(str(path))} exists and is not an earlier glomx predict output "
                 f"(its header does not start '{','.join(columns[:2])}'); choose another --out, "
                 "or pass --force to replace it"

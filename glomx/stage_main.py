@@ -1,5 +1,5 @@
-"""How every DVC stage script runs: logging to stderr, and errors a person can fix printed as
-their message alone.
+"""How every DVC stage script and ``glomx`` command runs: logging to stderr, errors a person
+can fix printed as their message alone, and one exit-status contract.
 
 A stage script wraps its recipe in one block::
 
@@ -7,13 +7,17 @@ A stage script wraps its recipe in one block::
         params = load_params()
         ...
 
-An exception in :data:`USER_ERRORS`, or one caused by a full disk, a read-only file system or a
-refused permission (:data:`DISK_ERRORS`), prints ``<stage> failed: <message>`` (and any notes
-added to it) on stderr and exits with status 1. Anything else is a bug and keeps its traceback.
-The ``glomx`` command's subcommands go through the same door (:func:`user_errors_exit`).
-``--debug`` on the command line or ``GLOMX_DEBUG=1`` shows the traceback of every error.
-A stage that succeeds logs its wall time and peak resident memory (the largest of its own
-process and of its worker processes), so ``dvc repro``'s output shows what each stage costs.
+An exception in :data:`USER_ERRORS`, or an ``OSError`` about a file (a full disk, a read-only
+or immutable folder, a refused permission: :data:`DISK_ERRORS` says what to do for the common
+ones), prints ``<stage> failed: <message>`` (and any notes added to it) on stderr and exits
+with status 1; a :class:`~glomx.errors.UsageError` (an argument refused before any work) exits
+2, as argparse does. SIGTERM ends the block with status 143 like SIGKILL's 137, unwinding it
+first, so that the stage's MLflow run is closed as KILLED. Anything else is a bug and keeps
+its traceback. The ``glomx`` command's subcommands go through the same door
+(:func:`user_errors_exit`). ``--debug`` on the command line or ``GLOMX_DEBUG=1`` shows the
+traceback of every error. A stage that succeeds logs its wall time and peak resident memory
+(the largest of its own process and of its worker processes), so ``dvc repro``'s output shows
+what each stage costs.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import errno
 import logging
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from glomx.errors import GlomxError
+from glomx.errors import GlomxError, UsageError
 from glomx.files import escaped
+from glomx.processes import end_leftovers
 
 DEBUG_ENV = "GLOMX_DEBUG"
 DEBUG_FLAG = "--debug"
@@ -41,7 +48,14 @@ DISK_ERRORS = {
     errno.EDQUOT: ("disk quota exceeded writing", "free space there or write elsewhere"),
     errno.EROFS: ("read-only file system: cannot write", "write to a folder on a writable disk"),
     errno.EACCES: ("permission denied on", "check its permissions, or use another folder"),
+    errno.EPERM: (
+        "operation not permitted on",
+        "check its permissions and attributes (`lsattr`: immutable?), or use another folder",
+    ),
+    errno.EFBIG: ("file too large writing", "raise the file-size limit (`ulimit -f`)"),
 }
+OTHER_OS_ERROR = "check that path, or use another one"  # any other OSError naming a file
+TERMINATED = 128 + signal.SIGTERM  # the status a shell reports for a process SIGTERM ended
 
 
 def debug_requested() -> bool:
@@ -50,7 +64,8 @@ def debug_requested() -> bool:
 
 
 def disk_error(err: BaseException) -> OSError | None:
-    """The OSError of :data:`DISK_ERRORS` that is ``err`` or caused it, if any."""
+    """The OSError of :data:`DISK_ERRORS` that is ``err`` or caused it; else ``err`` itself
+    when it is any other OSError naming a file (a user error keeps its own message)."""
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
@@ -58,6 +73,8 @@ def disk_error(err: BaseException) -> OSError | None:
             return cause
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
+    if isinstance(err, OSError) and not isinstance(err, USER_ERRORS):
+        return err if err.errno and err.filename is not None else None
     return None
 
 
@@ -67,7 +84,8 @@ def _what(err: BaseException) -> str:
     if disk is None:
         return str(err)
     assert disk.errno is not None  # disk_error() picks errors by their errno
-    what, fix = DISK_ERRORS[disk.errno]
+    other = (f"{(disk.strerror or 'error').lower()}:", OTHER_OS_ERROR)
+    what, fix = DISK_ERRORS.get(disk.errno, other)
     where = disk.filename or f"somewhere under {Path.cwd()}"
     return escaped(f"{what} {where}: {fix}")
 
@@ -83,14 +101,48 @@ def user_message(stage: str, err: BaseException, flag: bool = True) -> str:
 @contextmanager
 def user_errors_exit(name: str, flag: bool = True) -> Iterator[None]:
     """A user error or a disk error in the block: its :func:`user_message` on stderr and exit
-    status 1, unless debugging is requested; any other exception propagates unchanged."""
+    status 1 (2 for a :class:`~glomx.errors.UsageError`), unless debugging is requested; any
+    other exception propagates unchanged. SIGTERM raises ``SystemExit(143)`` in the block."""
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         yield
-    except Exception as err:
-        if debug_requested() or not (isinstance(err, USER_ERRORS) or disk_error(err)):
+    except BaseException as err:
+        if _signalled:  # whatever a library made of the SystemExit on its way up (Ray: exit 1)
+            _signalled.clear()
+            print(f"{name} stopped: terminated (SIGTERM)", file=sys.stderr)
+            raise SystemExit(TERMINATED) from None
+        if not isinstance(err, Exception) or debug_requested():
+            raise
+        if not (isinstance(err, USER_ERRORS) or disk_error(err)):
             raise
         print(user_message(name, err, flag), file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(2 if isinstance(err, UsageError) else 1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (``glomx champion | head -3``): end quietly with the status
+    a shell gives a command SIGPIPE ended (141), as command-line tools do. Stdout goes to
+    /dev/null first, so that Python's flush at exit finds no broken pipe to report."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+_signalled: list[int] = []  # the SIGTERMs received
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM: unwind the stack (closing runs and removing temporaries) and exit 143."""
+    _signalled.append(signum)
+    raise SystemExit(TERMINATED)
 
 
 def peak_rss_mib() -> float:
@@ -106,6 +158,7 @@ def stage_main(stage: str) -> Iterator[None]:
     on success, its wall time and peak memory."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
+    end_leftovers()  # of an earlier stage killed outright
     with user_errors_exit(stage):
         yield
     logging.getLogger("glomx").info(

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from glomx.config import CV, Paths, read
 from glomx.data.catalogue import Record
@@ -75,3 +76,14 @@ def cv_layout(root: Path, per_slide: int = 6, folds: int = 3) -> dict[str, str]:
 def typed(paths: dict[str, str]) -> Paths:
     """``paths`` over the repository's, as a stage gets them from params.yaml."""
     return Paths.model_validate({**read(REPO / "params.yaml")["paths"], **paths})
+
+
+def stage_project(root: Path, train_lr: dict | None = None, per_slide: int = 6) -> Path:
+    """A folder to run ``stages/train.py lr`` in: :func:`cv_layout` under it and a params.yaml
+    pointing there (``train_lr`` overrides its section; one CPU per trial). Returns it."""
+    params = read(REPO / "params.yaml")
+    params["paths"].update(cv_layout(root, per_slide))
+    params["train_lr"] = {**params["train_lr"], **(train_lr or {})}
+    params["cv"]["cpus_per_trial"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root

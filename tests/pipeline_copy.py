@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import bounded
 import yaml
 
 from glomx.data.synth import make_dataset
@@ -47,9 +48,10 @@ def merge(base: dict, override: dict) -> dict:
     return base
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """Run a command; fail the test with its output tail unless it succeeds; stdout + stderr."""
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 3000) -> str:
+    """Run a command; fail the test with its output tail unless it succeeds within
+    ``timeout`` s (the whole tiny pipeline: 24 min on 2 busy cores); stdout + stderr."""
+    done = bounded.run(args, cwd=cwd, env=env, timeout=timeout)
     assert done.returncode == 0, (
         f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     )
@@ -95,6 +97,7 @@ def make_copy(
         capture_output=True,
         text=True,
         check=True,
+        timeout=60,
     ).stdout.split()
     for name in files:
         if (REPO / name).is_file() and not name.startswith(OUTPUTS):

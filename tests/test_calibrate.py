@@ -47,8 +47,16 @@ def champion(registered_lr: str) -> str:
     return registered_lr
 
 
+def _glomx(*argv: str) -> int:
+    """``glomx ARGV`` in this process → its exit status."""
+    try:
+        return main(list(argv))
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
 def _calibrate(lab: Path, reports: Path, *extra: str) -> int:
-    return main(["calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra])
+    return _glomx("calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra)
 
 
 def _aliases() -> dict[str, str]:
@@ -102,7 +110,7 @@ def test_calibration_restores_balanced_accuracy_and_moves_only_the_lab_alias(
     shown = capsys.readouterr().out
     assert f"models:/glomx/{aliases['lab-north']}" in shown
     assert f"calibrated from version {champion} on 30 patches" in shown
-    assert main(["champion", "--lab", "east"]) == 1
+    assert _glomx("champion", "--lab", "east") == 1
     assert "no alias 'lab-east'" in capsys.readouterr().err
 
 
@@ -174,7 +182,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(
         "model folder": ["--lab", "north", "--model", str(tmp_path)],
     }
     reports = tmp_path / "reports"
-    assert _calibrate(lab, reports, *extra.get(what, ["--lab", "north"])) == 1
+    refused_argument = what in extra  # exit status 2; bad data 1
+    assert _calibrate(lab, reports, *extra.get(what, ["--lab", "north"])) == 1 + refused_argument
     err = capsys.readouterr().err
     assert err.startswith("glomx calibrate failed: ") and message in err
     assert "Traceback" not in err

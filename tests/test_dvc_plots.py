@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import vl_convert
 import yaml
 
 from glomx.evaluation.metrics import write_plot_data
 
-vl_convert = pytest.importorskip("vl_convert")
 REPO = Path(__file__).resolve().parents[1]
 # 7 negatives (one scored high), 4 positives (one scored low): tn 6, fp 1, fn 1, tp 3
 LABELS = np.array([0] * 7 + [1] * 4)
@@ -33,7 +33,8 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """``dvc plots show --json`` in a DVC project holding this repository's top-level plots
     (image plots left out), its templates and plot data for every model they name."""
     root = tmp_path_factory.mktemp("project")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=root, check=True)
+    dvc_init = [sys.executable, "-m", "dvc", "init", "-q", "--no-scm"]
+    subprocess.run(dvc_init, cwd=root, check=True, timeout=120)
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     plots = [p for p in plots if not (isinstance(p, str) and p.endswith(".png"))]
@@ -49,6 +50,7 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         check=True,
         capture_output=True,
         text=True,
+        timeout=300,
     )
     data = json.loads(shown.stdout)["data"]
     return {k.split("::")[-1]: v[0]["content"] for k, v in data.items()}

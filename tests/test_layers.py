@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "config.py",
             "errors.py",
             "files.py",
+            "processes.py",
             "stage_main.py",
         ),
     ),

@@ -16,6 +16,8 @@ from pipeline_copy import make_copy, run
 
 from glomx.models import FAMILIES
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import shutil
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from synthetic_images import images_for, write_png
 
-from glomx.cli_predict import add_predict_parser
+from glomx.cli import main
 from glomx.data.images import load_image
 from glomx.evaluation.scoring import dihedral
 from glomx.predict import Progress, collect_files, load_model, predict_files
@@ -27,10 +26,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _cli(*argv: str | Path) -> int:
-    parser = argparse.ArgumentParser()
-    add_predict_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["predict", *map(str, argv)])
-    return args.func(args)
+    """``glomx predict ARGV`` in this process, through the command's own error handling."""
+    try:
+        return main(["predict", *map(str, argv)])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
 
 def test_collect_files_recurses_by_extension(png_folder: Path) -> None:
@@ -94,13 +94,13 @@ def test_exit_codes_and_refusals(png_folder: Path, lr_dir: Path, tmp_path: Path)
                 "--max-pixels", "100", "-q") == 1  # fmt: skip
     assert "exceeds the limit of 100 pixels" in _rows(out)[0]["error"]
     assert _cli(tmp_path / "missing", "--model", lr_dir, "--out", out) == 2
-    assert _cli(png_folder, "--model", tmp_path, "--out", out) == 2  # not a model folder
+    assert _cli(png_folder, "--model", tmp_path, "--out", out) == 1  # not a model folder
 
 
 def test_registry_uri_without_a_registry_is_a_clear_error(
     png_folder: Path, tmp_path: Path, isolated_mlflow: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli(png_folder, "--out", tmp_path / "p.csv") == 2  # default models:/glomx@champion
+    assert _cli(png_folder, "--out", tmp_path / "p.csv") == 1  # default models:/glomx@champion
     assert "no MLflow registry at" in capsys.readouterr().err
     assert not Path(isolated_mlflow.removeprefix("sqlite:///")).exists()  # nothing created
 
@@ -183,5 +183,8 @@ def test_ray_data_writes_the_same_rows_in_the_same_order(
     rows = _rows(local)
     assert len(rows) == 3 + 2 + 21 + 1 and sum(r["error"] != "" for r in rows) == 2
     assert any(r["note"] for r in rows)  # the name that is not UTF-8 was predicted too
-    assert _rows(on_ray) == rows  # same order, same printed probabilities, same errors
-    assert _rows(tmp_path / "ray_slides.csv") == _rows(tmp_path / "local_slides.csv")
+    # byte-identical, as docs/usage.md says: same order, probabilities, errors and quoting
+    assert on_ray.read_bytes() == local.read_bytes()
+    assert (tmp_path / "ray_slides.csv").read_bytes() == (
+        tmp_path / "local_slides.csv"
+    ).read_bytes()

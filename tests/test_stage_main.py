@@ -63,6 +63,17 @@ def test_a_disk_error_behind_another_error_is_one_line(capsys: pytest.CaptureFix
     )
 
 
+def test_any_os_error_naming_a_file_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    """Errors DISK_ERRORS has no advice for still name the file, without a traceback."""
+    err = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "/out/" + "x" * 300)
+    with pytest.raises(SystemExit) as exit_:
+        _fail(err)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"demo failed: file name too long: {err.filename}: check that path, or use another one"
+    )
+
+
 def test_a_bug_keeps_its_exception_and_traceback() -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):  # not a disk the user can fix
         _fail(OSError(errno.EBADF, os.strerror(errno.EBADF)))

@@ -28,12 +28,14 @@ import logging
 import math
 import os
 import resource
+import signal
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from glomx.evaluation.selection import OOF
 from glomx.models import family_class
 from glomx.models.base import Classifier
 from glomx.pipeline.balance import class_weights as balanced_weights
+from glomx.processes import end_leftovers, recording
 from glomx.tracking.runs import RunRef, nested_run
 
 log = logging.getLogger(__name__)
@@ -312,26 +315,32 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
 @contextmanager
 def ray_session() -> Iterator[Any]:
     """Ray for the duration of a stage: the cluster at ``RAY_ADDRESS``, else a local instance
-    sized to this machine, stopped afterwards. Yields the ``ray`` module."""
+    sized to this machine, stopped afterwards, its processes recorded meanwhile so that the
+    next stage ends them if this one is killed outright (:mod:`glomx.processes`). Yields the
+    ``ray`` module. The caller's SIGTERM handler stays: ``ray.init`` would replace it."""
     import ray  # only the cross-validating stages pay for importing Ray
 
     if ray.is_initialized():
         yield ray
         return
-    if address := os.environ.get("RAY_ADDRESS"):
-        check_reachable(address)
-        ray.init(address=address, include_dashboard=False, configure_logging=False)
-    else:
-        ray.init(
-            num_cpus=os.cpu_count() or 1,
-            object_store_memory=512 * 2**20,
-            include_dashboard=False,
-            configure_logging=False,
-        )
-    try:
+    sigterm = signal.getsignal(signal.SIGTERM)
+    with ExitStack() as stack:
+        if address := os.environ.get("RAY_ADDRESS"):
+            check_reachable(address)
+            ray.init(address=address, include_dashboard=False, configure_logging=False)
+        else:
+            end_leftovers()
+            stack.enter_context(recording())
+            ray.init(
+                num_cpus=os.cpu_count() or 1,
+                object_store_memory=512 * 2**20,
+                include_dashboard=False,
+                configure_logging=False,
+            )
+        stack.callback(ray.shutdown)
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def _reason(err: Exception) -> str:
@@ -365,7 +374,10 @@ def run_trials(trials: Sequence[Trial], cfg: CV) -> list[FoldResult]:
         fold_of = {task.remote(t): t for t in trials}
         pending, results = list(fold_of), []
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            # a timeout, so that SIGTERM's handler gets to run while the trials do
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            if not done:
+                continue
             try:
                 results.append(ray.get(done[0]))
             except Exception as err:  # a Ray error wrapping the trial's

@@ -31,11 +31,12 @@ from glomx.config import CV, Params, Paths, TrainSection
 from glomx.data.images import Preprocessing
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
+from glomx.errors import GlomxError, UsageError
 from glomx.evaluation import metrics as m
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
 from glomx.files import discard, put_in_place, temporary_sibling, write_json
-from glomx.models import family_class, family_section, load_classifier
+from glomx.models import FAMILIES, family_class, family_section, load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MeanClassifier
 from glomx.pipeline.cv import FoldResult, finite, fold_trials, out_of_fold, run_trials, unpack
@@ -59,12 +60,26 @@ def prepared_preprocessing(paths: Paths) -> Preprocessing:
         ) from None
 
 
+class ForeignFolderError(GlomxError, FileExistsError):
+    """The model folder holds something that is not a glomx model, which saving would lose."""
+
+
+def check_replaceable(directory: Path) -> None:
+    """Refuse a ``directory`` that a model must not replace: one that exists and is neither
+    empty nor a glomx model (nor a partial one, which holds a member's meta). Checked at the
+    stage's door, before any fold trains, and again just before the swap."""
+    if directory.is_file() or (
+        directory.is_dir() and any(directory.iterdir()) and not any(directory.rglob(META_FILE))
+    ):
+        raise ForeignFolderError(
+            f"{directory} exists and is not a glomx model; move it away (the model is saved there)"
+        )
+
+
 def replace_model(build: Path, directory: Path) -> None:
     """Swap the finished model folder ``build`` (a sibling) into ``directory``, replacing a
     previous model there (or a partial folder an interrupted run left), but nothing else."""
-    foreign = directory.exists() and any(directory.iterdir())
-    if foreign and not any(directory.rglob(META_FILE)):  # a partial model holds a member's meta
-        raise FileExistsError(f"{directory} exists and is not a glomx model; move it away")
+    check_replaceable(directory)
     put_in_place(build, directory)
 
 
@@ -144,6 +159,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Cross-validate ``family`` for ``stage`` and record it everywhere; returns the CV report
     (what ``metrics/<family>.json`` holds)."""
+    check_replaceable(Path(paths.models) / family)
     prepared = Path(paths.prepared)
     originals = ArrayStore(prepared / "train")
     training = ArrayStore(paths.balanced)
@@ -201,6 +217,8 @@ def run_training(
 
 def run(params: Params, family: str) -> str:
     """The ``train-<family>`` stage; returns its summary: the pooled out-of-fold scores."""
+    if family not in FAMILIES:
+        raise UsageError(f"stages/train.py FAMILY: {family!r} is none of {', '.join(FAMILIES)}")
     section = family_section(params, family)
     site_regex = params.need("prepare").site_regex
     report = run_training(

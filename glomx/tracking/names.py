@@ -1,17 +1,34 @@
 """The names glomx gives things in MLflow, in one place: what a stage writes under one name is
 what the registry, ``glomx predict`` and the tests read back under the same one."""
 
+import re
+
+from glomx.errors import UsageError
+
 EXPERIMENT = "glomx"  # the one experiment every stage run goes to
 REGISTERED_MODEL = "glomx"  # the one registered model every training run adds a version to
 CHAMPION = "champion"  # alias of the model everyone uses
 PREVIOUS = "previous"  # alias of the champion the last promotion replaced
+LAB_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # what an alias can hold after lab-
 
 STAGE_TAG = "glomx.stage"  # run tag: the DVC stage (marks a run as glomx's own)
 HOST_TAG, PID_TAG = "glomx.host", "glomx.pid"  # run tags: the process that owns a run
 NOTE_TAG = "mlflow.note.content"  # the run/experiment description the MLflow UI shows
 DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: the saved model folder's files digest
 REASON_TAG = "promotion.reason"  # version tag: why promotion did what it did
+CALIBRATED_FROM = "calibrated_from"  # version tag of a lab's copy: the version it copies
 
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
 CV_CONTEXT = "cv"  # dataset context under which training runs log the cross-validated store
 CV_PREFIX = "cv_"  # version tags of the pooled out-of-fold metrics
+
+
+def lab_alias(lab: str) -> str:
+    """``lab-<lab>``, the registry alias of a lab's calibrated version; the one check of a lab
+    name, so that ``glomx champion --lab`` never advises a name ``glomx calibrate`` refuses."""
+    if not LAB_PATTERN.fullmatch(lab):
+        raise UsageError(
+            f"lab name {lab!r} is not usable in a registry alias: use 1-63 letters, digits, "
+            "'-' or '_', starting with a letter or digit (e.g. --lab leiden)"
+        )
+    return f"lab-{lab}"

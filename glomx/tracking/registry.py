@@ -41,11 +41,13 @@ from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from glomx.errors import UsageError
 from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.tracking.names import (
     ARTIFACT,
+    CALIBRATED_FROM,
     CHAMPION,
     CV_CONTEXT,
     CV_PREFIX,
@@ -54,11 +56,12 @@ from glomx.tracking.names import (
     PREVIOUS,
     REASON_TAG,
     REGISTERED_MODEL,
+    lab_alias,
 )
 from glomx.tracking.provenance import keras_backend
 from glomx.tracking.pyfunc import files_digest, log_model, log_native_model
 from glomx.tracking.runs import StageRun, stage_run
-from glomx.tracking.store import TrackingError, connect, existing_client
+from glomx.tracking.store import NotRegistered, TrackingError, connect, existing_client
 
 MODEL_DESCRIPTION = """\
 P(globally sclerotic) for a PAS-stained kidney glomerulus patch. Each version is a training
@@ -208,6 +211,11 @@ def promote(
     and tags."""
     connect()
     client = MlflowClient()
+    if source := client.get_model_version(name, version).tags.get(CALIBRATED_FROM):
+        raise UsageError(
+            f"version {version} is a lab's calibrated copy of version {source}: champion moves "
+            "only to a trained candidate, and a lab's version only by its alias"
+        )
     top = candidate(client, version, name)
     decision = decide(top, current_champion(client, name), metric, margin, why)
     if decision.changed:
@@ -230,7 +238,7 @@ def _model_path(name: str, version: str, tmp: Path) -> str:
     )
     artifacts = Model.load(local).flavors["python_function"].get("artifacts", {})
     if ARTIFACT not in artifacts:
-        raise LookupError(f"models:/{name}/{version} is not a glomx pyfunc model")
+        raise NotRegistered(f"models:/{name}/{version} is not a glomx pyfunc model")
     return str(artifacts[ARTIFACT]["path"])
 
 
@@ -301,19 +309,19 @@ def _parse(uri: str) -> tuple[str, str]:
         return tuple(body.split("@", 1))  # type: ignore[return-value]
     if "/" in body:
         return tuple(body.split("/", 1))  # type: ignore[return-value]
-    raise ValueError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    raise UsageError(f"{uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
 def resolve(uri: str) -> tuple[str, str]:
     """(name, version) of a ``models:/`` URI; raises LookupError naming what is missing."""
+    name, ref = _parse(uri)  # a malformed URI is refused before any store is opened
     client = existing_client()
-    name, ref = _parse(uri)
     try:
         if ref.isdigit():
             return name, str(client.get_model_version(name, ref).version)
         return name, str(client.get_model_version_by_alias(name, ref).version)
     except MlflowException as err:
-        raise LookupError(
+        raise NotRegistered(
             f"{uri} not found in the registry at {client.tracking_uri}: {err.message} "
             "(run `dvc repro` to train and evaluate, or pass a saved model folder)"
         ) from None
@@ -334,7 +342,7 @@ def champion_report(name: str = REGISTERED_MODEL) -> str:
     client = existing_client()
     champ = current_champion(client, name)
     if champ is None:
-        raise LookupError(
+        raise NotRegistered(
             f"registered model {name!r} has no alias {CHAMPION!r} at {client.tracking_uri}; "
             "run the evaluate stage (`dvc repro`)"
         )
@@ -374,7 +382,7 @@ def register_calibrated(
     ``tags``, and point ``alias`` at it; ``champion`` and ``previous`` are left alone. The
     calibrate run logs ``report``. Returns the new version."""
     if name != REGISTERED_MODEL:
-        raise LookupError(f"calibration registers versions of {REGISTERED_MODEL!r}, not {name!r}")
+        raise NotRegistered(f"calibration registers versions of {REGISTERED_MODEL!r}, not {name!r}")
     params = {"source": f"models:/{name}/{version}", "alias": alias, "threshold": threshold}
     with tempfile.TemporaryDirectory(prefix="glomx-calibrate-") as tmp:
         path = _model_path(name, version, Path(tmp))
@@ -408,17 +416,17 @@ def register_calibrated(
 def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
     """Text for ``glomx champion --lab``: the lab's calibrated version, what it was calibrated
     on, and whether the champion has moved on since."""
+    alias = lab_alias(lab)
     client = existing_client()
-    alias = f"lab-{lab}"
     mv = version_by_alias(client, name, alias)
     if mv is None:
-        raise LookupError(
+        raise NotRegistered(
             f"registered model {name!r} has no alias {alias!r} at {client.tracking_uri}; "
             f"run `glomx calibrate DATA_DIR --lab {lab}`"
         )
     tags = mv.tags
     champ = current_champion(client, name)
-    source = tags.get("calibrated_from", "?")
+    source = tags.get(CALIBRATED_FROM, "?")
     lines = [
         f"lab {lab}: models:/{name}/{mv.version} ({tags.get('family', '?')}), alias {alias}",
         f"threshold {tags.get('threshold', '?')}, calibrated from version {source} on "

@@ -258,8 +258,9 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """One MLflow run named after ``stage``, tagged with provenance, ``params`` logged.
 
-    The run ends FAILED if the block raises. Raises :class:`TrackingError` within seconds when
-    the tracking server is unreachable, and one saying why when a SQLite store is locked.
+    The run ends FAILED if the block raises, KILLED if it is stopped (SIGTERM's
+    ``SystemExit``, Ctrl-C). Raises :class:`TrackingError` within seconds when the tracking
+    server is unreachable, and one saying why when a SQLite store is locked.
     """
     with lock_explained(tracking_uri(root)):
         uri = connect(root)
@@ -273,6 +274,11 @@ def stage_run(
         with mlflow.start_run(experiment_id=exp, run_name=stage, tags=tags) as active:
             run = StageRun(active.info.run_id, stage, data_kind, exp, tags)
             run.log_params(params)
-            yield run
+            try:
+                yield run
+            except (SystemExit, KeyboardInterrupt):
+                log.warning("%s: stopped; run %s marked KILLED", stage, run.run_id)
+                mlflow.end_run("KILLED")
+                raise
             if "keras.backend" not in tags and (backend := keras_backend()):
                 run.set_tags({"keras.backend": backend})  # Keras was loaded inside the block

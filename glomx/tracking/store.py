@@ -55,6 +55,10 @@ class TrackingError(GlomxError, RuntimeError):
     """MLflow cannot be used (unreachable server, unusable store); the message names the URI."""
 
 
+class NotRegistered(GlomxError, LookupError):
+    """No registry, model, version or alias of that name; the message says how to get one."""
+
+
 def tracking_uri(root: str | Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI``, else ``sqlite:///<abs root>/mlruns/mlflow.db``."""
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
@@ -102,11 +106,11 @@ def connect(root: str | Path | None = None) -> str:
 
 def existing_client() -> MlflowClient:
     """A client for reading only: a local SQLite store that does not exist is not created
-    (LookupError saying how to get one)."""
+    (:class:`NotRegistered` saying how to get one)."""
     uri = tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        raise LookupError(
+        raise NotRegistered(
             f"no MLflow registry at {uri}; run the pipeline (`dvc repro`) here, set "
             "MLFLOW_TRACKING_URI, or pass a saved model folder"
         )

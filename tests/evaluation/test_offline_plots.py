@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import vl_convert  # noqa: F401 - a declared dependency the offline page needs
 from dvc_render import render_html
 from dvc_render.vega import VegaRenderer
 
 from glomx.evaluation import offline_plots
-
-pytest.importorskip("vl_convert")
 
 
 def test_dvc_renders_with_the_inlined_bundle(tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ def test_bad_settings_and_unfitted_use_fail_clearly(blob_store: Callable) -> Non
         CNNClassifier.from_params(TINY, PRE).fit(blob_store(24, 0), blob_store(1, 3))
 
 
+@pytest.mark.slow
 def test_train_cnn_stage_records_the_run_model_and_pictures(
     run_stage: Callable[[str, dict], str],
     training_paths: dict[str, str],

@@ -104,6 +104,7 @@ def test_probe_params_are_checked() -> None:
         ProbeClassifier.from_params({"fit": {"epochs": 3}}, PRE)
 
 
+@pytest.mark.slow
 def test_train_probe_stage_with_stain_normalisation_end_to_end(
     run_stage: Callable[[str, dict], str],
     training_paths: dict[str, str],

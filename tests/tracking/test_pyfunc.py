@@ -141,9 +141,11 @@ class _TinyKeras:
 
 
 def test_keras_flavor_is_logged_with_signature_and_input_example(isolated_mlflow: str) -> None:
+    import keras
+
     from glomx.tracking.pyfunc import log_native_model
 
-    clf = _TinyKeras(pytest.importorskip("keras"))
+    clf = _TinyKeras(keras)
     with stage_run("train-cnn", {}, "synthetic"):
         info = log_native_model(clf, np.zeros((3, 8, 8, 3), np.uint8))  # type: ignore[arg-type]
     assert info is not None and "keras" in info.flavors

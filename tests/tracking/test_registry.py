@@ -12,7 +12,11 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from glomx.tracking import REGISTERED_MODEL, connect, registry
+from glomx.data.store import ArrayStore
+from glomx.errors import UsageError
+from glomx.models import load_classifier
+from glomx.tracking import REGISTERED_MODEL, connect, registry, stage_run
+from glomx.tracking.names import CALIBRATED_FROM, lab_alias
 
 
 def _version(tmp_path: Path, family: str, bal_acc: float, auc: float, cv_data: str) -> str:
@@ -111,3 +115,32 @@ def test_unknown_model_uri_names_what_is_missing() -> None:
         registry.champion_report()
     with pytest.raises(ValueError, match="models:/NAME"):
         registry.resolve("models:/glomx")
+
+
+def test_a_lab_version_never_moves_champion_nor_promotion_a_lab(
+    registered_lr: str, lr_dir: Path, prepared: Path
+) -> None:
+    """A lab's calibrated copy gets its own alias only; a later promotion moves `champion` and
+    `previous` but never `lab-<name>`; and a lab's copy is refused as a promotion candidate."""
+    assert registry.promote(registered_lr).version == registered_lr
+    example = ArrayStore(prepared / "val").read([0])
+    alias = lab_alias("north")
+    tags = {"lab": "north", CALIBRATED_FROM: registered_lr}
+    lab = registry.register_calibrated(
+        REGISTERED_MODEL, registered_lr, 0.25, alias, tags, example, "synthetic", {}
+    )
+    assert _aliases() == {"champion": registered_lr, alias: lab}
+    classifier, source = registry.load_registered(f"models:/{REGISTERED_MODEL}@{alias}")
+    assert classifier.meta.threshold == 0.25 and source == f"models:/{REGISTERED_MODEL}/{lab}"
+    assert (
+        registry.load_registered(f"models:/{REGISTERED_MODEL}@champion")[0].meta.threshold != 0.25
+    )
+
+    with pytest.raises(UsageError, match=f"version {lab} is a lab's calibrated copy"):
+        registry.promote(lab)
+    with stage_run("train-lr", {}, "synthetic") as run:
+        newer = registry.register(
+            run, lr_dir, load_classifier(lr_dir), example, {"cv_balanced_accuracy": 0.99}
+        )
+    assert registry.promote(newer).changed
+    assert _aliases() == {"champion": newer, "previous": registered_lr, alias: lab}

@@ -72,7 +72,7 @@ def _git_repo(root: Path, files: dict[str, str]) -> None:
     """A git repository at ``root`` with ``files`` committed."""
 
     def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, timeout=60)
 
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,8 @@ def test_the_pipelines_own_outputs_do_not_make_the_tree_dirty(tmp_path: Path) ->
 
 
 def test_keras_backend_is_recorded_once_keras_is_loaded(isolated_mlflow: str) -> None:
-    keras = pytest.importorskip("keras")
+    import keras
+
     assert provenance_tags("s", "real")["keras.backend"] == keras.backend.backend()
 
 
@@ -152,7 +153,7 @@ def test_a_killed_stages_run_is_closed_by_the_next_stage_run(isolated_mlflow: st
     client = MlflowClient(isolated_mlflow)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead.wait(timeout=30)
     alive = subprocess.Popen(["sleep", "60"])
     try:
         host = socket.gethostname()
@@ -166,7 +167,7 @@ def test_a_killed_stages_run_is_closed_by_the_next_stage_run(isolated_mlflow: st
             status = {k: client.get_run(v).info.status for k, v in stale.items()}
     finally:
         alive.kill()
-        alive.wait()
+        alive.wait(timeout=30)
     assert status == {
         "dead": "KILLED",
         "alive": "RUNNING",

@@ -13,11 +13,16 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +126,19 @@ def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
         with stage_run("choose", {}, "synthetic") as run:
             version = register(run, ensemble_dir, load_classifier(ensemble_dir), images)
         promote(version)
-        port = free_port()
         env = {
             **os.environ,
             MAX_REQUEST_PIXELS[0]: str(REQUEST_PIXELS),
             MAX_BODY_MB[0]: str(BODY_MB),
         }
-    log_path = root / "serve.log"
+    with serving(env, root / "serve.log") as base:
+        yield base
+
+
+@contextmanager
+def serving(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``glomx serve`` of the champion in ``env``, until the block ends; yields its base URL."""
+    port = free_port()
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "glomx.cli", "serve", "--port", str(port)],
@@ -351,6 +362,61 @@ def test_served_ensemble_and_glomx_predict_agree(
         members = [m.predict_proba(image)[0] for m in ensemble.members]
         assert answer["probability"] == pytest.approx(np.mean(members), abs=1e-6)
         assert members[0] != pytest.approx(members[1], abs=1e-4)  # a mean of two models
+
+
+def _raw(base: str, head: str, body: bytes = b"") -> socket.socket:
+    """An HTTP/1.1 POST to /invocations on a socket of its own: ``head`` (header lines), then
+    ``body``, which need not be all of it."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=60)
+    conn.sendall(f"POST /invocations HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + body)
+    return conn
+
+
+def _reply(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    conn.close()
+    return b"".join(chunks)
+
+
+def test_one_request_is_served_at_a_time_and_none_is_lost(server: str, png_folder: Path) -> None:
+    """GLOMX_SERVE_MAX_CONCURRENT=1 (the default): while one request holds the slot (its body
+    still arriving), the others wait, unanswered; once it is done, every one is answered."""
+    files = [png_folder / n for n in ("SAS_1-0.png", "SAS_1-1.png", "deeper/VUHSK_7-3.png")]
+    body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[_b64(files[0])]]}})
+    head = "Content-Type: application/json\r\nConnection: close\r\n"
+    first = _raw(server, f"{head}Content-Length: {len(body)}\r\n", body[:20].encode())
+    time.sleep(2)  # it holds the slot now, reading its body
+    with ThreadPoolExecutor(len(files)) as pool:
+        waiting = [pool.submit(_post, server, ["image"], [[_b64(f)]]) for f in files]
+        done, _ = futures_wait(waiting, timeout=5)
+        assert not done, "a request was served while another held the only slot"
+        first.sendall(body[20:].encode())
+        reply = _reply(first)
+        answers = [w.result(timeout=120) for w in waiting]
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert [status for status, _ in answers] == [200] * len(files)
+    one = strict_json(reply.split(b"\r\n\r\n", 1)[1])["predictions"][0]["probability"]
+    assert strict_json(answers[0][1])["predictions"][0]["probability"] == one
+
+
+def test_the_default_body_limit_is_64_mb(server: str, store_uri: str, tmp_path: Path) -> None:
+    """Without GLOMX_SERVE_MAX_BODY_MB: a body declared one byte over 64 MB is refused (413)
+    before it is sent; one of exactly 64 MB gets the go-ahead (100 Continue)."""
+    env = {k: v for k, v in os.environ.items() if k != MAX_BODY_MB[0]}
+    env["MLFLOW_TRACKING_URI"] = store_uri
+    head = "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n"
+    with serving(env, tmp_path / "serve.log") as base:
+        over = _reply(_raw(base, head.format(64_000_001) + "Connection: close\r\n"))
+        at_limit = _raw(base, head.format(64_000_000))
+        go_ahead = at_limit.recv(100)
+        at_limit.close()
+    assert over.startswith(b"HTTP/1.1 413"), over[:200]
+    assert b"over this server's limit of 64 MB" in over
+    assert go_ahead.startswith(b"HTTP/1.1 100 Continue"), go_ahead
 
 
 def test_champion_command(champion: str, capsys: pytest.CaptureFixture[str]) -> None:
