@@ -212,8 +212,8 @@ def summary_table(boot: dict[str, Any]) -> list[str]:
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
     sites = sorted({r["site"] for run in runs.values() for r in run["sites"]})
     lines = _table(["run", "model", "params", *(f"{s} BA shipped" for s in sites), "home OOF BA",
-                    "minutes", "verdict"])  # fmt: skip
-    for run in sorted(runs.values(), key=lambda r: r["started"]):
+                    "min, last run", "verdict"])  # fmt: skip
+    for run in sorted(runs.values(), key=lambda r: (r["against"], r["against"] != r["name"])):
         shipped = {r["site"]: r["shipped"] for r in run["sites"] if r["model"] == run["champion"]}
         home = run["home"].get(run["champion"])
         base = runs.get(run["against"])
