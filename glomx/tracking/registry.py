@@ -359,6 +359,17 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> Any:
         return None
 
 
+def version_details(name: str, version: str) -> tuple[dict[str, str], list[str]]:
+    """A registered version's tags and aliases, for reports that name what made them;
+    LookupError when the registry or the version is missing."""
+    client = existing_client()
+    try:
+        mv = client.get_model_version(name, version)
+    except MlflowException as err:
+        raise LookupError(f"models:/{name}/{version}: {err.message}") from None
+    return dict(mv.tags), sorted(mv.aliases)
+
+
 def register_calibrated(
     name: str,
     version: str,
