@@ -40,7 +40,7 @@ from glomx.models.mean import MEMBERS, keras_member
 from glomx.pipeline.choose import candidate_dir, read_decision
 from glomx.tracking import StageRun, run_link, stage_run, version_link
 from glomx.tracking.pyfunc import files_digest
-from glomx.tracking.registry import promote, version_of
+from glomx.tracking.registry import promote, refresh_cards, version_of
 
 log = logging.getLogger(__name__)
 TABLE = "test_metrics.json"  # the intervals, as an MLflow table, in every evaluation run
@@ -424,6 +424,7 @@ def evaluate(params: Params) -> dict[str, Any]:
         write_json(Path(paths.metrics) / "evaluate.json", strict(result))
         files = [*artifacts, reports / "summary.md", reports / "sites.json"]
         _log_run(run, data, test, metrics, per_site, scored, decision, files)
+        refresh_cards([s.version for s in scored.values() if s.version], site_regex)
     return result
 
 
