@@ -207,7 +207,7 @@ def choose_patches(
             (r for r in scored if r.label == 1 and r.name not in shown),
             key=lambda r: (-(r.probability or 0.0), r.name),
         )
-        chosen[slide] = (called[:MAX_CALLED], doubtful)
+        chosen[slide] = (called[:MAX_CALLED], sorted(doubtful, key=lambda r: -(r.probability or 0)))
     return chosen
 
 

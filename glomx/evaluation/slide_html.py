@@ -87,23 +87,23 @@ def forest_svg(slides: Sequence[SlideView]) -> str:
     ]
     bottom = ROW * (len(rows) + 0.5)
     for tick in range(0, 101, 10):
-        parts.append(
-            f'<text x="{x(tick):.1f}" y="{bottom + 12:.0f}" text-anchor="middle" '
-            f'fill="#555">{tick}</text>'
-        )
+        for y in (bottom + 12, 10):  # the axis under the plot and over it: it can be long
+            parts.append(
+                f'<text x="{x(tick):.1f}" y="{y:.0f}" text-anchor="middle" fill="#555">'
+                f"{tick}{' %' if tick == 100 else ''}</text>"
+            )
     for cut in CUTOFFS:
         parts.append(
-            f'<line x1="{x(cut):.1f}" y1="0" x2="{x(cut):.1f}" y2="{bottom:.0f}" stroke="#888" '
-            f'stroke-dasharray="4 3"/><text x="{x(cut) + 3:.1f}" y="10" fill="#555">{cut:g} %'
-            "</text>"
+            f'<line x1="{x(cut):.1f}" y1="{ROW / 2:.0f}" x2="{x(cut):.1f}" y2="{bottom:.0f}" '
+            'stroke="#888" stroke-dasharray="4 3"/>'
         )
     for i, s in enumerate(rows):
         assert s.percent is not None and s.low is not None and s.high is not None
         y = ROW * (i + 1)
         colour = "#b00020" if s.flags else "#1f4e9c"
         parts.append(
-            f'<text x="{LEFT - 6}" y="{y + 4}" text-anchor="end">{escape(s.slide)} '
-            f"(n={s.n})</text>"
+            f'<a href="#slide-{escape(s.slide, quote=True)}"><text x="{LEFT - 6}" y="{y + 4}" '
+            f'text-anchor="end">{escape(s.slide)} (n={s.n})</text></a>'
             f'<line x1="{x(s.low):.1f}" y1="{y}" x2="{x(s.high):.1f}" y2="{y}" '
             f'stroke="{colour}" stroke-width="2"/>'
             f'<circle cx="{x(s.percent):.1f}" cy="{y}" r="3.5" fill="{colour}">'
@@ -127,12 +127,14 @@ def _slide_section(s: SlideView, threshold: float | None) -> str:
         f"{f', {s.errors} unreadable' if s.errors else ''}.{flags}</p>",
     ]
     if s.called:
-        shown = (
-            f"the {len(s.called)} most confident of {s.sclerotic}"
-            if s.sclerotic > len(s.called)
-            else f"all {len(s.called)}"
+        near = sum(t.label == 1 for t in s.doubtful)
+        hidden = s.sclerotic - len(s.called) - near
+        html.append(
+            f"<p>Called sclerotic, most confident first: {len(s.called)} shown"
+            + (f", {hidden} more not shown" if hidden > 0 else "")
+            + (f", {near} among those nearest the threshold below" if near else "")
+            + ":</p>"
         )
-        html.append(f"<p>Called sclerotic ({shown} not shown among the doubtful):</p>")
         html.append('<div class="grid">' + "".join(_figure(t) for t in s.called) + "</div>")
     if s.doubtful:
         cut = f" {threshold:.3g}" if threshold is not None else ""
@@ -178,7 +180,8 @@ def render(
             "<h2>%GS per slide</h2>",
             "<p>Point: %GS corrected for the model's sensitivity and specificity "
             "(Rogan–Gladen); bar: 95 % interval; dashed: the 10 % and 20 % cut-offs; red: "
-            "flagged (fewer than 25 glomeruli, or the interval crosses a cut-off).</p>",
+            "flagged (fewer than 25 glomeruli, or the interval crosses a cut-off). A slide's "
+            "name leads to its patches.</p>",
             forest_svg(slides),
             "<h2>Slides</h2>",
             *(_slide_section(s, threshold) for s in slides),
