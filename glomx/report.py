@@ -11,7 +11,6 @@ stays small whatever the folder's size. Every unreadable file and every note is 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, decode, load_image
+from glomx.data.images import ImageError, load_image
 from glomx.errors import GlomxError
-from glomx.evaluation.slide_html import SlideView, Thumb, render
+from glomx.evaluation.slide_html import THUMB_PX, SlideView, Thumb, jpeg, render, thumbnail
 from glomx.files import escaped, replacing
 from glomx.models.base import META_FILE
 from glomx.predict import COLUMNS, SLIDE_COLUMNS, LoadedModel, load_model, slides_path
@@ -35,8 +34,6 @@ from glomx.predict import COLUMNS, SLIDE_COLUMNS, LoadedModel, load_model, slide
 log = logging.getLogger(__name__)
 MAX_CALLED = 12  # thumbnails of patches called sclerotic, per slide
 MAX_DOUBTFUL = 6  # thumbnails of the patches nearest the threshold, per slide
-THUMB_PX = 96
-JPEG_QUALITY = 80
 VERSION = re.compile(r"models:/([^/\s()@]+)/(\d+)")
 
 
@@ -171,22 +168,6 @@ def model_facts(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], float | Non
     return facts, threshold, notes
 
 
-def thumbnail(path: str) -> bytes | str:
-    """A JPEG of at most :data:`THUMB_PX` px a side, or why the file cannot be shown."""
-    try:
-        image = Image.fromarray(decode(Path(path), 3, DEFAULT_MAX_PIXELS))
-    except ImageError as err:
-        return str(err)
-    image.thumbnail((THUMB_PX, THUMB_PX))
-    return _jpeg(image)
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
 def choose_patches(
     rows: Sequence[Row], threshold: float | None
 ) -> dict[str, tuple[list[Row], list[Row]]]:
@@ -240,7 +221,7 @@ def gradcams(model: LoadedModel, rows: Sequence[Row]) -> tuple[dict[str, bytes],
         for r, image, cam in zip(batch, stack, maps, strict=True):
             tile = Image.fromarray(gradcam.overlay(image, cam))
             tile.thumbnail((THUMB_PX, THUMB_PX))
-            out[r.name] = _jpeg(tile)
+            out[r.name] = jpeg(tile)
     return out, None
 
 

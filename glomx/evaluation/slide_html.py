@@ -10,10 +10,15 @@ caller's job (:mod:`glomx.report`).
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
+from pathlib import Path
 
+from PIL import Image
+
+from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, decode
 from glomx.evaluation.prevalence import CUTOFFS
 
 CSS = """
@@ -28,6 +33,7 @@ figure img{display:block;width:96px;height:96px;object-fit:cover;border:2px soli
 figure.pos img{border-color:#b00020}.problems td{font-size:12px}
 """
 ROW, LEFT, WIDTH = 18, 230, 900  # forest plot: row height, label column, total width (px)
+THUMB_PX, JPEG_QUALITY = 96, 80
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,25 @@ class SlideView:
     flags: list[str]
     called: list[Thumb] = field(default_factory=list)  # most confident called sclerotic
     doubtful: list[Thumb] = field(default_factory=list)  # nearest the threshold
+
+
+def thumbnail(path: str) -> bytes | str:
+    """A JPEG of at most :data:`THUMB_PX` px a side, or why the file cannot be shown. Here,
+    not beside the report's model code, so that the processes making thumbnails import no
+    model framework."""
+    try:
+        image = Image.fromarray(decode(Path(path), 3, DEFAULT_MAX_PIXELS))
+    except ImageError as err:
+        return str(err)
+    image.thumbnail((THUMB_PX, THUMB_PX))
+    return jpeg(image)
+
+
+def jpeg(image: Image.Image) -> bytes:
+    """The page's thumbnail encoding."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def _img(data: bytes, alt: str) -> str:
