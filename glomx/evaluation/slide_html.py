@@ -27,7 +27,7 @@ h1{font-size:1.5em;margin:0 0 .3em}h2{font-size:1.2em;margin:1.4em 0 .4em}
 h3{font-size:1.05em;margin:1.2em 0 .3em;border-top:1px solid #ccc;padding-top:.6em}
 table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;vertical-align:top}
 .facts th{color:#555;font-weight:normal}.flag{color:#b00020}.note{color:#555}
-.grid{display:flex;flex-wrap:wrap;gap:6px;margin:.2em 0 .6em}
+.grid{display:flex;flex-wrap:wrap;gap:6px;margin:.2em 0 .6em}.grid .grid{margin:0;gap:2px}
 figure{margin:0;text-align:center;font-size:11px;width:100px}
 figure img{display:block;width:96px;height:96px;object-fit:cover;border:2px solid #999}
 figure.pos img{border-color:#b00020}.problems td{font-size:12px}
@@ -168,7 +168,12 @@ def _slide_section(s: SlideView, threshold: float | None) -> str:
             + (", each with its Grad-CAM" if any(t.gradcam for t in s.doubtful) else "")
             + ":</p>"
         )
-        figures = [_figure(t) + (_figure(t, overlay=True) if t.gradcam else "") for t in s.doubtful]
+        figures = [  # a patch and its Grad-CAM stay side by side
+            f'<div class="grid">{_figure(t)}{_figure(t, overlay=True)}</div>'
+            if t.gradcam
+            else _figure(t)
+            for t in s.doubtful
+        ]
         html.append('<div class="grid">' + "".join(figures) + "</div>")
     return "\n".join(html)
 
