@@ -45,6 +45,14 @@ REAL_DATA = (
 )
 
 
+def _number(tag: str | None) -> str:
+    """A threshold tag as people read it (4 significant digits), or ``?``."""
+    try:
+        return f"{float(tag):.4g}" if tag is not None else "?"
+    except ValueError:
+        return tag or "?"
+
+
 def _cell(m: Mapping[str, Any] | None) -> str:
     if not m or m.get("value") is None or math.isnan(float(m["value"])):
         return "n/a"
@@ -54,10 +62,10 @@ def _cell(m: Mapping[str, Any] | None) -> str:
     return f"{float(m['value']):.3f} [{float(low):.3f}, {float(high):.3f}]"
 
 
-def _table(rows: Mapping[str, tuple[int, Mapping[str, Any]]]) -> list[str]:
+def _table(rows: Mapping[str, tuple[int, Mapping[str, Any]]], first: str = "scope") -> list[str]:
     """scope → (slides, metric → value/interval) as a markdown table."""
     lines = [
-        "| scope | slides | " + " | ".join(SHOWN.values()) + " |",
+        f"| {first} | slides | " + " | ".join(SHOWN.values()) + " |",
         "|---|--:|" + "---|" * len(SHOWN),
     ]
     for scope, (slides, metrics) in rows.items():
@@ -184,8 +192,8 @@ def test_section(client: MlflowClient, version: str, calibrated: bool) -> list[s
     if calibrated:
         return [
             *lines,
-            "Not evaluated at the lab's threshold: the lab's own figures are under "
-            "Calibration (the test split holds no patch of the lab).",
+            "Not evaluated at the lab's threshold: the test split comes from the training "
+            "hospitals, not the lab; the lab's own figures are under Calibration.",
         ]
     found = newest_test(client, version)
     if found is None:
@@ -218,7 +226,7 @@ def calibration_section(client: MlflowClient, mv: Any) -> list[str]:
             "patches and runs `glomx calibrate` (docs/calibration.md).",
         ]
     lines.append(
-        f"Lab **{tags['lab']}**: threshold {tags.get('calibration.threshold', '?')} for the "
+        f"Lab **{tags['lab']}**: threshold {_number(tags.get('calibration.threshold'))} for the "
         f"model files of version {tags.get('calibrated_from', '?')}, chosen on "
         f"{tags.get('calibration.n_patches', '?')} patches "
         f"({tags.get('calibration.n_sclerotic', '?')} sclerotic) from "
@@ -229,7 +237,7 @@ def calibration_section(client: MlflowClient, mv: Any) -> list[str]:
     except (MlflowException, OSError, ValueError):
         return lines
     cuts = {
-        "calibrated": f"calibrated {tags.get('calibration.threshold', '')}",
+        "calibrated": f"calibrated {_number(tags.get('calibration.threshold'))}",
         "0.5": "0.5",
         "source": "model's own",
     }
@@ -239,7 +247,7 @@ def calibration_section(client: MlflowClient, mv: Any) -> list[str]:
         "On the lab's patches (the calibrated row is measured on the patches that "
         "chose it, so optimistic):",
         "",
-        *_table(rows),
+        *_table(rows, "threshold"),
     ]
     return lines + [f"\n**Warning:** {w}" for w in report.get("warnings", [])]
 
@@ -285,7 +293,7 @@ def card_markdown(client: MlflowClient, name: str, version: str, site_regex: str
         "## Model details",
         "",
         f"- P(globally sclerotic) for one PAS-stained kidney glomerulus patch; called "
-        f"sclerotic from threshold {tags.get('threshold', '?')}.",
+        f"sclerotic from threshold {_number(tags.get('threshold'))}.",
         f"- Family `{family}`{members}; registered by stage `{tags.get('stage', '?')}` "
         f"(run `{mv.run_id}`)"
         + (f", initial weights `{tags['weights']}`" if tags.get("weights") else "")

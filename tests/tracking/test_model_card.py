@@ -110,8 +110,13 @@ def test_a_calibrated_versions_card_names_the_lab_and_its_calibration(
     new = register_calibrated(REGISTERED_MODEL, version, 0.31, "lab-north", tags, example,
                               "real", report, SITE_REGEX)  # fmt: skip
     card = MlflowClient().get_model_version(REGISTERED_MODEL, new).description
-    assert "Lab **north**: threshold 0.31" in card and "30 patches (12 sclerotic) from 5" in card
-    assert "| calibrated 0.31 | 5 | 0.900 [0.800, 1.000]" in card
+    assert (
+        "Lab **north**: threshold 0.31 for the model files" in card
+        and "30 patches (12 sclerotic) from 5" in card
+    )
+    assert (
+        "| threshold | slides |" in card and "| calibrated 0.31 | 5 | 0.900 [0.800, 1.000]" in card
+    )
     assert "**Warning:** only 12 sclerotic" in card
     assert "`lab-north`" in card and "Not evaluated at the lab's threshold" in card
     assert "| hospital VUHSK | 6 |" in card  # the source's out-of-fold figures
