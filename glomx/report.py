@@ -29,7 +29,7 @@ from glomx.errors import GlomxError
 from glomx.evaluation.slide_html import THUMB_PX, SlideView, Thumb, jpeg, render, thumbnail
 from glomx.files import escaped, replacing
 from glomx.models.base import META_FILE
-from glomx.predict import COLUMNS, SLIDE_COLUMNS, LoadedModel, load_model, slides_path
+from glomx.predict import COLUMNS, NO_SLIDE, SLIDE_COLUMNS, LoadedModel, load_model, slides_path
 
 log = logging.getLogger(__name__)
 MAX_CALLED = 12  # thumbnails of patches called sclerotic, per slide
@@ -177,7 +177,7 @@ def choose_patches(
     by_slide: dict[str, list[Row]] = {}
     for r in rows:
         if r.probability is not None:
-            by_slide.setdefault(r.slide or "(no slide id)", []).append(r)
+            by_slide.setdefault(r.slide or NO_SLIDE, []).append(r)
     for slide, scored in by_slide.items():
         doubtful: list[Row] = []
         if threshold is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,16 @@ def test_predict_report_flag_writes_the_page_beside_the_csv(
         names = {r["name"] for r in csv.DictReader(f)}
     page = (tmp_path / "pred.html").read_text()
     assert all(f"<td>{n}</td>" in page for n in names if n.startswith(("SAS_1-9", "VUHSK_7-8")))
+
+
+def test_labels_made_at_another_threshold_are_reported_at_it(
+    png_folder: Path, lr_dir: Path, tmp_path: Path
+) -> None:
+    files = collect_files([png_folder])
+    out = tmp_path / "t.csv"
+    predict_files(files, load_model(lr_dir), out, threshold=0.0, workers=1, progress=False)
+    page = write_report(out, tmp_path / "t.html", gradcam=False).path.read_text()
+    own = load_model(lr_dir).classifier.meta.threshold
+    assert escape(f"not made at the model's threshold {own:.4g} but at one in (0, ") in page
+    lowest = min(float(r["probability"]) for r in csv.DictReader(out.open()) if r["probability"])
+    assert f"<th>threshold</th><td>{lowest:.4g}</td>" in page  # all called: cut at the lowest
