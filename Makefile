@@ -69,6 +69,7 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 
 bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md) and the suggested draw against random ones (calibrate_suggest.md); ~15 min; after `make run`; FAMILIES=lr,probe trains only those
 	dvc repro balance
+	python bench/calibrate.py $(if $(FAMILIES),--families $(FAMILIES))
 	python bench/calibrate.py --suggested $(if $(FAMILIES),--families $(FAMILIES))
 
 bench-scale: setup data ## the pipeline at the challenge set's size vs the shared slice (bench/out/scale.md; docs/scale.md); SCALE=0.05 FAMILIES=lr,cnn

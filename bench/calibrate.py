@@ -24,7 +24,7 @@ trains nothing. The trials' MLflow runs go to ``bench/out/mlruns``, never the pr
 
 Usage: ``python bench/calibrate.py [--families lr,cnn] [--ensemble cnn,probe] [--repeats 200]
 [--sizes 5,10,20,40] [--suggested] [--scores DIR]`` after ``dvc repro balance``; prints
-markdown tables and writes ``bench/out/calibrate.md`` (with ``--suggested`` also
+markdown tables and writes ``bench/out/calibrate.md`` (with ``--suggested`` instead
 ``calibrate_suggest.md``: ``glomx calibrate --suggest``'s draw against random ones). All five
 families on the shared slice: about 15 min on 2 cores.
 """
@@ -335,8 +335,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="5,10,20,40", help="calibration set sizes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--suggested", action="store_true", help="also compare glomx calibrate --suggest's "
-        "draw with random ones (bench/out/calibrate_suggest.md)"
+        "--suggested", action="store_true", help="instead, compare glomx calibrate --suggest's "
+        "draw with random ones (bench/out/calibrate_suggest.md; with cached scores, no training)"
     )  # fmt: skip
     parser.add_argument(
         "--scores", type=Path, help="read the held-out scores from this folder of cached "
@@ -375,19 +375,20 @@ def main() -> None:
         models = {f: held_out_scores(params, f, folds) for f in wanted}
     if len(members) > 1:
         models[f"{ENSEMBLE} ({', '.join(members)})"] = mean_of(models, members)
-    write_report(
-        "calibrate.md",
-        "Lab calibration: leave-one-site-out, train + val slides only",
-        "Each model trained on the other hospitals by its pipeline trial (ensemble: the "
-        f"members' mean at 0.5); {args.repeats} draws per row (seed {args.seed}); BA on the "
-        "site's patches outside each draw; BA own = at the model's own threshold; gain = "
-        "calibrated − own, mean [10th, 90th percentile] over draws; refused = draws with one "
-        "class (own threshold kept); warned = draws with "
-        f"< {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} slides, where "
-        f"`glomx calibrate` warns. {time.time() - started:.0f} s.",
-        *report(models, site_regex, args),
-    )
-    if args.suggested:
+    if not args.suggested:
+        write_report(
+            "calibrate.md",
+            "Lab calibration: leave-one-site-out, train + val slides only",
+            "Each model trained on the other hospitals by its pipeline trial (ensemble: the "
+            f"members' mean at 0.5); {args.repeats} draws per row (seed {args.seed}); BA on the "
+            "site's patches outside each draw; BA own = at the model's own threshold; gain = "
+            "calibrated − own, mean [10th, 90th percentile] over draws; refused = draws with one "
+            "class (own threshold kept); warned = draws with "
+            f"< {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} slides, where "
+            f"`glomx calibrate` warns. {time.time() - started:.0f} s.",
+            *report(models, site_regex, args),
+        )
+    else:
         sizes = [int(x) for x in args.sizes.split(",")]
         write_report(
             "calibrate_suggest.md",
