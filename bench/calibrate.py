@@ -336,7 +336,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--suggested", action="store_true", help="instead, compare glomx calibrate --suggest's "
-        "draw with random ones (bench/out/calibrate_suggest.md; with cached scores, no training)"
+        "draw with random ones for the ensemble, else each family (calibrate_suggest.md)"
     )  # fmt: skip
     parser.add_argument(
         "--scores", type=Path, help="read the held-out scores from this folder of cached "
@@ -400,7 +400,14 @@ def main() -> None:
             "Gain = balanced accuracy on the site's other patches at the calibrated threshold "
             "minus at the model's own, mean [10th, 90th percentile] (seed "
             f"{args.seed}).",
-            suggested_report(models, site_regex, sizes, args.repeats, args.seed),
+            # a lab calibrates the champion: its ensemble when there is one
+            suggested_report(
+                {k: v for k, v in models.items() if k.startswith(ENSEMBLE)} or models,
+                site_regex,
+                sizes,
+                args.repeats,
+                args.seed,
+            ),
         )
 
 
