@@ -71,9 +71,10 @@ bench-select: setup data ## the earlier nested 5-fold CV on the non-test slides,
 	dvc repro prepare
 	python bench/models.py --scope trainval
 
-bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md); ~15 min; after `make run`; FAMILIES=lr,probe trains only those
+bench-calibrate: setup data ## lab calibration of every family and the champion ensemble, each hospital left out in turn (bench/out/calibrate.md) and the suggested draw against random ones (calibrate_suggest.md); ~15 min; after `make run`; FAMILIES=lr,probe trains only those
 	dvc repro balance
 	python bench/calibrate.py $(if $(FAMILIES),--families $(FAMILIES))
+	python bench/calibrate.py --suggested $(if $(FAMILIES),--families $(FAMILIES))
 
 bench-sites: setup data ## each hospital left out, at the shipped threshold, no labels (bench/out/sites/; docs/generalisation.md); after `make run`; SET="k=v k=v" NAME=x FAMILIES=… HOMECV=1; TABLE=1 every kept run
 	$(if $(TABLE),,dvc repro balance)

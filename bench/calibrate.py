@@ -23,8 +23,10 @@ params section, ``cv``, ``site_regex`` and the stores' manifests, so a rerun wit
 trains nothing. The trials' MLflow runs go to ``bench/out/mlruns``, never the project's store.
 
 Usage: ``python bench/calibrate.py [--families lr,cnn] [--ensemble cnn,probe] [--repeats 200]
-[--sizes 5,10,20,40]`` after ``dvc repro balance``; prints markdown tables and writes
-``bench/out/calibrate.md``. All five families on the shared slice: about 15 min on 2 cores.
+[--sizes 5,10,20,40] [--suggested] [--scores DIR]`` after ``dvc repro balance``; prints
+markdown tables and writes ``bench/out/calibrate.md`` (with ``--suggested`` instead
+``calibrate_suggest.md``: ``glomx calibrate --suggest``'s draw against random ones). All five
+families on the shared slice: about 15 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from glomx.data.split import read_split_csv, sites_of
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.selection import ENSEMBLE, OOF, mean_of
+from glomx.evaluation.suggest import suggest
 from glomx.models import FAMILIES, family_section
 from glomx.pipeline.choose import DECISION
 from glomx.pipeline.cv import fold_trials, out_of_fold, run_trials
@@ -199,6 +202,69 @@ def draws(
     return {k: np.array([d[k] for d in results]) for k in results[0]} if results else None
 
 
+def suggested_draws(
+    oof: OOF, mask: np.ndarray, n: int, repeats: int, seed: int, share: float = 0.8
+) -> dict[str, np.ndarray] | None:
+    """:func:`one_draw`'s figures for ``glomx calibrate --suggest n``'s draw, each repeat from a
+    random ``share`` of the ``mask`` patches (the lab's unlabelled folder), at the median of the
+    model's own thresholds there; None when there are too few patches."""
+    y, p, own, slides = oof.labels[mask], oof.proba[mask], oof.thresholds[mask], oof.slides[mask]
+    pool_size = int(share * len(y))
+    if pool_size <= n:
+        return None
+    rng = np.random.default_rng(seed)
+    threshold = float(np.median(own))
+    results = []
+    for _ in range(repeats):
+        pool = np.sort(rng.choice(len(y), pool_size, replace=False))
+        cal = pool[suggest(p[pool], slides[pool], threshold, n)]
+        results.append(one_draw(y, p, own, slides, cal))
+    return {k: np.array([d[k] for d in results]) for k in results[0]}
+
+
+def suggested_report(
+    models: dict[str, OOF], site_regex: str, sizes: list[int], repeats: int, seed: int
+) -> list[str]:
+    """Per model, hospital and n: the calibration gain of a random draw of n and of 2n (by
+    patch) against the suggested draw of n, and whether the suggested n gains at least what the
+    random 2n does."""
+    table = _table(["model", "site", "n", "random n: gain [p10, p90]", "random 2n",
+                    "suggested n", "suggested n ≥ random 2n", "suggested: warned"])  # fmt: skip
+    for name, oof in models.items():
+        sites = sites_of(oof.slides, site_regex)
+        for site in sorted(set(sites)):
+            mask = sites == site
+            if not 0 < oof.labels[mask].sum() < mask.sum():
+                continue
+            for n in sizes:
+                single = draws(oof, mask, "patches", n, repeats, seed)
+                double = draws(oof, mask, "patches", 2 * n, repeats, seed)
+                chosen = suggested_draws(oof, mask, n, repeats, seed)
+                if single is None or double is None or chosen is None:
+                    continue
+                gain = {k: r["ba_cal"] - r["ba_own"] for k, r in
+                        (("n", single), ("2n", double), ("s", chosen))}  # fmt: skip
+                met = np.nanmean(gain["s"]) >= np.nanmean(gain["2n"])
+                table.append(
+                    f"| {name} | {site} | {n} | {_spread(gain['n'])} | {_spread(gain['2n'])} "
+                    f"| {_spread(gain['s'])} | {'yes' if met else 'no'} "
+                    f"| {chosen['warned'].mean():.0%} |"
+                )
+    return table
+
+
+def cached_scores(directory: Path, families: list[str]) -> dict[str, OOF]:
+    """Held-out scores already computed (``bench/out/calibrate_sites/<family>-<key>.csv``, e.g.
+    another checkout's), one file per family, instead of training."""
+    found = {}
+    for family in families:
+        files = sorted(directory.glob(f"{family}-*.csv"))
+        if len(files) != 1:
+            raise SystemExit(f"{directory}: need exactly one {family}-*.csv, found {len(files)}")
+        found[family] = OOF.read(files[0])
+    return found
+
+
 def _spread(values: np.ndarray) -> str:
     v = values[~np.isnan(values)]
     if not len(v):
@@ -284,8 +350,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="draws per site, size and mode")
     parser.add_argument("--sizes", default="5,10,20,40", help="calibration set sizes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--suggested", action="store_true", help="instead, compare glomx calibrate --suggest's "
+        "draw with random ones for the ensemble, else each family (calibrate_suggest.md)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--scores", type=Path, help="read the held-out scores from this folder of cached "
+        "<family>-<key>.csv files instead of training (e.g. another checkout's calibrate_sites)"
+    )  # fmt: skip
     args = parser.parse_args()
-    if not SPLIT.is_file():
+    if args.scores is None and not SPLIT.is_file():
         print(f"{SPLIT.relative_to(ROOT)} not found: run `dvc repro balance` first")
         return
     started = time.time()
@@ -309,22 +383,48 @@ def main() -> None:
         raise SystemExit(f"unknown family {unknown[0]!r}; known: {', '.join(FAMILIES)}")
     (OUT / "mlruns").mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{OUT / 'mlruns' / 'mlflow.db'}"
-    folds = site_folds(site_regex)
-    models = {f: held_out_scores(params, f, folds) for f in dict.fromkeys(families + members)}
+    wanted = list(dict.fromkeys(families + members))
+    if args.scores is not None:
+        models = cached_scores(args.scores, wanted)
+    else:
+        folds = site_folds(site_regex)
+        models = {f: held_out_scores(params, f, folds) for f in wanted}
     if len(members) > 1:
         models[f"{ENSEMBLE} ({', '.join(members)})"] = mean_of(models, members)
-    write_report(
-        "calibrate.md",
-        "Lab calibration: leave-one-site-out, train + val slides only",
-        "Each model trained on the other hospitals by its pipeline trial (ensemble: the "
-        f"members' mean at 0.5); {args.repeats} draws per row (seed {args.seed}); BA on the "
-        "site's patches outside each draw; BA own = at the model's own threshold; gain = "
-        "calibrated − own, mean [10th, 90th percentile] over draws; refused = draws with one "
-        "class (own threshold kept); warned = draws with "
-        f"< {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} slides, where "
-        f"`glomx calibrate` warns. {time.time() - started:.0f} s.",
-        *report(models, site_regex, args),
-    )
+    if not args.suggested:
+        write_report(
+            "calibrate.md",
+            "Lab calibration: leave-one-site-out, train + val slides only",
+            "Each model trained on the other hospitals by its pipeline trial (ensemble: the "
+            f"members' mean at 0.5); {args.repeats} draws per row (seed {args.seed}); BA on the "
+            "site's patches outside each draw; BA own = at the model's own threshold; gain = "
+            "calibrated − own, mean [10th, 90th percentile] over draws; refused = draws with one "
+            "class (own threshold kept); warned = draws with "
+            f"< {MIN_PER_CLASS} patches of a class or < {MIN_SLIDES} slides, where "
+            f"`glomx calibrate` warns. {time.time() - started:.0f} s.",
+            *report(models, site_regex, args),
+        )
+    else:
+        sizes = [int(x) for x in args.sizes.split(",")]
+        write_report(
+            "calibrate_suggest.md",
+            "Lab calibration: the suggested draw against random draws",
+            "Leave-one-site-out held-out scores as in calibrate.md. Random: n (or 2n) patches "
+            f"drawn at random from the site, {args.repeats} draws. Suggested: `glomx calibrate "
+            "--suggest n`'s choice from a random 80 % of the site's patches (the lab's "
+            f"unlabelled folder), {args.repeats} such folders, at the model's own threshold. "
+            "Gain = balanced accuracy on the site's other patches at the calibrated threshold "
+            "minus at the model's own, mean [10th, 90th percentile] (seed "
+            f"{args.seed}).",
+            # a lab calibrates the champion: its ensemble when there is one
+            suggested_report(
+                {k: v for k, v in models.items() if k.startswith(ENSEMBLE)} or models,
+                site_regex,
+                sizes,
+                args.repeats,
+                args.seed,
+            ),
+        )
 
 
 def write_report(name: str, title: str, intro: str, *tables: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,146 @@ def calibrate(
                        metrics, warnings)  # fmt: skip
 
 
+UNLABELLED = "unlabelled"  # the folder of a suggested draw's patches, until they are labelled
+SHEET = "contact_sheet.png"
+SHEET_TILE, SHEET_COLUMNS = 180, 5
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A suggested draw: where it was written, how many patches of how many slides, on which
+    side of the model's threshold, and the files that could not be scored."""
+
+    out: Path
+    n: int
+    slides: int
+    above: int
+    threshold: float
+    unreadable: list[str]
+
+
+def _contact_sheet(files: list[Path], path: Path) -> None:
+    """The patches in a grid, each with its row number in the CSV and its file name."""
+    from PIL import Image, ImageDraw
+
+    from glomx.data.images import decode
+
+    rows = -(-len(files) // SHEET_COLUMNS)
+    sheet = Image.new("RGB", (SHEET_COLUMNS * SHEET_TILE, rows * (SHEET_TILE + 30)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, file in enumerate(files):
+        tile = Image.fromarray(decode(file, 3))
+        tile.thumbnail((SHEET_TILE - 8, SHEET_TILE - 8))
+        x, y = (i % SHEET_COLUMNS) * SHEET_TILE, (i // SHEET_COLUMNS) * (SHEET_TILE + 30)
+        sheet.paste(tile, (x + 4, y + 4))
+        draw.text((x + 4, y + SHEET_TILE - 2), f"{i + 1}. {file.name[:26]}", fill="black")
+    sheet.save(path)
+
+
+def suggest_lab(
+    unlabelled: Path,
+    lab: str,
+    n: int,
+    out: Path,
+    *,
+    model: str = DEFAULT_MODEL,
+    slide_regex: str,
+    batch_size: int = 64,
+    workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Suggestion:
+    """Score every patch under ``unlabelled`` and write the ``n`` to label first
+    (:func:`glomx.evaluation.suggest.suggest`) to ``out``: ``public.csv`` with an empty
+    ground-truth column, the patches in ``unlabelled/`` and :data:`SHEET`; whole or not at all.
+    Once the CSV is filled, ``glomx calibrate OUT --lab NAME`` reads it (:func:`sort_labelled`)."""
+    from glomx.data.catalogue import LABEL_COLUMN, NAME_COLUMN, slide_of, slide_pattern
+    from glomx.evaluation.suggest import suggest
+    from glomx.files import escaped, replacing
+    from glomx.predict import NO_SLIDE, collect_files, load_model
+
+    lab_alias(lab)
+    if n < 1:
+        raise CalibrationError(f"--suggest {n}: ask for at least 1 patch (20-40 is the advice)")
+    if out.exists():
+        raise CalibrationError(f"{out} exists: choose another --out, or remove it first")
+    files = collect_files([unlabelled])
+    if not files:
+        raise CalibrationError(f"no image files (PNG/JPEG/TIFF) under {unlabelled}")
+    loaded = load_model(model)
+    clf, threshold = loaded.classifier, loaded.classifier.meta.threshold
+    scored: list[Path] = []
+    proba: list[np.ndarray] = []
+    unreadable: list[str] = []
+    for batch, decoded in _decoded(files, clf.meta.preprocessing, max_pixels, batch_size, workers):
+        unreadable += [d for d in decoded if isinstance(d, str)]
+        ok = [(f, d) for f, d in zip(batch, decoded, strict=True) if not isinstance(d, str)]
+        if ok:
+            scored += [f for f, _ in ok]
+            proba.append(predict_batch(clf, np.stack([d for _, d in ok]), False))
+    if not scored:
+        raise CalibrationError(f"none of the {len(files)} files under {unlabelled} is readable")
+    p = np.concatenate(proba).astype(np.float64)
+    pattern = slide_pattern(slide_regex)
+    slides = np.array([slide_of(f.name, pattern) or NO_SLIDE for f in scored])
+    idx = suggest(p, slides, threshold, n)
+    chosen = [scored[i] for i in idx]
+    names = [f.name for f in chosen]
+    if len(set(names)) < len(names):
+        twice = sorted({x for x in names if names.count(x) > 1})
+        raise CalibrationError(
+            f"two suggested patches share a file name ({escaped(twice[0])}); the labels CSV "
+            "names files, so rename one of them and suggest again"
+        )
+    with replacing(out, directory=True) as (tmp,):
+        (tmp / UNLABELLED).mkdir()
+        for file in chosen:
+            shutil.copy2(file, tmp / UNLABELLED / file.name)
+        rows = "".join(f"{escaped(name)},\n" for name in names)
+        (tmp / "public.csv").write_text(f"{NAME_COLUMN},{LABEL_COLUMN}\n{rows}", encoding="utf-8")
+        _contact_sheet(chosen, tmp / SHEET)
+    above = int((p[idx] >= threshold).sum())
+    return Suggestion(out, len(idx), len(set(slides[idx])), above, threshold, unreadable)
+
+
+def sort_labelled(folder: Path) -> None:
+    """Move the patches of a suggested draw (``folder/unlabelled/``) into the class folders its
+    filled ``public.csv`` names, so that the folder is in the challenge layout; refuse, moving
+    nothing, while a row's label is not 0 or 1. A patch whose row was deleted stays where it
+    is, unused. A folder without ``unlabelled/`` is left alone."""
+    from glomx.data.catalogue import _read_rows
+
+    source = folder / UNLABELLED
+    if not source.is_dir():
+        return
+    rows = _read_rows(folder / "public.csv")
+    bad = [(line, name) for line, name, raw in rows if (raw or "").strip() not in ("0", "1")]
+    if bad:
+        line, name = bad[0]
+        raise CalibrationError(
+            f"{folder / 'public.csv'} line {line} ({name}): fill the ground truth with 1 "
+            f"(globally sclerotic) or 0, or delete the row of a patch you cannot judge "
+            f"({len(bad)} row(s) to do); see {folder / SHEET}"
+        )
+    for _, name, raw in rows:
+        if (source / name).is_file():
+            target = folder / FOLDERS[int((raw or "").strip())]
+            target.mkdir(exist_ok=True)
+            os.replace(source / name, target / name)
+    for folder_name in FOLDERS.values():
+        (folder / folder_name).mkdir(exist_ok=True)
+    if not any(source.iterdir()):
+        source.rmdir()
+
+
+def site_regex_from(params_file: Path) -> str | None:
+    """``prepare.site_regex`` of a params file, which the model card groups hospitals by."""
+    if not params_file.is_file():
+        return None
+    from glomx.config import read
+
+    return read(params_file).get("prepare", {}).get("site_regex")
+
+
 def _write(path: Path, text: str) -> None:
     """Write whole or not at all: a reader never sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +398,7 @@ def calibrate_lab(
     batch_size: int = 64,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    site_regex: str | None = None,
 ) -> tuple[Calibration, list[Path]]:
     """Score, choose, register the calibrated version, then write
     ``<reports>/calibration_<lab>.{md,json}``; nothing is written or registered when any step
@@ -272,6 +414,7 @@ def calibrate_lab(
         )
     name, version = resolve(model)
     classifier, source = load_registered(f"models:/{name}/{version}")
+    sort_labelled(data_dir)
     scores = score_lab(
         data_dir, classifier, tta=tta, slide_regex=slide_regex, batch_size=batch_size,
         workers=workers, max_pixels=max_pixels,
@@ -286,6 +429,7 @@ def calibrate_lab(
         scores.example,
         data_kind(data_dir),
         result.as_dict(),
+        site_regex,
     )
     out = Path(reports)
     paths = [out / f"calibration_{lab}.md", out / f"calibration_{lab}.json"]

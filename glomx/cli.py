@@ -10,6 +10,7 @@ from pathlib import Path
 
 from glomx.cli_calibrate import add_calibrate_parser
 from glomx.cli_predict import add_champion_parser, add_predict_parser
+from glomx.cli_report import add_report_parser
 from glomx.cli_serve import add_serve_parser
 from glomx.server.main import add_server_parser
 from glomx.stage_main import closed_pipe, user_errors_exit
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     add_champion_parser(sub)
     add_calibrate_parser(sub)
+    add_report_parser(sub)
     add_server_parser(sub)
     add_serve_parser(sub)
     return parser

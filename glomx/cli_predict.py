@@ -64,6 +64,10 @@ def _predict(args: argparse.Namespace) -> int:
         f"model {model.source}\nwrote {escaped(str(args.out))} and "
         f"{escaped(str(slides_path(args.out)))}"
     )
+    if args.report and summary.predicted:
+        from glomx.cli_report import report_line
+
+        print(report_line(args.out, None, model, workers=args.workers))
     return 0 if summary.predicted else 1
 
 
@@ -119,6 +123,11 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images"
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write <out>.html, the slide report of glomx report (offline HTML)",
     )
     p.add_argument(
         "-q",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 from synthetic_images import images_for, write_png
 
 from glomx.cli import main
@@ -201,3 +202,37 @@ def test_too_few_patches_warn_that_the_threshold_is_not_to_be_trusted(
     assert "not to be trusted" in report["warnings"][0]
     assert report["metrics"]["calibrated"]["balanced_accuracy"]["ci_low"] is None  # 2 slides
     assert "No intervals: fewer than 5 slides" in (reports / "calibration_tiny.md").read_text()
+
+
+def test_suggested_patches_once_labelled_calibrate_like_any_labels(
+    champion: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = write_lab(tmp_path / "lab", 15, 6)
+    truth = {r["name"]: r["ground truth"] for r in csv.DictReader((lab / "public.csv").open())}
+    pool = tmp_path / "pool"  # the lab's unlabelled folder: every patch, no labels
+    pool.mkdir()
+    for png in lab.rglob("*.png"):
+        shutil.copy(png, pool / png.name)
+    out = tmp_path / "to_label"
+    args = ["calibrate", str(pool), "--lab", "north", "--workers", "1"]
+    assert main([*args, "--suggest", "12", "--out", str(out)]) == 0
+    assert f"glomx calibrate {out} --lab north" in capsys.readouterr().out
+    with open(out / "public.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and {r["ground truth"] for r in rows} == {""}
+    assert sorted(p.name for p in (out / "unlabelled").iterdir()) == sorted(r["name"] for r in rows)
+    assert len({r["name"].split("-")[0] for r in rows}) == 6  # every slide
+    assert Image.open(out / "contact_sheet.png").size == (5 * 180, 3 * 210)  # 12 tiles, 5 a row
+    # refused while unlabelled; nothing moved, nothing registered
+    before = _versions()
+    assert _calibrate(out, tmp_path / "reports", "--lab", "north") == 1
+    assert "fill the ground truth with 1" in capsys.readouterr().err
+    assert len(list((out / "unlabelled").iterdir())) == 12 and _versions() == before
+    # labelled (the truth, as a pathologist would): it calibrates on those 12
+    lines = ["name,ground truth", *(f"{r['name']},{truth[r['name']]}" for r in rows)]
+    (out / "public.csv").write_text("\n".join(lines) + "\n")
+    assert _calibrate(out, tmp_path / "reports", "--lab", "north") == 0
+    report = json.loads((tmp_path / "reports" / "calibration_north.json").read_text())
+    assert report["counts"]["patches"] == 12 and report["counts"]["slides"] == 6
+    assert not (out / "unlabelled").exists()
+    assert sum(1 for _ in (out / FOLDERS[1]).iterdir()) == report["counts"]["sclerotic"]

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tracking", ("tracking",)),
     ("pipeline", ("pipeline",)),
     # the user's doors; server/ is `glomx server`, the team's tracking server
-    ("doors", ("cli*.py", "predict.py", "calibrate.py", "server")),
+    ("doors", ("cli*.py", "predict.py", "calibrate.py", "report.py", "server")),
 )
 
 

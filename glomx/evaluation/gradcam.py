@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -74,6 +75,16 @@ def gradcam(model: keras.Model, images: np.ndarray, size: int, channels: int) ->
     return np.stack(
         [np.asarray(Image.fromarray(c.astype(np.float32)).resize((width, height))) for c in cams]
     ).clip(0, 1)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """One tile under its map as a single RGB uint8 image, blended as :func:`overlay_figure`
+    draws it (the colour more opaque where the evidence is stronger), for pages that show
+    pictures rather than figures."""
+    rgb = image[..., :3].astype(np.float32) / 255
+    alpha = (MAX_ALPHA * np.clip(cam, 0, 1))[..., None]
+    colour = colormaps[CMAP](np.clip(cam, 0, 1))[..., :3]
+    return np.round(255 * ((1 - alpha) * rgb + alpha * colour)).astype(np.uint8)
 
 
 def pick_cases(

@@ -101,3 +101,15 @@ def copy_member(source: Path, directory: Path) -> None:
     """Copy a saved model folder into a mean model's folder (members are saved as files, so
     copying them keeps them bit-identical to the registered originals)."""
     shutil.copytree(source, directory)
+
+
+def keras_member(classifier: Any) -> Any:
+    """What Grad-CAM draws for a model: a Keras model itself, else the first Keras model among
+    its members, depth first (a bag's first fold model, an ensemble's first Keras family's);
+    None when it holds none."""
+    if hasattr(classifier, "keras_model"):
+        return classifier
+    for member in getattr(classifier, "members", None) or []:
+        if (found := keras_member(member)) is not None:
+            return found
+    return None

@@ -70,7 +70,9 @@ def build_ensemble(members: list[str], paths: Paths, directory: Path) -> MeanCla
     return ensemble
 
 
-def _register(run: StageRun, selection: Selection, oof: OOF, paths: Paths, out: Path) -> str:
+def _register(
+    run: StageRun, selection: Selection, oof: OOF, paths: Paths, out: Path, site_regex: str | None
+) -> str:
     """Build, log and register the ensemble; returns its version."""
     members = selection.tied
     versions = {}
@@ -82,7 +84,7 @@ def _register(run: StageRun, selection: Selection, oof: OOF, paths: Paths, out: 
     run.set_tags({"members": ",".join(members)} | {f"member.{f}": v for f, v in versions.items()})
     example = ArrayStore(Path(paths.prepared) / "train").read([0])
     tags = {"members": ", ".join(f"{f} v{v}" for f, v in versions.items())}
-    return register(run, out / ENSEMBLE, ensemble, example, scores, tags)
+    return register(run, out / ENSEMBLE, ensemble, example, scores, tags, site_regex)
 
 
 def choose_stage(params: Params) -> dict[str, Any]:
@@ -125,7 +127,9 @@ def choose_stage(params: Params) -> dict[str, Any]:
         run.set_note(selection.reason)
         decision = {**selection.as_dict(), "ensemble_version": None}
         if selection.candidate == ENSEMBLE:
-            decision["ensemble_version"] = _register(run, selection, curves[ENSEMBLE], paths, out)
+            decision["ensemble_version"] = _register(
+                run, selection, curves[ENSEMBLE], paths, out, params.need("prepare").site_regex
+            )
     write_json(out / DECISION, strict(decision))
     log.info("choose: %s", selection.reason)
     return decision

@@ -36,11 +36,11 @@ from glomx.evaluation.selection import ENSEMBLE
 from glomx.files import write_json
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
-from glomx.models.mean import MEMBERS
+from glomx.models.mean import MEMBERS, keras_member
 from glomx.pipeline.choose import candidate_dir, read_decision
 from glomx.tracking import StageRun, run_link, stage_run, version_link
 from glomx.tracking.pyfunc import files_digest
-from glomx.tracking.registry import promote, version_of
+from glomx.tracking.registry import promote, refresh_cards, version_of
 
 log = logging.getLogger(__name__)
 TABLE = "test_metrics.json"  # the intervals, as an MLflow table, in every evaluation run
@@ -126,14 +126,6 @@ def _intervals(
     )
 
 
-def _keras_member(classifier: Any) -> Any:
-    """What Grad-CAM draws: a Keras model itself, or a bag's first fold model."""
-    if hasattr(classifier, "keras_model"):
-        return classifier
-    members = getattr(classifier, "members", None)
-    return _keras_member(members[0]) if members else None
-
-
 def _gradcam_figures(
     trained: list[Trained],
     scored: Mapping[str, Scored],
@@ -147,7 +139,7 @@ def _gradcam_figures(
     keras_models = {
         t.family: clf
         for t in trained
-        if t.family != ENSEMBLE and (clf := _keras_member(t.classifier)) is not None
+        if t.family != ENSEMBLE and (clf := keras_member(t.classifier)) is not None
     }
     if not keras_models or per_case < 1:
         return [], None
@@ -432,6 +424,7 @@ def evaluate(params: Params) -> dict[str, Any]:
         write_json(Path(paths.metrics) / "evaluate.json", strict(result))
         files = [*artifacts, reports / "summary.md", reports / "sites.json"]
         _log_run(run, data, test, metrics, per_site, scored, decision, files)
+        refresh_cards([s.version for s in scored.values() if s.version], site_regex)
     return result
 
 

@@ -210,7 +210,14 @@ def run_training(
         run.set_tags(bag.tags())
         for figure in bag.members[0].write_figures(training, Path(paths.plots) / family):
             run.log_artifact(figure, "plots")
-        version = register(run, Path(paths.models) / family, bag, originals.read([0]), pooled)
+        version = register(
+            run,
+            Path(paths.models) / family,
+            bag,
+            originals.read([0]),
+            pooled,
+            site_regex=site_regex,
+        )
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
     return report
 

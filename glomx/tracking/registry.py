@@ -45,6 +45,7 @@ from glomx.errors import UsageError
 from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
+from glomx.tracking.model_card import write_card
 from glomx.tracking.names import (
     ARTIFACT,
     CALIBRATED_FROM,
@@ -249,11 +250,13 @@ def register(
     example: np.ndarray,
     metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
+    site_regex: str | None = None,
 ) -> str:
     """Log the saved model folder ``model_dir`` in ``run`` as the glomx pyfunc (and the
     family's native flavor, unregistered), and register it as a new version of
     :data:`REGISTERED_MODEL` tagged with family, stage, data kind, threshold, ``metrics`` and
-    ``tags``; returns the version. :func:`registered_versions` finds it again from the folder."""
+    ``tags``, with its model card (hospitals from ``site_regex``); returns the version.
+    :func:`registered_versions` finds it again from the folder."""
     run.require_active()
     info = log_model(Path(model_dir), classifier, example)
     log_native_model(classifier, example)
@@ -271,7 +274,15 @@ def register(
     client = MlflowClient()
     if not client.get_registered_model(REGISTERED_MODEL).description:
         client.update_registered_model(REGISTERED_MODEL, MODEL_DESCRIPTION)
+    write_card(client, REGISTERED_MODEL, str(version.version), site_regex)
     return str(version.version)
+
+
+def refresh_cards(versions: list[str], site_regex: str | None) -> None:
+    """Rewrite the cards of ``versions`` (evaluate, once their test figures are logged)."""
+    client = MlflowClient()
+    for version in versions:
+        write_card(client, REGISTERED_MODEL, version, site_regex)
 
 
 def registered_versions(model_dir: Path, name: str = REGISTERED_MODEL) -> list[str]:
@@ -367,6 +378,17 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> Any:
         return None
 
 
+def version_details(name: str, version: str) -> tuple[dict[str, str], list[str]]:
+    """A registered version's tags and aliases, for reports that name what made them;
+    LookupError when the registry or the version is missing."""
+    client = existing_client()
+    try:
+        mv = client.get_model_version(name, version)
+    except MlflowException as err:
+        raise LookupError(f"models:/{name}/{version}: {err.message}") from None
+    return dict(mv.tags), sorted(mv.aliases)
+
+
 def register_calibrated(
     name: str,
     version: str,
@@ -376,11 +398,13 @@ def register_calibrated(
     example: np.ndarray,
     data_kind: str,
     report: dict[str, Any],
+    site_regex: str | None = None,
 ) -> str:
     """Register a copy of version ``version`` whose top-level glomx.json carries ``threshold``
     (every other file, members of a composite model included, as they are), tagged with
     ``tags``, and point ``alias`` at it; ``champion`` and ``previous`` are left alone. The
-    calibrate run logs ``report``. Returns the new version."""
+    calibrate run logs ``report``; the card (hospitals from ``site_regex``) names the lab and
+    its calibration. Returns the new version."""
     if name != REGISTERED_MODEL:
         raise NotRegistered(f"calibration registers versions of {REGISTERED_MODEL!r}, not {name!r}")
     params = {"source": f"models:/{name}/{version}", "alias": alias, "threshold": threshold}
@@ -396,16 +420,9 @@ def register_calibrated(
         try:
             with stage_run("calibrate", params, data_kind) as run:
                 run.log_dict(report, "calibration.json")
-                new = register(run, local, classifier, example, tags=tags)
-            client = MlflowClient()
-            description = (
-                f"Threshold {threshold:.4g} calibrated for {tags.get('lab', alias)} on "
-                f"{tags.get('calibration.n_patches', '?')} patches from "
-                f"{tags.get('calibration.n_slides', '?')} slides; model files of version "
-                f"{version}."
-            )
-            client.update_model_version(name, new, description=description)
-            client.set_registered_model_alias(name, alias, new)
+                new = register(run, local, classifier, example, tags=tags, site_regex=site_regex)
+                MlflowClient().set_registered_model_alias(name, alias, new)
+                write_card(MlflowClient(), name, new, site_regex)  # now with its alias
         except MlflowException as err:
             raise TrackingError(
                 f"registering the calibrated version failed: {err.message}"

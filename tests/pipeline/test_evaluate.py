@@ -183,6 +183,11 @@ def _check_mlflow_shape(result: dict[str, Any], version: str) -> None:
     assert site.slides == 3 and np.isnan(site.ci_low)
     both = client.load_table(exp, "test_metrics.json", run_ids=[parent.info.run_id])
     assert set(both.model) == set(children)
+    # evaluate rewrote the version's card with these test figures
+    card = mv.description
+    m = result["models"]["lr"]["balanced_accuracy"]
+    assert f"| test | 6 | {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] |" in card
+    assert "Not yet evaluated" not in card and "Aliases: `champion`." in card
 
 
 def test_without_a_site_regex_the_split_is_reported_whole(
