@@ -8,14 +8,16 @@ from html import escape
 from pathlib import Path
 
 import pytest
-from conftest import PRE
+from synthetic_images import SIZE
 
 from glomx.cli import main
+from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.models.cnn import CNNClassifier
 from glomx.predict import collect_files, load_model, predict_files
 from glomx.report import MAX_CALLED, MAX_DOUBTFUL, Row, choose_patches, write_report
 
+PRE = Preprocessing(size=SIZE, channels=3, method="pad", fill="white")
 NETWORK = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//|<script|@import|url\(\s*["']?http""")
 
 
