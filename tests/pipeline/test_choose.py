@@ -49,6 +49,9 @@ def _project(root: Path, oofs: dict[str, OOF], lr_dir: Path) -> Params:
     return Params.model_validate(
         {
             "paths": paths,
+            "prepare": read(REPO / "params.yaml")[
+                "prepare"
+            ],  # its site_regex: the card's hospitals
             "choose": {"families": list(oofs)},
             "cv": {**read(REPO / "params.yaml")["cv"], "bootstrap": BOOT},
         }
