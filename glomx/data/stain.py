@@ -56,14 +56,14 @@ each of three sessions; the 2-core machine was shared with training jobs at load
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from glomx.data.adapt import adapt
-from glomx.data.store import ArrayStore, StoreWriter
+from glomx.data.store import ArrayStore
 
 METHODS = ("none", "macenko", "reinhard")
 FIT_SAMPLE = 256
@@ -356,25 +356,19 @@ class StyleDistribution:
             "reinhard", {"lab_mean": values[:3].tolist(), "lab_std": values[3:].tolist()}
         )
 
-    def restyle(
-        self,
-        store: ArrayStore,
-        path: Path,
-        probability: float,
-        spread: float,
-        seed: tuple[int, ...],
-    ) -> ArrayStore:
-        """A copy of ``store`` at ``path`` in which each image, with ``probability``, is moved
-        onto a style of its own draw; the draws depend on ``seed`` and the row only."""
-        with StoreWriter(path, store.image_shape, store.params) as writer:
-            for start, chunk in store.iter_chunks(64):
-                out = chunk.copy()
-                for j in range(len(chunk)):
-                    rng = np.random.default_rng([*seed, start + j])
-                    if rng.random() < probability:
-                        out[j] = self.draw(rng, spread).transform(chunk[j : j + 1])[0]
-                rows = slice(start, start + len(chunk))
-                writer.append(out, store.labels[rows], store.names[rows], store.slides[rows])
-            carried = {k: store.manifest[k] for k in ("data_kind",) if k in store.manifest}
-            restyle = asdict(self) | {"probability": probability, "spread": spread}
-            return writer.close({**carried, "restyle": restyle})
+    def restyler(
+        self, probability: float, spread: float, seed: tuple[int, ...]
+    ) -> Callable[[int, np.ndarray], np.ndarray]:
+        """A chunk transform for :func:`glomx.data.store.write_subset`: each image, with
+        ``probability``, moved onto a style of its own draw, which depends on ``seed`` and the
+        image's row only."""
+
+        def transform(start: int, images: np.ndarray) -> np.ndarray:
+            out = images.copy()
+            for j in range(len(images)):
+                rng = np.random.default_rng([*seed, start + j])
+                if rng.random() < probability:
+                    out[j] = self.draw(rng, spread).transform(images[j : j + 1])[0]
+            return out
+
+        return transform

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,16 +236,19 @@ def write_subset(
     path: str | Path,
     extra: dict[str, Any] | None = None,
     chunk_size: int = 128,
+    transform: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> ArrayStore:
-    """A new store of ``src``'s images at ``indices`` (in that order), copied chunk by chunk;
-    it keeps ``src``'s params, source hash and data kind."""
+    """A new store of ``src``'s images at ``indices`` (in that order), copied chunk by chunk,
+    each chunk passed through ``transform(first output row, images)`` when given; it keeps
+    ``src``'s params, source hash and data kind."""
     idx = np.asarray(indices, dtype=np.int64)
     carried = {k: src.manifest[k] for k in ("data_kind",) if k in src.manifest}
     with StoreWriter(path, src.image_shape, src.params, src.manifest.get("source_hash")) as w:
         for start in range(0, len(idx), chunk_size):
             part = idx[start : start + chunk_size]
+            images = src.read(part)
             w.append(
-                src.read(part),
+                transform(start, images) if transform else images,
                 src.labels[part],
                 [src.names[i] for i in part],
                 [src.slides[i] for i in part],

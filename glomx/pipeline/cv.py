@@ -7,7 +7,7 @@ Prepare divides the non-test slides into K folds (``split.csv``). For fold k, a 
    ``cv.inner_val`` of them) on which the family makes its fit-time choices: best epoch and
    early stopping, C, the threshold when ``threshold.tune`` is on; with ``cv.restyle`` on, a
    share of those training rows is first moved onto stain styles drawn from the spread of its
-   own training slides (RandStainNA-style; :func:`restyled`);
+   own training slides (RandStainNA-style; :func:`training_subset`);
 2. scores fold k's *original* patches once: its out-of-fold (OOF) predictions.
 
 :func:`fold_indices` is where that separation is decided, so that is what the leak test
@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,13 +176,16 @@ def out_of_fold(results: Sequence[FoldResult]) -> OOF:
     )
 
 
-def restyled(trial: Trial, train: ArrayStore, originals: ArrayStore, tmp: Path) -> ArrayStore:
-    """``train`` with a share of its images moved onto stain styles drawn from the spread of
-    this trial's own training originals (``cv.restyle``), so no held-out or inner-validation
-    slide lends its colours; ``train`` itself when restyling is off."""
+def training_subset(
+    trial: Trial, training: ArrayStore, originals: ArrayStore, rows: np.ndarray, path: Path
+) -> ArrayStore:
+    """The fold's training ``rows`` of ``training`` as a store at ``path``; with ``cv.restyle``
+    on, a share of them moved onto stain styles drawn from the spread of this trial's own
+    training originals, so no held-out or inner-validation slide lends its colours."""
     cfg = trial.restyle
     if not cfg.enabled:
-        return train
+        return write_subset(training, rows, path)
+    start = time.perf_counter()
     own = np.array(
         [
             i
@@ -190,11 +193,10 @@ def restyled(trial: Trial, train: ArrayStore, originals: ArrayStore, tmp: Path) 
             if s in trial.folds and trial.folds[s] != trial.fold and s not in trial.inner
         ]
     )
-    start = time.perf_counter()
     style = StyleDistribution.fit(originals.read(own[fit_sample(len(own))]))
-    out = style.restyle(
-        train, tmp / "train_restyled", cfg.probability, cfg.spread, (trial.seed, trial.fold)
-    )
+    recorded = {"restyle": asdict(style) | cfg.model_dump()}
+    restyle = style.restyler(cfg.probability, cfg.spread, (trial.seed, trial.fold))
+    out = write_subset(training, rows, path, recorded, transform=restyle)
     log.info("restyled %d training images in %.1f s", len(out), time.perf_counter() - start)
     return out
 
@@ -241,9 +243,7 @@ def run_trial(trial: Trial) -> FoldResult:
     with tempfile.TemporaryDirectory(prefix=f"glomx-{trial.family}-fold{trial.fold}-") as tmp:
         training, originals = ArrayStore(trial.balanced), ArrayStore(trial.originals)
         rows = fold_indices(training, originals, trial.folds, trial.fold, set(trial.inner))
-        train = restyled(
-            trial, write_subset(training, rows[0], Path(tmp) / "train"), originals, Path(tmp)
-        )
+        train = training_subset(trial, training, originals, rows[0], Path(tmp) / "train")
         val = write_subset(originals, rows[1], Path(tmp) / "inner_val")
         held = write_subset(originals, rows[2], Path(tmp) / "heldout")
         heldout_slides = sorted(set(held.slides))

@@ -20,9 +20,9 @@ from glomx.data.stain import (
     _channels_first,
     _rgb_to_lab,
 )
-from glomx.data.store import ArrayStore, StoreWriter, write_subset
+from glomx.data.store import ArrayStore, StoreWriter
 from glomx.pipeline.augment import stain_jitter
-from glomx.pipeline.cv import fold_indices, fold_trials, restyled
+from glomx.pipeline.cv import fold_indices, fold_trials, training_subset
 
 SITES = ("SAS", "SESCAM", "VUHSK")
 # light (today), medium, strong: augment.ops.stain scale and shift
@@ -124,16 +124,16 @@ def test_a_trial_draws_styles_from_its_own_training_slides_only(tmp_path: Path) 
     cfg = TEST_CV.model_copy(update={"restyle": on})
     trial = fold_trials("lr", None, None, training, originals, folds, cfg, None, None)[0]
     rows = fold_indices(training, originals, folds, trial.fold, set(trial.inner))[0]
-    train = _upscaled(write_subset(training, rows, tmp_path / "subset"), tmp_path / "train")
+    larger = _upscaled(training, tmp_path / "training")
 
     def restyled_with(tinted: set[str], name: str) -> np.ndarray:
         store = _upscaled(originals, tmp_path / name / "originals", frozenset(tinted))
-        out = restyled(trial, train, store, tmp_path / name)
+        out = training_subset(trial, larger, store, rows, tmp_path / name / "train")
         return out.read(slice(0, len(out)))
 
     plain = restyled_with(set(), "plain")
-    assert (plain != train.read(slice(0, len(train)))).any()
+    assert (plain != larger.read(rows)).any()
     outside = {s for s, k in folds.items() if k == trial.fold} | set(trial.inner)
     assert np.array_equal(plain, restyled_with(outside, "outside"))
-    inside = sorted({s for s in train.slides if s in folds} - outside)
+    inside = sorted({larger.slides[i] for i in rows if larger.slides[i] in folds} - outside)
     assert not np.array_equal(plain, restyled_with({inside[0]}, "inside"))
