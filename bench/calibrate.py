@@ -32,6 +32,7 @@ families on the shared slice: about 15 min on 2 cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -69,12 +70,14 @@ def site_folds(site_regex: str) -> dict[str, int]:
     return {slide: index[site] for slide, site in zip(slides, sites, strict=True)}
 
 
-def store_digest(store: ArrayStore) -> str:
-    """md5 of a store's files, pixels included (streamed): a manifest alone does not tell two
-    stores apart, e.g. the balanced store records balance's params, not augment's."""
+@functools.cache
+def store_digest(path: Path) -> str:
+    """md5 of a store's files, pixels included (streamed; once per store and run): a manifest
+    alone does not tell two stores apart, e.g. the balanced store records balance's params,
+    not augment's."""
     digest = hashlib.md5()
-    for name in sorted(p.name for p in store.path.iterdir()):
-        with open(store.path / name, "rb") as f:
+    for name in sorted(p.name for p in path.iterdir()):
+        with open(path / name, "rb") as f:
             digest.update(name.encode() + hashlib.file_digest(f, "md5").digest())
     return digest.hexdigest()
 
@@ -88,7 +91,7 @@ def cache_path(
         "section": family_section(params, family).model_dump(),
         "cv": params.need("cv").model_dump(),
         "site_regex": params.need("prepare").site_regex,
-        "stores": [store_digest(s) for s in stores],
+        "stores": [store_digest(s.path.resolve()) for s in stores],
         "split": file_hash(SPLIT),
         "folds": folds,
     }

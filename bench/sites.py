@@ -87,10 +87,6 @@ def with_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return out
 
 
-def typed(raw: dict[str, Any]) -> Params:
-    return parse(Params, raw, "")
-
-
 def candidate_stores(params: Params, raw: dict[str, Any], workspace: dict[str, Any]) -> Params:
     """``params`` itself when its augment and balance are the workspace's; otherwise the same
     params reading a store rebuilt for it under ``bench/out/sites/stores/<key>/`` (built once:
@@ -242,7 +238,7 @@ def main() -> None:
     os.chdir(ROOT)  # params.yaml's paths are relative to it
     workspace = read(ROOT / "params.yaml")
     raw = with_overrides(workspace, args.set)
-    params = typed(raw)
+    params = parse(Params, raw, "")
     boot = params.need("cv").bootstrap.model_dump()
     if args.table:
         print("\n".join(summary_table(boot)))
