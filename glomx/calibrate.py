@@ -32,7 +32,7 @@ from glomx.evaluation.bootstrap import MIN_SLIDES as MIN_SLIDES_FOR_INTERVALS
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.scoring import predict_batch
-from glomx.predict import DEFAULT_MODEL, _decoded
+from glomx.predict import DEFAULT_MODEL, _decoded, _scored_locally
 from glomx.tracking.names import lab_alias
 
 MIN_PER_CLASS = 10  # fewer patches of a class than this: the threshold is not to be trusted
@@ -307,17 +307,18 @@ def suggest_lab(
     loaded = load_model(model)
     clf, threshold = loaded.classifier, loaded.classifier.meta.threshold
     scored: list[Path] = []
-    proba: list[np.ndarray] = []
+    proba: list[float] = []
     unreadable: list[str] = []
-    for batch, decoded in _decoded(files, clf.meta.preprocessing, max_pixels, batch_size, workers):
-        unreadable += [d for d in decoded if isinstance(d, str)]
-        ok = [(f, d) for f, d in zip(batch, decoded, strict=True) if not isinstance(d, str)]
-        if ok:
-            scored += [f for f, _ in ok]
-            proba.append(predict_batch(clf, np.stack([d for _, d in ok]), False))
+    for batch, scores in _scored_locally(files, clf, False, max_pixels, batch_size, workers):
+        for file, score in zip(batch, scores, strict=True):
+            if isinstance(score, str):
+                unreadable.append(score)
+            else:
+                scored.append(file)
+                proba.append(score)
     if not scored:
         raise CalibrationError(f"none of the {len(files)} files under {unlabelled} is readable")
-    p = np.concatenate(proba).astype(np.float64)
+    p = np.array(proba, dtype=np.float64)
     pattern = slide_pattern(slide_regex)
     slides = np.array([slide_of(f.name, pattern) or NO_SLIDE for f in scored])
     idx = suggest(p, slides, threshold, n)
@@ -368,15 +369,6 @@ def sort_labelled(folder: Path) -> None:
         (folder / folder_name).mkdir(exist_ok=True)
     if not any(source.iterdir()):
         source.rmdir()
-
-
-def site_regex_from(params_file: Path) -> str | None:
-    """``prepare.site_regex`` of a params file, which the model card groups hospitals by."""
-    if not params_file.is_file():
-        return None
-    from glomx.config import read
-
-    return read(params_file).get("prepare", {}).get("site_regex")
 
 
 def _write(path: Path, text: str) -> None:

@@ -36,8 +36,8 @@ def _suggest(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from glomx.calibrate import calibrate_lab, site_regex_from
-    from glomx.predict import DEFAULT_MODEL, slide_regex_from
+    from glomx.calibrate import calibrate_lab
+    from glomx.predict import DEFAULT_MODEL, site_regex_from, slide_regex_from
 
     if args.suggest is not None:
         return _suggest(args)

@@ -26,6 +26,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -420,15 +421,24 @@ def write_slide_summary(
     return rows
 
 
+def _prepare_value(params_file: Path, key: str) -> Any:
+    """``prepare.<key>`` of a params file (raw: a user's folder need not hold a whole valid
+    params.yaml), or None."""
+    if not params_file.is_file():
+        return None
+    from glomx.config import read
+
+    return read(params_file).get("prepare", {}).get(key)
+
+
 def slide_regex_from(params_file: Path) -> str:
     """``prepare.slide_regex`` of a params file when there is one, else the default."""
-    if params_file.is_file():
-        from glomx.config import read
+    return _prepare_value(params_file, "slide_regex") or DEFAULT_SLIDE_REGEX
 
-        regex = read(params_file).get("prepare", {}).get("slide_regex")
-        if regex:
-            return regex
-    return DEFAULT_SLIDE_REGEX
+
+def site_regex_from(params_file: Path) -> str | None:
+    """``prepare.site_regex`` of a params file, which the model card groups hospitals by."""
+    return _prepare_value(params_file, "site_regex")
 
 
 def slide_report(summary: PredictSummary) -> str:
