@@ -236,6 +236,12 @@ def calibration_section(client: MlflowClient, mv: Any) -> list[str]:
         report = _download_json(client, mv.run_id, "calibration.json")
     except (MlflowException, OSError, ValueError):
         return lines
+    if not (
+        isinstance(report, dict)
+        and isinstance(report.get("metrics"), dict)
+        and "slides" in report.get("counts", {})
+    ):
+        return lines  # a report from another glomx, or none worth a table: the tags say enough
     cuts = {
         "calibrated": f"calibrated {_number(tags.get('calibration.threshold'))}",
         "0.5": "0.5",

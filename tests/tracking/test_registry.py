@@ -130,6 +130,9 @@ def test_a_lab_version_never_moves_champion_nor_promotion_a_lab(
         REGISTERED_MODEL, registered_lr, 0.25, alias, tags, example, "synthetic", {}
     )
     assert _aliases() == {"champion": registered_lr, alias: lab}
+    card = MlflowClient().get_model_version(REGISTERED_MODEL, lab).description
+    # an empty calibration report still gives the lab's card, from the version's tags
+    assert "Lab **north**" in card and f"model files of version {registered_lr}," in card
     classifier, source = registry.load_registered(f"models:/{REGISTERED_MODEL}@{alias}")
     assert classifier.meta.threshold == 0.25 and source == f"models:/{REGISTERED_MODEL}/{lab}"
     assert (
