@@ -48,12 +48,14 @@ run: data repro ## the main job: set up, pull the data, run the whole pipeline
 compare-prep: setup ## LR validation table for each prepare.image.method (dvc exp run --temp)
 	python bench/compare_prep.py
 
-test: setup ## run the test suite
-	pytest -q
+# two pytest workers: the long end-to-end modules overlap the rest (tests/conftest.py orders them)
+TEST_WORKERS ?= 2
+test: setup ## run the test suite (TEST_WORKERS=2 processes)
+	pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 .PHONY: test-fast
 test-fast: setup ## the suite without the end-to-end tests marked slow: the inner loop
-	pytest -q -m "not slow"
+	pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not slow"
 
 lint: setup ## ruff check and format check, mypy on glomx/
 	ruff check glomx stages tests bench

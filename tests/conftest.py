@@ -9,6 +9,7 @@ sites.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import subprocess
@@ -50,6 +51,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, each module keeping its order: those that build a pipeline copy (`dvc
+    repro`, minutes), then those with a ``slow`` test, then the rest; `make test`'s two
+    workers take modules in this order (--no-loadscope-reorder), so no long one ends last."""
+    slow = {getattr(item, "module", None) for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        module = getattr(item, "module", None)
+        return 0 if hasattr(module, "make_copy") else 1 if module in slow else 2
+
+    items.sort(key=rank)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector):
     """Likewise for a whole module skipped while it is collected."""
@@ -83,13 +97,17 @@ def real_data() -> Path:
     Skips elsewhere when they cannot be had, which fails the test under CI.
     """
     data = REPO / "data"
-    if not (data / "public.csv").is_file() and SHARED_REMOTE.is_dir():
-        subprocess.run(
-            [sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"],
-            cwd=REPO,
-            check=True,
-            timeout=600,
-        )
+    # `make test` runs two pytest workers (xdist): one pulls while the other waits on the lock
+    (REPO / ".dvc" / "tmp").mkdir(exist_ok=True)  # DVC's own scratch folder, git-ignored
+    with open(REPO / ".dvc" / "tmp" / "tests-pull.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (data / "public.csv").is_file() and SHARED_REMOTE.is_dir():
+            subprocess.run(
+                [sys.executable, "-m", "dvc", "pull", "-q", "data.dvc"],
+                cwd=REPO,
+                check=True,
+                timeout=600,
+            )
     if not (data / "public.csv").is_file():
         pytest.skip(f"real data missing: {data} (needs {SHARED_REMOTE} and `dvc pull`)")
     return data

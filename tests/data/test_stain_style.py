@@ -25,7 +25,7 @@ from glomx.pipeline.augment import stain_jitter
 from glomx.pipeline.cv import fold_indices, fold_trials, training_subset
 
 SITES = ("SAS", "SESCAM", "VUHSK")
-# light (the default until 2026-12-07), medium, strong (the default since): augment.ops.stain scale and shift
+# augment.ops.stain (scale, shift): light (the default until 2026-12-07), medium, strong (since)
 HED = [(0.05, 0.005), (0.1, 0.01), (0.2, 0.02)]
 
 
