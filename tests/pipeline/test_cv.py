@@ -152,6 +152,7 @@ def ray_cluster() -> Iterator[str]:
         head.wait(timeout=60)
 
 
+@pytest.mark.slow  # a Ray cluster and two families trained: over a minute
 def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
     ray_cluster: str, tmp_path: Path, isolated_mlflow: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

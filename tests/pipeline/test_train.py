@@ -34,6 +34,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
     return cv_layout(tmp_path)
 
 
+@pytest.mark.slow  # a cross-validated bag trained and registered
 def test_run_training_cross_validates_saves_the_bag_and_logs_a_registered_run(
     paths: dict[str, str], isolated_mlflow: str
 ) -> None:
