@@ -3,7 +3,7 @@
 Leave-one-site-out with the pipeline's own training, on the train + val slides of
 ``artifacts/prepared/split.csv`` (never test; a site is ``prepare.site_regex``'s group, the
 hospital). Every family of ``choose.families`` is cross-validated by the very trials its
-``train-<family>`` stage runs (:mod:`glomx.pipeline.cv`: the augmented, balanced training store,
+``train-<family>`` stage runs (:mod:`glomx.crossval`: the augmented, balanced training store,
 inner-validation slides for its fit-time choices, its ``params.yaml`` section), except that the
 folds are the hospitals: each hospital's original patches are scored by a model that saw no
 slide of it. The ensemble is the mean of the champion's members (``decision.json``'s tied
@@ -43,21 +43,22 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 
+from glomx.artifacts.decision import Decision
+from glomx.artifacts.layout import DECISION_FILE, SPLIT_FILE, Layout
 from glomx.calibrate import MIN_PER_CLASS, MIN_SLIDES
 from glomx.config import Params, file_hash, load
+from glomx.crossval import fold_trials, out_of_fold, run_trials
 from glomx.data.split import read_split_csv, sites_of
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.selection import ENSEMBLE, OOF, mean_of
 from glomx.evaluation.suggest import suggest
 from glomx.models import FAMILIES, family_section
-from glomx.pipeline.choose import DECISION
-from glomx.pipeline.cv import fold_trials, out_of_fold, run_trials
-from glomx.pipeline.train import SPLIT_FILE, prepared_preprocessing
 from glomx.tracking import stage_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "artifacts" / "prepared" / SPLIT_FILE
+DECISION = ROOT / "artifacts" / "select" / DECISION_FILE
 OUT = ROOT / "bench" / "out"
 MODES = ("patches", "slides")
 
@@ -105,10 +106,10 @@ def held_out_scores(
     """``family`` trained on all folds but one, scoring that one's original patches, for each
     fold in turn: the pipeline's CV trials with the given folds (the hospitals, or prepare's
     folds), cached. The trials' runs are nested under a run named ``<bench> <family>``."""
-    paths, cfg = params.need("paths"), params.need("cv")
+    layout, cfg = Layout(params.need("paths")), params.need("cv")
     site_regex = params.need("prepare").site_regex
-    originals = ArrayStore(Path(paths.prepared) / "train")
-    training = ArrayStore(paths.balanced)
+    originals = ArrayStore(layout.prepared("train"))
+    training = ArrayStore(layout.balanced)
     cache = cache_path(params, family, [originals, training], folds)
     if cache.is_file():
         return OOF.read(cache)
@@ -117,7 +118,7 @@ def held_out_scores(
         trials = fold_trials(
             family,
             family_section(params, family),
-            prepared_preprocessing(paths),
+            layout.preprocessing(),
             training,
             originals,
             folds,
@@ -132,11 +133,9 @@ def held_out_scores(
 
 def champion_members() -> list[str]:
     """The tied families the choose stage averaged into the champion candidate, if any."""
-    decision = ROOT / "artifacts" / "select" / DECISION
-    if not decision.is_file():
+    if not DECISION.is_file():
         return []
-    chosen = json.loads(decision.read_text())
-    return list(chosen.get("ensemble", {}).get("members", []))
+    return list(Decision.read(DECISION).ensemble.get("members", []))
 
 
 def draw(rng: np.random.Generator, slides: np.ndarray, n: int, mode: str) -> np.ndarray | None:

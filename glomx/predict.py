@@ -207,7 +207,7 @@ def _scored_on_ray(
         return
     import ray.data
 
-    from glomx.pipeline.cv import ray_session
+    from glomx.ray_session import ray_session
 
     try:
         with ray_session() as ray:

@@ -136,7 +136,7 @@ with StoreWriter(sys.argv[1], (8, 8, 3)) as writer:
     "model folder": """
 import shutil, sys, time
 from pathlib import Path
-from glomx.pipeline.train import model_folder
+from glomx.artifacts.model_folder import model_folder
 with model_folder(Path(sys.argv[1])) as build:
     shutil.copytree(sys.argv[3], build, dirs_exist_ok=True)
     if sys.argv[2] == "2":

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "errors.py",
             "files.py",
             "processes.py",
+            "ray_session.py",
             "stage_main.py",
         ),
     ),
@@ -30,6 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("evaluation",)),
     ("models", ("models",)),
     ("tracking", ("tracking",)),
+    # what the stages hand each other, and the fold trials the train stages run on Ray
+    ("artifacts", ("artifacts", "crossval.py")),
     ("pipeline", ("pipeline",)),
     # the user's doors; server/ is `glomx server`, the team's tracking server
     ("doors", ("cli*.py", "predict.py", "calibrate.py", "report.py", "server")),
@@ -83,6 +86,20 @@ def test_imports_go_down_the_layers() -> None:
         if layer(dst) > layer(src)
     ]
     assert upward == []
+
+
+def test_stages_are_siblings() -> None:
+    """No module of ``pipeline/`` imports another: what stages share lives a layer below
+    (``artifacts/``), so each stage reads top to bottom without following another."""
+    pipeline = GLOMX / "pipeline"
+    crossings = [
+        f"{src.relative_to(GLOMX)} imports {dst.relative_to(GLOMX)}"
+        for src, targets in graph().items()
+        if src.parent == pipeline
+        for dst in sorted(targets)
+        if dst.parent == pipeline and dst.name != "__init__.py"
+    ]
+    assert crossings == []
 
 
 def loops(edges: dict[Path, set[Path]]) -> list[str]:

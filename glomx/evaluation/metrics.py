@@ -107,6 +107,12 @@ def classification_metrics(
     return out
 
 
+def finite(values: Mapping[str, float]) -> dict[str, float]:
+    """``values`` without the NaN ones (a metric undefined on one class), which MLflow and
+    strict JSON cannot hold."""
+    return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
 def choose_threshold(
     y_true: np.ndarray,
     proba: np.ndarray,

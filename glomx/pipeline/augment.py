@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import AffineTransform, warp
 
+from glomx.artifacts.layout import Layout
 from glomx.config import Augment, AugmentOps, AugmentTarget, Params, parse
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import GlomxError
@@ -301,10 +302,10 @@ def grid_figure(store: ArrayStore, per_class: int = 3, copies: int = 4) -> Figur
 def run(params: Params) -> str:
     """The augment stage: the training store grown, a grid of examples (plot and MLflow), and
     its MLflow run; returns its summary."""
-    paths, config = params.need("paths"), params.need("augment")
-    src = ArrayStore(Path(paths.prepared) / "train")
-    out = augment_store(src, paths.augmented, config)  # workers fork before MLflow starts
-    grid = Path(paths.plots) / "augment" / "grid.png"
+    layout, config = Layout(params.need("paths")), params.need("augment")
+    src = ArrayStore(layout.prepared("train"))
+    out = augment_store(src, layout.augmented, config)  # workers fork before MLflow starts
+    grid = layout.plots("augment") / "grid.png"
     grid.parent.mkdir(parents=True, exist_ok=True)
     figure = grid_figure(out, config.grid.per_class, config.grid.copies)
     figure.savefig(grid, dpi=80)

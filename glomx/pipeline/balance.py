@@ -34,34 +34,20 @@ from typing import Any
 import numpy as np
 from imblearn.over_sampling import SMOTE, RandomOverSampler
 from imblearn.under_sampling import RandomUnderSampler
-from sklearn.utils.class_weight import compute_class_weight
 
+from glomx.artifacts.layout import Layout
 from glomx.config import Balance, Params, flatten
+from glomx.data.classes import CLASSES, class_counts, class_weights
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.errors import GlomxError
 from glomx.files import write_json
 from glomx.tracking import stage_run
 
 CLASS_WEIGHTS = "class_weights.json"
-CLASSES = np.array([0, 1])
 
 
 class BalanceError(GlomxError, ValueError):
     """Invalid balance params or a store that cannot be balanced."""
-
-
-def class_counts(labels: np.ndarray) -> dict[str, int]:
-    """``{"0": n0, "1": n1}``."""
-    return {str(c): int(np.count_nonzero(labels == c)) for c in CLASSES}
-
-
-def class_weights(labels: np.ndarray) -> dict[str, float]:
-    """scikit-learn's balanced weights ``n / (2 * n_c)``, keyed ``"0"`` and ``"1"``."""
-    missing = [int(c) for c in CLASSES if not np.any(labels == c)]
-    if missing:
-        raise BalanceError(f"class(es) {missing} have no images; cannot weight or balance")
-    weights = compute_class_weight("balanced", classes=CLASSES, y=labels)
-    return {str(c): float(w) for c, w in zip(CLASSES, weights, strict=True)}
 
 
 def resample_indices(labels: np.ndarray, strategy: str, seed: int) -> np.ndarray:
@@ -169,12 +155,12 @@ def balance_store(src: ArrayStore, out: str | Path, params: Balance) -> dict[str
 def run(params: Params) -> str:
     """The balance stage: the balanced store, its class weights, ``metrics/balance.json`` and
     its MLflow run; returns its summary."""
-    paths, config = params.need("paths"), params.need("balance")
-    src = ArrayStore(paths.augmented)
-    summary = balance_store(src, paths.balanced, config)
-    write_json(Path(paths.metrics) / "balance.json", summary)
+    layout, config = Layout(params.need("paths")), params.need("balance")
+    src = ArrayStore(layout.augmented)
+    summary = balance_store(src, layout.balanced, config)
+    write_json(layout.metrics("balance"), summary)
     with stage_run("balance", config.model_dump(), src.data_kind) as run:
         run.log_dict(summary, "balance.json")
         run.log_metrics({k: v for k, v in flatten(summary).items() if k != "strategy"})
-        run.log_dataset(ArrayStore(paths.balanced), "balanced")
+        run.log_dataset(ArrayStore(layout.balanced), "balanced")
     return f"balance ({config.strategy}): {summary['before']} → {summary['after']}"

@@ -14,34 +14,31 @@ rule of :mod:`glomx.evaluation.selection` and writes:
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from glomx.config import Params, Paths
+from glomx.artifacts.decision import Decision
+from glomx.artifacts.layout import Layout
+from glomx.artifacts.model_folder import model_folder
+from glomx.config import Params
 from glomx.data.store import ArrayStore
-from glomx.evaluation.metrics import roc_figure, roc_points
+from glomx.evaluation.metrics import finite, roc_figure, roc_points
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, select
 from glomx.files import write_json
 from glomx.models import load_classifier
-from glomx.models.base import META_FILE
 from glomx.models.mean import MeanClassifier, copy_member
-from glomx.pipeline.cv import finite
-from glomx.pipeline.train import model_folder, prepared_preprocessing
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register, version_of
 
 log = logging.getLogger(__name__)
-DECISION = "decision.json"
 
 
-def read_oofs(paths: Paths, families: list[str]) -> dict[str, OOF]:
+def read_oofs(layout: Layout, families: list[str]) -> dict[str, OOF]:
     """Each family's OOF predictions, checked to cover the same patches."""
-    oofs = {f: OOF.read(Path(paths.cv) / f"{f}.csv") for f in families}
+    oofs = {f: OOF.read(layout.oof(f)) for f in families}
     first = families[0]
     for f in families[1:]:
         oofs[first].check_same_patches(oofs[f], f"{first} and {f}")
@@ -59,43 +56,42 @@ def write_roc(path: Path, curves: Mapping[str, OOF]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def build_ensemble(members: list[str], paths: Paths, directory: Path) -> MeanClassifier:
-    """The tied families' bags, copied under ``directory``, as one mean model."""
-    with model_folder(directory) as build:
+def build_ensemble(members: list[str], layout: Layout) -> MeanClassifier:
+    """The tied families' bags, copied into the ensemble's folder, as one mean model."""
+    with model_folder(layout.ensemble) as build:
         for family in members:
-            copy_member(Path(paths.models) / family, build / family)
+            copy_member(layout.model(family), build / family)
         loaded = {f: load_classifier(build / f) for f in members}
-        ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(paths))
+        ensemble = MeanClassifier.of(ENSEMBLE, loaded, layout.preprocessing())
         ensemble.meta.save(build)
     return ensemble
 
 
 def _register(
-    run: StageRun, selection: Selection, oof: OOF, paths: Paths, out: Path, site_regex: str | None
+    run: StageRun, selection: Selection, oof: OOF, layout: Layout, site_regex: str | None
 ) -> str:
     """Build, log and register the ensemble; returns its version."""
     members = selection.tied
     versions = {}
     for family in members:
-        found = version_of(Path(paths.models) / family)
+        found = version_of(layout.model(family))
         versions[family] = found.version if found else "unregistered"
-    ensemble = build_ensemble(members, paths, out / ENSEMBLE)
+    ensemble = build_ensemble(members, layout)
     scores = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
     run.set_tags({"members": ",".join(members)} | {f"member.{f}": v for f, v in versions.items()})
-    example = ArrayStore(Path(paths.prepared) / "train").read([0])
+    example = ArrayStore(layout.prepared("train")).read([0])
     tags = {"members": ", ".join(f"{f} v{v}" for f, v in versions.items())}
-    return register(run, out / ENSEMBLE, ensemble, example, scores, tags, site_regex)
+    return register(run, layout.ensemble, ensemble, example, scores, tags, site_regex)
 
 
-def choose_stage(params: Params) -> dict[str, Any]:
+def choose_stage(params: Params) -> Decision:
     """Run the whole stage; returns what ``decision.json`` holds."""
-    paths, families = params.need("paths"), params.need("choose").families
+    layout, families = Layout(params.need("paths")), params.need("choose").families
     boot = params.need("cv").bootstrap.model_dump()
-    oofs = read_oofs(paths, families)
+    oofs = read_oofs(layout, families)
     selection = select(oofs, boot)
-    out = Path(paths.selection)
-    shutil.rmtree(out / ENSEMBLE, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(layout.ensemble, ignore_errors=True)
+    layout.selection.mkdir(parents=True, exist_ok=True)
     curves = dict(oofs)
     if selection.ensemble_oof is not None:
         curves[ENSEMBLE] = selection.ensemble_oof
@@ -105,12 +101,12 @@ def choose_stage(params: Params) -> dict[str, Any]:
         },
         "selection": selection.as_dict(),
     }
-    write_json(Path(paths.metrics) / "cv.json", strict(report))
-    write_roc(Path(paths.plots) / "cv" / "roc.csv", curves)
-    kind = ArrayStore(Path(paths.prepared) / "train").data_kind
+    write_json(layout.metrics("cv"), strict(report))
+    write_roc(layout.plots("cv") / "roc.csv", curves)
+    kind = ArrayStore(layout.prepared("train")).data_kind
     logged = {"choose": params.need("choose").model_dump(), "cv": {"bootstrap": boot}}
     with stage_run("choose", logged, kind) as run:
-        run.log_dataset(ArrayStore(Path(paths.prepared) / "train"), "cv")
+        run.log_dataset(ArrayStore(layout.prepared("train")), "cv")
         run.log_dict(strict(report), "cv.json")
         run.log_figure(
             roc_figure({n: (o.labels, o.proba) for n, o in curves.items()}), "plots/roc.png"
@@ -125,12 +121,12 @@ def choose_stage(params: Params) -> dict[str, Any]:
         )
         run.set_tags({"candidate": selection.candidate, "tied": ",".join(selection.tied)})
         run.set_note(selection.reason)
-        decision = {**selection.as_dict(), "ensemble_version": None}
+        version = None
         if selection.candidate == ENSEMBLE:
-            decision["ensemble_version"] = _register(
-                run, selection, curves[ENSEMBLE], paths, out, params.need("prepare").site_regex
-            )
-    write_json(out / DECISION, strict(decision))
+            site_regex = params.need("prepare").site_regex
+            version = _register(run, selection, curves[ENSEMBLE], layout, site_regex)
+    decision = Decision.of(selection, version)
+    decision.write(layout.decision)
     log.info("choose: %s", selection.reason)
     return decision
 
@@ -139,29 +135,10 @@ def run(params: Params) -> str:
     """The choose stage; returns its summary: each family's out-of-fold scores, the candidate."""
     decision = choose_stage(params)
     lines = []
-    for row in decision["ranking"]:
+    for row in decision.ranking:
         ba, auc = row["balanced_accuracy"], row["roc_auc"]
         lines.append(
             f"{row['family']:>10}: out-of-fold balanced accuracy {ba['value']:.3f} "
             f"[{ba['ci_low']:.3f}, {ba['ci_high']:.3f}], ROC-AUC {auc['value']:.3f}"
         )
-    return "\n".join(
-        [*lines, f"candidate: {decision['candidate']} ({', '.join(decision['tied'])})"]
-    )
-
-
-def candidate_dir(paths: Paths, decision: Mapping[str, Any]) -> Path:
-    """The saved model folder of the candidate the choose stage chose."""
-    name = decision["candidate"]
-    base = Path(paths.selection) if name == ENSEMBLE else Path(paths.models)
-    directory = base / name
-    if not (directory / META_FILE).is_file():
-        raise FileNotFoundError(f"{directory} holds no model; rerun `dvc repro choose`")
-    return directory
-
-
-def read_decision(paths: Paths) -> dict[str, Any]:
-    path = Path(paths.selection) / DECISION
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the choose stage (`dvc repro choose`)")
-    return json.loads(path.read_text())
+    return "\n".join([*lines, f"candidate: {decision.candidate} ({', '.join(decision.tied)})"])

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from glomx.config import Evaluate, Params, Paths, Promotion
+from glomx.artifacts.decision import Decision
+from glomx.artifacts.layout import Layout
+from glomx.config import Evaluate, Params, Promotion
 from glomx.data.split import sites_of
 from glomx.data.store import ArrayStore
 from glomx.errors import GlomxError
@@ -37,7 +39,6 @@ from glomx.files import write_json
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MEMBERS, keras_member
-from glomx.pipeline.choose import candidate_dir, read_decision
 from glomx.tracking import StageRun, run_link, stage_run, version_link
 from glomx.tracking.pyfunc import files_digest
 from glomx.tracking.registry import promote, refresh_cards, version_of
@@ -70,19 +71,17 @@ class Trained:
     classifier: Classifier
 
 
-def trained_models(
-    models_dir: Path, families: list[str], paths: Paths, decision: Mapping[str, Any]
-) -> list[Trained]:
-    """The saved models among ``families`` under ``models_dir``, and the choose stage's
-    candidate when it is not one of them (the ensemble)."""
-    dirs = [models_dir / f for f in families if (models_dir / f / META_FILE).is_file()]
+def trained_models(layout: Layout, families: list[str], decision: Decision) -> list[Trained]:
+    """The saved models among ``families``, and the choose stage's candidate when it is not
+    one of them (the ensemble)."""
+    dirs = [layout.model(f) for f in families if (layout.model(f) / META_FILE).is_file()]
     if not dirs:
         raise EvaluateError(
-            f"no trained model under {models_dir}/ ({', '.join(families)}); "
+            f"no trained model under {layout.paths.models}/ ({', '.join(families)}); "
             "run the training stages first (`dvc repro`)"
         )
-    if decision["candidate"] not in families:
-        dirs.append(candidate_dir(paths, decision))
+    if decision.candidate not in families:
+        dirs.append(decision.model_dir(layout))
     return [Trained(d.name, d, load_classifier(d)) for d in dirs]
 
 
@@ -188,13 +187,13 @@ def _figures(y: np.ndarray, scored: Mapping[str, Scored], n_bins: int, out: Path
     return [out / f for f in figures]
 
 
-def _from_members(t: Trained, scored: Mapping[str, Scored], models_dir: Path) -> np.ndarray | None:
+def _from_members(t: Trained, scored: Mapping[str, Scored], layout: Layout) -> np.ndarray | None:
     """A mean model's test probabilities from its members' when every member is a scored
     model's very files (the ensemble copies the bags): a mean of means, no second pass."""
     members = t.classifier.meta.extra.get(MEMBERS) or []
     if t.family in members or not members or not all(m in scored for m in members):
         return None
-    if any(files_digest(t.directory / m) != files_digest(models_dir / m) for m in members):
+    if any(files_digest(t.directory / m) != files_digest(layout.model(m)) for m in members):
         return None
     return np.mean([scored[m].proba for m in members], axis=0)
 
@@ -203,7 +202,7 @@ def score_models(
     trained: list[Trained],
     stores: Mapping[str, ArrayStore],
     cfg: Evaluate,
-    models_dir: Path,
+    layout: Layout,
 ) -> dict[str, Scored]:
     """Test probabilities of every model, linked to the registered version holding its files,
     and of the colour baseline (fitted on train, threshold 0.5)."""
@@ -215,7 +214,7 @@ def score_models(
             log.warning(
                 "%s: no registered version holds %s; not a candidate", t.family, t.directory
             )
-        proba = _from_members(t, scored, models_dir)
+        proba = _from_members(t, scored, layout)
         if proba is None:
             proba = score_store(t.classifier, test, cfg.tta, cfg.batch_size)
         scored[t.family] = Scored(
@@ -254,18 +253,18 @@ def assess(
 
 
 def choose_champion(
-    scored: Mapping[str, Scored], decision: Mapping[str, Any], rules: Promotion
+    scored: Mapping[str, Scored], decision: Decision, rules: Promotion
 ) -> dict[str, Any]:
     """Promote the choose stage's candidate (chosen on out-of-fold predictions) if it is
     registered and beats the sitting champion's out-of-fold ``metric`` by ``margin``."""
-    chosen = scored.get(decision["candidate"])
+    chosen = scored.get(decision.candidate)
     if chosen is None or not chosen.version:
         return {
             "version": None,
             "family": None,
-            "reason": f"the candidate {decision['candidate']} has no registered version",
+            "reason": f"the candidate {decision.candidate} has no registered version",
         }
-    return promote(chosen.version, decision["reason"], rules.metric, rules.margin).as_dict()
+    return promote(chosen.version, decision.reason, rules.metric, rules.margin).as_dict()
 
 
 def interval_rows(
@@ -381,24 +380,23 @@ def _log_run(
 def evaluate(params: Params) -> dict[str, Any]:
     """Run the whole stage (sections ``paths``, ``evaluate`` and prepare's ``site_regex``);
     returns what was written to the metrics file."""
-    paths, cfg = params.need("paths"), params.need("evaluate")
-    stores = {s: ArrayStore(Path(paths.prepared) / s) for s in ("train", "test")}
+    layout, cfg = Layout(params.need("paths")), params.need("evaluate")
+    stores = {s: ArrayStore(layout.prepared(s)) for s in ("train", "test")}
     test = stores["test"]
     site_regex = params.need("prepare").site_regex  # null: no sites, one whole-split report
     sites = sites_of(test.slides, site_regex) if site_regex else np.full(len(test), "all")
     data = data_summary(stores, sites)
-    selection = read_decision(paths)
-    models_dir = Path(paths.models)
-    trained = trained_models(models_dir, cfg.families, paths, selection)
+    selection = Decision.read(layout.decision)
+    trained = trained_models(layout, cfg.families, selection)
     if data.kind != "real":
         log.warning("evaluating on %s data: results say nothing about real glomeruli", data.kind)
 
     with stage_run("evaluate", cfg.model_dump(), data.kind) as run:
-        scored = score_models(trained, stores, cfg, models_dir)
+        scored = score_models(trained, stores, cfg, layout)
         metrics, per_site = assess(scored, test, sites, cfg)
         decision = choose_champion(scored, selection, cfg.promotion)
 
-        reports, plots = Path(paths.reports), Path(paths.plots) / "evaluate"
+        reports, plots = layout.reports, layout.plots("evaluate")
         reports.mkdir(parents=True, exist_ok=True)
         y = test.labels.astype(np.int64)
         for name, s in scored.items():
@@ -411,7 +409,7 @@ def evaluate(params: Params) -> dict[str, Any]:
         info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
         settings = {**cfg.bootstrap.model_dump(), "tta": cfg.tta}
         summary = summary_markdown(
-            data, metrics, per_site, info, decision, settings, selection, no_gradcam
+            data, metrics, per_site, info, decision, settings, selection.as_dict(), no_gradcam
         )
         (reports / "summary.md").write_text(summary)
         write_json(reports / "sites.json", strict(per_site))
@@ -421,7 +419,7 @@ def evaluate(params: Params) -> dict[str, Any]:
             "champion": {"version": decision["version"], "family": decision["family"]},
             "models": metrics,
         }
-        write_json(Path(paths.metrics) / "evaluate.json", strict(result))
+        write_json(layout.metrics("evaluate"), strict(result))
         files = [*artifacts, reports / "summary.md", reports / "sites.json"]
         _log_run(run, data, test, metrics, per_site, scored, decision, files)
         refresh_cards([s.version for s in scored.values() if s.version], site_regex)

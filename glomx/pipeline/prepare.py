@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from glomx.artifacts.layout import SPLIT_FILE, Layout
 from glomx.config import Params, Prepare
 from glomx.data.catalogue import (
     CatalogueError,
@@ -39,7 +40,6 @@ from glomx.tracking import stage_run
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")  # stores written; the folds divide train
 PROBLEMS_FILE = "problems.csv"
-SPLIT_FILE = "split.csv"
 
 
 class PrepareError(GlomxError, RuntimeError):
@@ -272,8 +272,8 @@ def run(params: Params) -> str:
     """The prepare stage; returns its summary: images, sclerotic patches and slides per split
     and per fold."""
     paths, config = params.need("paths"), params.need("prepare")
-    out = Path(paths.prepared)
-    counts = prepare(Path(paths.data), out, Path(paths.metrics) / "prepare.json", config)
+    layout, out = Layout(paths), Path(paths.prepared)
+    counts = prepare(Path(paths.data), out, layout.metrics("prepare"), config)
     log_prepare_run(counts, out, config)  # the run starts once the decode workers are gone
     parts = {**counts["splits"], **{f"fold {k}": c for k, c in counts["folds"].items()}}
     return "\n".join(

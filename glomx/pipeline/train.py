@@ -1,7 +1,7 @@
 """The one training-stage flow, shared by every ``train-<family>`` stage.
 
 :func:`run_training` cross-validates the family over prepare's slide-grouped folds
-(:mod:`glomx.pipeline.cv`, one Ray task per fold), then:
+(:mod:`glomx.crossval`, one Ray task per fold), then:
 
 - writes its out-of-fold (OOF) predictions of every cross-validated patch
   (``<cv>/<family>.csv``), the pooled OOF metrics with slide-bootstrap intervals and the
@@ -20,79 +20,30 @@ The test split is never read here. Every family's section has the same shape
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glomx.artifacts.layout import Layout
+from glomx.artifacts.model_folder import check_replaceable, model_folder, unpack
 from glomx.config import CV, Params, Paths, TrainSection
+from glomx.crossval import FoldResult, fold_trials, out_of_fold, run_trials
 from glomx.data.images import Preprocessing
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
-from glomx.errors import GlomxError, UsageError
+from glomx.errors import UsageError
 from glomx.evaluation import metrics as m
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
-from glomx.files import discard, put_in_place, temporary_sibling, write_json
+from glomx.files import write_json
 from glomx.models import FAMILIES, family_class, family_section, load_classifier
-from glomx.models.base import META_FILE, Classifier
+from glomx.models.base import Classifier
 from glomx.models.mean import MeanClassifier
-from glomx.pipeline.cv import FoldResult, finite, fold_trials, out_of_fold, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register
 
 log = logging.getLogger(__name__)
-SPLIT_FILE = "split.csv"
-
-
-def prepared_preprocessing(paths: Paths) -> Preprocessing:
-    """The image homogenisation the prepare stage recorded in the cross-validation store."""
-    store = ArrayStore(Path(paths.prepared) / "train")
-    image = store.params.get("image", {})
-    try:
-        return Preprocessing(*(image[k] for k in ("size", "channels", "method", "fill")))
-    except KeyError as err:
-        raise ValueError(
-            f"{store.path}/manifest.json lacks params.image.{err.args[0]}; "
-            "rerun `dvc repro prepare`"
-        ) from None
-
-
-class ForeignFolderError(GlomxError, FileExistsError):
-    """The model folder holds something that is not a glomx model, which saving would lose."""
-
-
-def check_replaceable(directory: Path) -> None:
-    """Refuse a ``directory`` that a model must not replace: one that exists and is neither
-    empty nor a glomx model (nor a partial one, which holds a member's meta). Checked at the
-    stage's door, before any fold trains, and again just before the swap."""
-    if directory.is_file() or (
-        directory.is_dir() and any(directory.iterdir()) and not any(directory.rglob(META_FILE))
-    ):
-        raise ForeignFolderError(
-            f"{directory} exists and is not a glomx model; move it away (the model is saved there)"
-        )
-
-
-def replace_model(build: Path, directory: Path) -> None:
-    """Swap the finished model folder ``build`` (a sibling) into ``directory``, replacing a
-    previous model there (or a partial folder an interrupted run left), but nothing else."""
-    check_replaceable(directory)
-    put_in_place(build, directory)
-
-
-@contextmanager
-def model_folder(directory: Path) -> Iterator[Path]:
-    """A temporary sibling of ``directory`` to build a model folder in: it replaces
-    ``directory`` when the block completes, and is removed whatever happens."""
-    build = temporary_sibling(directory, directory=True)
-    try:
-        yield build
-        replace_model(build, directory)
-    finally:
-        discard(build)
 
 
 def build_bag(
@@ -159,12 +110,12 @@ def run_training(
 ) -> dict[str, Any]:
     """Cross-validate ``family`` for ``stage`` and record it everywhere; returns the CV report
     (what ``metrics/<family>.json`` holds)."""
-    check_replaceable(Path(paths.models) / family)
-    prepared = Path(paths.prepared)
-    originals = ArrayStore(prepared / "train")
-    training = ArrayStore(paths.balanced)
-    folds = slide_folds(read_split_csv(prepared / SPLIT_FILE))
-    preprocessing = prepared_preprocessing(paths)
+    layout = Layout(paths)
+    check_replaceable(layout.model(family))
+    originals = ArrayStore(layout.prepared("train"))
+    training = ArrayStore(layout.balanced)
+    folds = slide_folds(read_split_csv(layout.split_csv))
+    preprocessing = layout.preprocessing()
     family_class(family).from_params(section.model_dump(), preprocessing)  # fails before Ray
     kind = originals.data_kind
     logged = {
@@ -189,8 +140,8 @@ def run_training(
         log.info("%s: %d-fold cross-validation of %s (%s data)", stage, len(trials), family, kind)
         results = run_trials(trials, cfg)
         oof = out_of_fold(results)
-        oof.write(Path(paths.cv) / f"{family}.csv")
-        bag = build_bag(family, results, preprocessing, Path(paths.models) / family)
+        oof.write(layout.oof(family))
+        bag = build_bag(family, results, preprocessing, layout.model(family))
         report = cv_report(oof, results, cfg.bootstrap.model_dump())
         facts = {
             "threshold": bag.meta.threshold,
@@ -199,20 +150,20 @@ def run_training(
             **bag.tags(),
         }
         report = {**report, **facts}
-        write_json(Path(paths.metrics) / f"{family}.json", strict(report))
-        m.write_plot_data(Path(paths.plots) / family, oof.labels, oof.proba, oof.thresholds)
+        write_json(layout.metrics(family), strict(report))
+        m.write_plot_data(layout.plots(family), oof.labels, oof.proba, oof.thresholds)
 
-        pooled = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
+        pooled = {f"cv_{k}": v for k, v in m.finite(oof.metrics()).items()}
         run.log_selected({**pooled, "threshold": bag.meta.threshold})
         _log_oof(run, bag, oof)
-        run.log_artifact(Path(paths.cv) / f"{family}.csv", "cv")
+        run.log_artifact(layout.oof(family), "cv")
         run.log_dict(strict(report), "cv.json")
         run.set_tags(bag.tags())
-        for figure in bag.members[0].write_figures(training, Path(paths.plots) / family):
+        for figure in bag.members[0].write_figures(training, layout.plots(family)):
             run.log_artifact(figure, "plots")
         version = register(
             run,
-            Path(paths.models) / family,
+            layout.model(family),
             bag,
             originals.read([0]),
             pooled,

@@ -11,6 +11,7 @@ import pytest
 from cv_layout import TEST_CV, cv_layout
 from PIL import Image
 
+from glomx.crossval import fold_indices, fold_trials, training_subset
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.stain import (
     _OD,
@@ -22,7 +23,6 @@ from glomx.data.stain import (
 )
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.pipeline.augment import stain_jitter
-from glomx.pipeline.cv import fold_indices, fold_trials, training_subset
 
 SITES = ("SAS", "SESCAM", "VUHSK")
 # augment.ops.stain (scale, shift): light (the default until 2026-12-07), medium, strong (since)

@@ -10,8 +10,9 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from glomx.config import Balance, ParamsError, parse
+from glomx.data.classes import MissingClassError
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.pipeline.balance import CLASS_WEIGHTS, BalanceError, balance_store, smote_chunks
+from glomx.pipeline.balance import CLASS_WEIGHTS, balance_store, smote_chunks
 
 LABELS = [0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # 10 : 4
 
@@ -123,5 +124,5 @@ def test_unknown_strategy_and_missing_class_are_refused(src: ArrayStore, tmp_pat
     with StoreWriter(tmp_path / "one", (16, 16, 3)) as w:
         w.append(np.zeros((3, 16, 16, 3), np.uint8), [0, 0, 0], ["a", "b", "c"], ["s"] * 3)
         one = w.close()
-    with pytest.raises(BalanceError, match=r"class\(es\) \[1\] have no images"):
+    with pytest.raises(MissingClassError, match=r"class\(es\) \[1\] have no images"):
         balance_store(one, tmp_path / "out", params("oversample"))

@@ -13,10 +13,12 @@ import pytest
 from cv_layout import REPO, cv_layout
 from mlflow import MlflowClient
 
+from glomx.artifacts.decision import Decision
+from glomx.artifacts.layout import DECISION_FILE as DECISION
 from glomx.config import Params, read
 from glomx.evaluation.selection import ENSEMBLE, OOF
 from glomx.models import load_classifier
-from glomx.pipeline.choose import DECISION, choose_stage
+from glomx.pipeline.choose import choose_stage
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
 BOOT = {"n_resamples": 300, "confidence": 0.95, "seed": 0}
@@ -70,10 +72,10 @@ def test_the_family_ahead_is_the_candidate(
     params = _project(tmp_path, {"lr": _oof(0.65, 2), "cnn": _oof(0.97, 1)}, lr_dir)
     decision = choose_stage(params)
     paths = params.need("paths")
-    assert json.loads((Path(paths.selection) / DECISION).read_text()) == decision
-    assert decision["candidate"] == "cnn" and decision["tied"] == ["cnn"]
-    assert decision["ensemble_version"] is None
-    assert [row["family"] for row in decision["ranking"]] == ["cnn", "lr"]
+    assert Decision.read(Path(paths.selection) / DECISION) == decision
+    assert decision.candidate == "cnn" and decision.tied == ["cnn"]
+    assert decision.ensemble_version is None
+    assert [row["family"] for row in decision.ranking] == ["cnn", "lr"]
     assert not (Path(paths.selection) / ENSEMBLE).exists()
     report = json.loads((Path(paths.metrics) / "cv.json").read_text())
     assert set(report["families"]) == {"lr", "cnn"}
@@ -94,19 +96,19 @@ def test_tied_families_give_a_registered_ensemble_that_a_later_leader_removes(
     params = _project(tmp_path, oofs, lr_dir)
     decision = choose_stage(params)
     paths = params.need("paths")
-    assert decision["candidate"] == ENSEMBLE and decision["tied"] == ["cnn", "mobilenet"]
+    assert decision.candidate == ENSEMBLE and decision.tied == ["cnn", "mobilenet"]
     ensemble = load_classifier(Path(paths.selection) / ENSEMBLE)
     assert ensemble.meta.family == ENSEMBLE and len(ensemble.members) == 2
-    version = MlflowClient().get_model_version(REGISTERED_MODEL, decision["ensemble_version"])
+    version = MlflowClient().get_model_version(REGISTERED_MODEL, decision.ensemble_version)
     assert version.tags["family"] == ENSEMBLE and "cnn" in version.tags["members"]
     report = json.loads((Path(paths.metrics) / "cv.json").read_text())
     assert report["selection"]["candidate"] == ENSEMBLE
 
     _oof(0.99, 4).write(Path(paths.cv) / "cnn.csv")  # cnn pulls ahead: no ensemble now
     again = choose_stage(params)
-    assert again["candidate"] == "cnn" and again["ensemble_version"] is None
+    assert again.candidate == "cnn" and again.ensemble_version is None
     assert not (Path(paths.selection) / ENSEMBLE).exists()
-    assert json.loads((Path(paths.selection) / DECISION).read_text()) == again
+    assert Decision.read(Path(paths.selection) / DECISION) == again
 
 
 def test_tables_of_different_patches_are_refused(tmp_path: Path, lr_dir: Path) -> None:

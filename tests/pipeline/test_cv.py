@@ -18,18 +18,11 @@ from cv_layout import PRE, SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
 from glomx.config import TrainSection
+from glomx.crossval import CVError, Trial, fold_indices, fold_trials, inner_slides, run_trials
 from glomx.data.split import read_split_csv, sites_of, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.pipeline.cv import (
-    CVError,
-    Trial,
-    fold_indices,
-    fold_trials,
-    inner_slides,
-    ray_session,
-    run_trials,
-)
 from glomx.pipeline.train import run_training
+from glomx.ray_session import RayAddressError, ray_session
 from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
 from glomx.tracking import EXPERIMENT, stage_run
@@ -190,5 +183,5 @@ def test_an_unreachable_ray_address_is_one_clear_error_at_once(
     """Ray itself retries a dead address for minutes; the stage and predict must not hang."""
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
     unreachable = r"RAY_ADDRESS=127\.0\.0\.1:\d+ is unreachable"
-    with pytest.raises(CVError, match=unreachable), ray_session():
+    with pytest.raises(RayAddressError, match=unreachable), ray_session():
         pytest.fail("Ray must not start")

@@ -3,6 +3,7 @@ choose stage's candidate, MLflow; and the ensemble scored from its members."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from glomx.artifacts.decision import Decision
+from glomx.artifacts.layout import Layout
 from glomx.config import Params, read
 from glomx.data.store import ArrayStore
 from glomx.evaluation.bootstrap import METRICS
@@ -24,19 +27,19 @@ from glomx.tracking import REGISTERED_MODEL
 from glomx.tracking.registry import MODEL_DESCRIPTION
 
 REPO = Path(__file__).resolve().parents[2]
-DECISION = {
-    "rule": "the rule",
-    "ranking": [
+DECISION = Decision(
+    rule="the rule",
+    ranking=[
         {"family": f, "balanced_accuracy": {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.05},
          "roc_auc": {"value": v, "ci_low": v - 0.1, "ci_high": 1.0}}
         for f, v in (("lr", 0.9), ("cnn", 0.6))
     ],
-    "differences": {"cnn": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "tied": False}},
-    "tied": ["lr"],
-    "candidate": "lr",
-    "reason": "lr leads every family beyond its interval.",
-    "ensemble": {},
-}  # fmt: skip
+    differences={"cnn": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "tied": False}},
+    tied=["lr"],
+    candidate="lr",
+    reason="lr leads every family beyond its interval.",
+    ensemble={},
+)  # fmt: skip
 
 
 def _params(root: Path, prepared: Path) -> Params:
@@ -78,7 +81,7 @@ def params(
     choose stage's decision: lr is the candidate."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "select").mkdir()
-    (tmp_path / "select" / "decision.json").write_text(json.dumps(DECISION))
+    DECISION.write(tmp_path / "select" / "decision.json")
     shutil.copytree(lr_dir, tmp_path / "models" / "lr")
     pre = load_classifier(lr_dir).meta.preprocessing
     cnn = CNNClassifier.from_params({"model": {"size": 16, "filters": [4, 8]}}, pre)
@@ -216,12 +219,13 @@ def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass
         copy_member(models / family, directory / family)
     ensemble = MeanClassifier.of("ensemble", members, members["lr"].meta.preprocessing)
     ensemble.meta.save(directory)
-    decision = {**DECISION, "candidate": "ensemble"}
-    trained = trained_models(models, ["lr", "cnn"], params.need("paths"), decision)
+    decision = dataclasses.replace(DECISION, candidate="ensemble")
+    layout = Layout(params.need("paths"))
+    trained = trained_models(layout, ["lr", "cnn"], decision)
     assert [t.family for t in trained] == ["lr", "cnn", "ensemble"]
     stores = {s: ArrayStore(Path(params.need("paths").prepared) / s) for s in ("train", "test")}
     cfg = params.need("evaluate").model_copy(update={"baseline": False})
-    scored = score_models(trained, stores, cfg, models)
+    scored = score_models(trained, stores, cfg, layout)
     mean = (scored["lr"].proba + scored["cnn"].proba) / 2
     assert scored["ensemble"].proba == pytest.approx(mean)
     direct = score_store(trained[2].classifier, stores["test"], True, 16)  # the long way

@@ -11,12 +11,13 @@ import pytest
 from cv_layout import SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
+from glomx.artifacts.model_folder import replace_model
 from glomx.config import TrainSection
 from glomx.data.store import ArrayStore
 from glomx.evaluation.selection import OOF
 from glomx.models import load_classifier
 from glomx.models.mean import MeanClassifier
-from glomx.pipeline.train import replace_model, run_training
+from glomx.pipeline.train import run_training
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
 PARAMS = TrainSection.model_validate(

@@ -23,26 +23,20 @@ nothing but the data needs to be shared.
 
 from __future__ import annotations
 
-import io
 import logging
-import math
-import os
 import resource
-import signal
-import socket
-import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glomx.artifacts.model_folder import archive
 from glomx.config import CV, Restyle, TrainSection
+from glomx.data.classes import class_weights
 from glomx.data.images import Preprocessing
 from glomx.data.split import inner_validation
 from glomx.data.stain import StyleDistribution, fit_sample
@@ -52,8 +46,7 @@ from glomx.evaluation import metrics as m
 from glomx.evaluation.selection import OOF
 from glomx.models import family_class
 from glomx.models.base import Classifier
-from glomx.pipeline.balance import class_weights as balanced_weights
-from glomx.processes import end_leftovers, recording
+from glomx.ray_session import ray_session
 from glomx.tracking.runs import RunRef, nested_run
 
 log = logging.getLogger(__name__)
@@ -214,25 +207,7 @@ def fold_weights(section: TrainSection, labels: np.ndarray) -> dict[int, float] 
     """``class_weight: balanced`` → scikit-learn's balanced weights of the fold's own labels."""
     if section.class_weight == "none":
         return None
-    return {int(k): v for k, v in balanced_weights(labels).items()}
-
-
-def finite(values: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-def _archive(directory: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(directory, arcname=".")
-    return buffer.getvalue()
-
-
-def unpack(model: bytes, directory: Path) -> None:
-    """Write a :class:`FoldResult`'s model archive into ``directory``."""
-    directory.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(model)) as tar:
-        tar.extractall(directory, filter="data")
+    return {int(k): v for k, v in class_weights(labels).items()}
 
 
 def run_trial(trial: Trial) -> FoldResult:
@@ -279,10 +254,10 @@ def run_trial(trial: Trial) -> FoldResult:
             classifier.set_threshold(threshold(trial.section, classifier, val))
             proba = classifier.predict_store(held)
             scores = m.classification_metrics(held.labels, proba, classifier.meta.threshold)
-            run.log_metrics({f"oof_{k}": v for k, v in finite(scores).items()})
+            run.log_metrics({f"oof_{k}": v for k, v in m.finite(scores).items()})
             run.set_tags(classifier.tags())
             classifier.save(Path(tmp) / "model")
-            model = _archive(Path(tmp) / "model")
+            model = archive(Path(tmp) / "model")
     return FoldResult(
         fold=trial.fold,
         names=list(held.names),
@@ -295,52 +270,6 @@ def run_trial(trial: Trial) -> FoldResult:
         seconds=time.perf_counter() - start,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-
-
-def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """A ``host:port`` (or ``ray://host:port``) Ray address that answers no TCP connection is a
-    clear error now; Ray itself would retry for many minutes. ``auto`` and the like pass."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not (host and port.isdigit()):
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as err:
-        raise CVError(
-            f"RAY_ADDRESS={address} is unreachable ({err.strerror or err}): start the Ray "
-            "cluster there, or unset RAY_ADDRESS to use a local instance"
-        ) from None
-
-
-@contextmanager
-def ray_session() -> Iterator[Any]:
-    """Ray for the duration of a stage: the cluster at ``RAY_ADDRESS``, else a local instance
-    sized to this machine, stopped afterwards, its processes recorded meanwhile so that the
-    next stage ends them if this one is killed outright (:mod:`glomx.processes`). Yields the
-    ``ray`` module. The caller's SIGTERM handler stays: ``ray.init`` would replace it."""
-    import ray  # only the cross-validating stages pay for importing Ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    sigterm = signal.getsignal(signal.SIGTERM)
-    with ExitStack() as stack:
-        if address := os.environ.get("RAY_ADDRESS"):
-            check_reachable(address)
-            ray.init(address=address, include_dashboard=False, configure_logging=False)
-        else:
-            end_leftovers()
-            stack.enter_context(recording())
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                object_store_memory=512 * 2**20,
-                include_dashboard=False,
-                configure_logging=False,
-            )
-        stack.callback(ray.shutdown)
-        if sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, sigterm)
-        yield ray
 
 
 def _reason(err: Exception) -> str:
