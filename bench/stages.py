@@ -52,7 +52,7 @@ def _child_prepare() -> dict[str, Any]:
 
 def _child_augment() -> dict[str, Any]:
     from glomx.data.store import ArrayStore
-    from glomx.pipeline.augment import augment_store
+    from glomx.pipeline.augment import augment
 
     config = _params().need("augment")
     src = ArrayStore(WORK / "prepared" / "train")
@@ -62,15 +62,15 @@ def _child_augment() -> dict[str, Any]:
         update={"mode": "multiplier", "per_class": {0: grow, 1: grow}}
     )
     config = config.model_copy(update={"target": target})
-    return {"images": len(augment_store(src, WORK / "augmented", config))}
+    return {"images": len(augment(src, WORK / "augmented", config))}
 
 
 def _child_balance() -> dict[str, Any]:
     from glomx.data.store import ArrayStore
-    from glomx.pipeline.balance import balance_store
+    from glomx.pipeline.balance import balance
 
-    balance = _params().need("balance")
-    summary = balance_store(ArrayStore(WORK / "augmented"), WORK / "balanced", balance)
+    section = _params().need("balance")
+    summary = balance(ArrayStore(WORK / "augmented"), WORK / "balanced", section)
     return {"images": sum(summary["after"].values())}
 
 
@@ -78,14 +78,14 @@ def _child_train_lr() -> dict[str, Any]:
     import os
 
     from glomx.models import family_section
-    from glomx.pipeline.train import run_training
+    from glomx.pipeline.train import train
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
     params = _params()
     section = family_section(params, "lr")
     section = section.model_copy(update={"model": {"size": 256, "channels": 4}})  # the study's
     site_regex = params.need("prepare").site_regex
-    oof = run_training("train-lr", "lr", section, _paths(), params.need("cv"), site_regex)["oof"]
+    oof = train("train-lr", "lr", section, _paths(), params.need("cv"), site_regex).report["oof"]
     return {
         "oof_roc_auc": oof["roc_auc"]["value"],
         "oof_balanced_accuracy": oof["balanced_accuracy"]["value"],

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from glomx.data.images import Preprocessing
 from glomx.errors import GlomxError
+from glomx.evaluation.selection import ENSEMBLE
 from glomx.files import discard, put_in_place, temporary_sibling
-from glomx.models.base import META_FILE
+from glomx.models import load_classifier
+from glomx.models.base import META_FILE, Classifier
+from glomx.models.mean import MeanClassifier, copy_member
 
 
 class ForeignFolderError(GlomxError, FileExistsError):
@@ -63,3 +67,37 @@ def unpack(model: bytes, directory: Path) -> None:
     directory.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(model)) as tar:
         tar.extractall(directory, filter="data")
+
+
+def write_bag(
+    family: str,
+    fold_models: Mapping[int, bytes],
+    preprocessing: Preprocessing,
+    threshold: float,
+    cv: dict[str, object],
+    directory: Path,
+) -> MeanClassifier:
+    """A family's bag: its fold models (archives, by fold) as one mean model in ``directory``,
+    at ``threshold``, recording the folds it came from (``cv``)."""
+    with model_folder(directory) as build:
+        members: dict[str, Classifier] = {}
+        for fold, model in fold_models.items():
+            unpack(model, build / f"fold-{fold}")
+            members[f"fold-{fold}"] = load_classifier(build / f"fold-{fold}")
+        bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
+        bag.meta.save(build)  # the members are already saved, as the trials wrote them
+    return bag
+
+
+def write_ensemble(
+    bags: Mapping[str, Path], preprocessing: Preprocessing, directory: Path
+) -> MeanClassifier:
+    """The tied families' bags (family → its folder), copied bit for bit into ``directory``,
+    as one mean model."""
+    with model_folder(directory) as build:
+        for family, source in bags.items():
+            copy_member(source, build / family)
+        loaded = {f: load_classifier(build / f) for f in bags}
+        ensemble = MeanClassifier.of(ENSEMBLE, loaded, preprocessing)
+        ensemble.meta.save(build)
+    return ensemble

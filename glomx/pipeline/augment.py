@@ -200,7 +200,7 @@ def _in_order(fn: Callable[[T], R], tasks: Iterable[T], workers: int) -> Iterato
             yield pending.popleft().result()
 
 
-def augment_store(src: ArrayStore, out: str | Path, params: Augment) -> ArrayStore:
+def augment(src: ArrayStore, out: str | Path, params: Augment) -> ArrayStore:
     """Write originals plus augmented copies of ``src`` to a new store at ``out``."""
     kind = src.data_kind
     ops = parse_ops(params.ops)
@@ -304,7 +304,7 @@ def run(params: Params) -> str:
     its MLflow run; returns its summary."""
     layout, config = Layout(params.need("paths")), params.need("augment")
     src = ArrayStore(layout.prepared("train"))
-    out = augment_store(src, layout.augmented, config)  # workers fork before MLflow starts
+    out = augment(src, layout.augmented, config)  # workers fork before MLflow starts
     grid = layout.plots("augment") / "grid.png"
     grid.parent.mkdir(parents=True, exist_ok=True)
     figure = grid_figure(out, config.grid.per_class, config.grid.copies)

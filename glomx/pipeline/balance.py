@@ -129,7 +129,7 @@ def _smote(src: ArrayStore, writer: StoreWriter, params: Balance, seed: int) -> 
         made += len(new)
 
 
-def balance_store(src: ArrayStore, out: str | Path, params: Balance) -> dict[str, Any]:
+def balance(src: ArrayStore, out: str | Path, params: Balance) -> dict[str, Any]:
     """Write the balanced store and its class weights; returns counts before/after and weights."""
     strategy = params.strategy
     class_weights(src.labels)  # both classes present, or a clear error
@@ -157,7 +157,7 @@ def run(params: Params) -> str:
     its MLflow run; returns its summary."""
     layout, config = Layout(params.need("paths")), params.need("balance")
     src = ArrayStore(layout.augmented)
-    summary = balance_store(src, layout.balanced, config)
+    summary = balance(src, layout.balanced, config)
     write_json(layout.metrics("balance"), summary)
     with stage_run("balance", config.model_dump(), src.data_kind) as run:
         run.log_dict(summary, "balance.json")

@@ -21,15 +21,13 @@ from pathlib import Path
 
 from glomx.artifacts.decision import Decision
 from glomx.artifacts.layout import Layout
-from glomx.artifacts.model_folder import model_folder
+from glomx.artifacts.model_folder import write_ensemble
 from glomx.config import Params
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import finite, roc_figure, roc_points
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, select
 from glomx.files import write_json
-from glomx.models import load_classifier
-from glomx.models.mean import MeanClassifier, copy_member
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register, version_of
 
@@ -56,17 +54,6 @@ def write_roc(path: Path, curves: Mapping[str, OOF]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def build_ensemble(members: list[str], layout: Layout) -> MeanClassifier:
-    """The tied families' bags, copied into the ensemble's folder, as one mean model."""
-    with model_folder(layout.ensemble) as build:
-        for family in members:
-            copy_member(layout.model(family), build / family)
-        loaded = {f: load_classifier(build / f) for f in members}
-        ensemble = MeanClassifier.of(ENSEMBLE, loaded, layout.preprocessing())
-        ensemble.meta.save(build)
-    return ensemble
-
-
 def _register(
     run: StageRun, selection: Selection, oof: OOF, layout: Layout, site_regex: str | None
 ) -> str:
@@ -76,7 +63,8 @@ def _register(
     for family in members:
         found = version_of(layout.model(family))
         versions[family] = found.version if found else "unregistered"
-    ensemble = build_ensemble(members, layout)
+    bags = {f: layout.model(f) for f in members}
+    ensemble = write_ensemble(bags, layout.preprocessing(), layout.ensemble)
     scores = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
     run.set_tags({"members": ",".join(members)} | {f"member.{f}": v for f, v in versions.items()})
     example = ArrayStore(layout.prepared("train")).read([0])
@@ -84,7 +72,7 @@ def _register(
     return register(run, layout.ensemble, ensemble, example, scores, tags, site_regex)
 
 
-def choose_stage(params: Params) -> Decision:
+def choose(params: Params) -> Decision:
     """Run the whole stage; returns what ``decision.json`` holds."""
     layout, families = Layout(params.need("paths")), params.need("choose").families
     boot = params.need("cv").bootstrap.model_dump()
@@ -133,7 +121,7 @@ def choose_stage(params: Params) -> Decision:
 
 def run(params: Params) -> str:
     """The choose stage; returns its summary: each family's out-of-fold scores, the candidate."""
-    decision = choose_stage(params)
+    decision = choose(params)
     lines = []
     for row in decision.ranking:
         ba, auc = row["balanced_accuracy"], row["roc_auc"]

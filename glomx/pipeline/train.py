@@ -1,6 +1,6 @@
 """The one training-stage flow, shared by every ``train-<family>`` stage.
 
-:func:`run_training` cross-validates the family over prepare's slide-grouped folds
+:func:`train` cross-validates the family over prepare's slide-grouped folds
 (:mod:`glomx.crossval`, one Ray task per fold), then:
 
 - writes its out-of-fold (OOF) predictions of every cross-validated patch
@@ -20,16 +20,15 @@ The test split is never read here. Every family's section has the same shape
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from glomx.artifacts.layout import Layout
-from glomx.artifacts.model_folder import check_replaceable, model_folder, unpack
+from glomx.artifacts.model_folder import check_replaceable, write_bag
 from glomx.config import CV, Params, Paths, TrainSection
 from glomx.crossval import FoldResult, fold_trials, out_of_fold, run_trials
-from glomx.data.images import Preprocessing
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
 from glomx.errors import UsageError
@@ -37,7 +36,7 @@ from glomx.evaluation import metrics as m
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
 from glomx.files import write_json
-from glomx.models import FAMILIES, family_class, family_section, load_classifier
+from glomx.models import FAMILIES, family_class, family_section
 from glomx.models.base import Classifier
 from glomx.models.mean import MeanClassifier
 from glomx.tracking import StageRun, stage_run
@@ -46,23 +45,21 @@ from glomx.tracking.registry import register
 log = logging.getLogger(__name__)
 
 
-def build_bag(
-    family: str, results: list[FoldResult], preprocessing: Preprocessing, directory: Path
-) -> MeanClassifier:
-    """The bag of the fold models, saved into ``directory``."""
-    with model_folder(directory) as build:
-        members: dict[str, Classifier] = {}
-        for r in results:
-            unpack(r.model, build / f"fold-{r.fold}")
-            members[f"fold-{r.fold}"] = load_classifier(build / f"fold-{r.fold}")
-        threshold = float(np.mean([r.threshold for r in results]))
-        cv = {
-            "folds": len(results),
-            "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results},
-        }
-        bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
-        bag.meta.save(build)  # the members are already saved, as the trials wrote them
-    return bag
+@dataclass(frozen=True)
+class CrossValidated:
+    """One family cross-validated: its fold trials, their out-of-fold predictions, the bag of
+    its fold models (saved) and the report ``metrics/<family>.json`` holds."""
+
+    family: str
+    folds: list[FoldResult]
+    oof: OOF
+    bag: MeanClassifier
+    report: dict[str, Any]
+
+    @property
+    def pooled(self) -> dict[str, float]:
+        """The pooled out-of-fold metrics, as the registry's ``cv_<metric>`` tags."""
+        return {f"cv_{k}": v for k, v in m.finite(self.oof.metrics()).items()}
 
 
 def cv_report(oof: OOF, results: list[FoldResult], boot: dict[str, Any]) -> dict[str, Any]:
@@ -105,72 +102,83 @@ def _log_oof(run: StageRun, classifier: Classifier, oof: OOF) -> None:
         run.log_figure(fig, f"plots/{name}.png")
 
 
-def run_training(
-    stage: str, family: str, section: TrainSection, paths: Paths, cfg: CV, site_regex: str | None
-) -> dict[str, Any]:
-    """Cross-validate ``family`` for ``stage`` and record it everywhere; returns the CV report
-    (what ``metrics/<family>.json`` holds)."""
-    layout = Layout(paths)
-    check_replaceable(layout.model(family))
-    originals = ArrayStore(layout.prepared("train"))
-    training = ArrayStore(layout.balanced)
+def cross_validate(
+    family: str,
+    section: TrainSection,
+    layout: Layout,
+    cfg: CV,
+    site_regex: str | None,
+    run: StageRun,
+) -> CrossValidated:
+    """``family``'s fold trials on Ray, their trials' runs nested under ``run``; the bag of
+    the fold models is saved into its model folder."""
+    training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))
     folds = slide_folds(read_split_csv(layout.split_csv))
     preprocessing = layout.preprocessing()
-    family_class(family).from_params(section.model_dump(), preprocessing)  # fails before Ray
-    kind = originals.data_kind
+    trials = fold_trials(
+        family, section, preprocessing, training, originals, folds, cfg, site_regex, run.ref()
+    )
+    log.info("%s: %d-fold cross-validation (%s data)", family, len(trials), originals.data_kind)
+    results = run_trials(trials, cfg)
+    oof = out_of_fold(results)
+    bag = write_bag(
+        family,
+        {r.fold: r.model for r in results},
+        preprocessing,
+        float(np.mean([r.threshold for r in results])),
+        {"folds": len(results), "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results}},
+        layout.model(family),
+    )
+    facts = {
+        "threshold": bag.meta.threshold,
+        "data_kind": originals.data_kind,
+        "class_weight": section.class_weight,
+        **bag.tags(),
+    }
+    report = {**cv_report(oof, results, cfg.bootstrap.model_dump()), **facts}
+    return CrossValidated(family, results, oof, bag, report)
+
+
+def record(done: CrossValidated, layout: Layout, run: StageRun, site_regex: str | None) -> str:
+    """Write the family's out-of-fold table, metrics file and plot data, log them all to
+    ``run`` and register the bag; returns its registry version."""
+    family, oof, bag = done.family, done.oof, done.bag
+    oof.write(layout.oof(family))
+    write_json(layout.metrics(family), strict(done.report))
+    m.write_plot_data(layout.plots(family), oof.labels, oof.proba, oof.thresholds)
+    run.log_selected({**done.pooled, "threshold": bag.meta.threshold})
+    _log_oof(run, bag, oof)
+    run.log_artifact(layout.oof(family), "cv")
+    run.log_dict(strict(done.report), "cv.json")
+    run.set_tags(bag.tags())
+    training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))
+    for figure in bag.members[0].write_figures(training, layout.plots(family)):
+        run.log_artifact(figure, "plots")
+    return register(
+        run, layout.model(family), bag, originals.read([0]), done.pooled, site_regex=site_regex
+    )
+
+
+def train(
+    stage: str, family: str, section: TrainSection, paths: Paths, cfg: CV, site_regex: str | None
+) -> CrossValidated:
+    """The ``stage`` of ``family``: cross-validate it, then record it everywhere."""
+    layout = Layout(paths)
+    check_replaceable(layout.model(family))
+    family_class(family).from_params(section.model_dump(), layout.preprocessing())  # before Ray
+    originals, training = ArrayStore(layout.prepared("train")), ArrayStore(layout.balanced)
     logged = {
         stage.replace("-", "_"): section.model_dump(),
         "cv": cfg.model_dump(),
         "data": {"train": training.params, "cv": originals.params},
     }
-    with stage_run(stage, logged, kind) as run:
+    with stage_run(stage, logged, originals.data_kind) as run:
         run.log_dataset(training, "training")
         run.log_dataset(originals, "cv")
-        trials = fold_trials(
-            family,
-            section,
-            preprocessing,
-            training,
-            originals,
-            folds,
-            cfg,
-            site_regex,
-            run.ref(),
-        )
-        log.info("%s: %d-fold cross-validation of %s (%s data)", stage, len(trials), family, kind)
-        results = run_trials(trials, cfg)
-        oof = out_of_fold(results)
-        oof.write(layout.oof(family))
-        bag = build_bag(family, results, preprocessing, layout.model(family))
-        report = cv_report(oof, results, cfg.bootstrap.model_dump())
-        facts = {
-            "threshold": bag.meta.threshold,
-            "data_kind": kind,
-            "class_weight": section.class_weight,
-            **bag.tags(),
-        }
-        report = {**report, **facts}
-        write_json(layout.metrics(family), strict(report))
-        m.write_plot_data(layout.plots(family), oof.labels, oof.proba, oof.thresholds)
-
-        pooled = {f"cv_{k}": v for k, v in m.finite(oof.metrics()).items()}
-        run.log_selected({**pooled, "threshold": bag.meta.threshold})
-        _log_oof(run, bag, oof)
-        run.log_artifact(layout.oof(family), "cv")
-        run.log_dict(strict(report), "cv.json")
-        run.set_tags(bag.tags())
-        for figure in bag.members[0].write_figures(training, layout.plots(family)):
-            run.log_artifact(figure, "plots")
-        version = register(
-            run,
-            layout.model(family),
-            bag,
-            originals.read([0]),
-            pooled,
-            site_regex=site_regex,
-        )
+        done = cross_validate(family, section, layout, cfg, site_regex, run)
+        version = record(done, layout, run, site_regex)
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
-    return report
+    return done
 
 
 def run(params: Params, family: str) -> str:
@@ -179,9 +187,9 @@ def run(params: Params, family: str) -> str:
         raise UsageError(f"stages/train.py FAMILY: {family!r} is none of {', '.join(FAMILIES)}")
     section = family_section(params, family)
     site_regex = params.need("prepare").site_regex
-    report = run_training(
+    report = train(
         f"train-{family}", family, section, params.need("paths"), params.need("cv"), site_regex
-    )
+    ).report
     oof = report["oof"]
     shown = ", ".join(
         f"{k} {oof[k]['value']:.3f} [{oof[k]['ci_low']:.3f}, {oof[k]['ci_high']:.3f}]"

@@ -15,8 +15,8 @@ from glomx.config import Augment, AugmentOps, AugmentTarget, ParamsError
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.pipeline.augment import (
     AugmentError,
+    augment,
     augment_image,
-    augment_store,
     copies_per_image,
     dihedral,
     grid_figure,
@@ -82,16 +82,16 @@ def src(tmp_path: Path) -> ArrayStore:
 
 
 def test_same_seed_same_output_whatever_the_chunking(src: ArrayStore, tmp_path: Path) -> None:
-    a = augment_store(src, tmp_path / "a", params(chunk_size=5, workers=1))
-    b = augment_store(src, tmp_path / "b", params(chunk_size=12, workers=2))
-    c = augment_store(src, tmp_path / "c", params(seed=4))
+    a = augment(src, tmp_path / "a", params(chunk_size=5, workers=1))
+    b = augment(src, tmp_path / "b", params(chunk_size=12, workers=2))
+    c = augment(src, tmp_path / "c", params(seed=4))
     assert np.array_equal(a.read(slice(0, len(a))), b.read(slice(0, len(b))))
     assert a.names == b.names and a.slides == b.slides
     assert not np.array_equal(a.read(slice(0, len(a))), c.read(slice(0, len(c))))
 
 
 def test_output_keeps_originals_and_names_copies(src: ArrayStore, tmp_path: Path) -> None:
-    out = augment_store(src, tmp_path / "aug", params())
+    out = augment(src, tmp_path / "aug", params())
     originals = [i for i, n in enumerate(out.names) if "#aug" not in n]
     assert [out.names[i] for i in originals] == src.names
     assert np.array_equal(out.read(originals), src.read(slice(0, len(src))))
@@ -112,7 +112,7 @@ def test_output_keeps_originals_and_names_copies(src: ArrayStore, tmp_path: Path
 def test_target_counts_are_met_using_originals_evenly(
     src: ArrayStore, tmp_path: Path, target: dict, expected: dict
 ) -> None:
-    out = augment_store(src, tmp_path / "aug", params(target=target))
+    out = augment(src, tmp_path / "aug", params(target=target))
     assert out.manifest["class_counts"] == expected
     copies = copies_per_image(src.labels, AugmentTarget.model_validate(target), seed=3)
     for label in (0, 1):
@@ -161,7 +161,7 @@ def test_each_op_changes_pixels_when_on_and_not_when_off(op: str) -> None:
 
 def test_rgba_alpha_stays_opaque(tmp_path: Path) -> None:
     src = make_store(tmp_path / "rgba", channels=4)
-    out = augment_store(src, tmp_path / "aug", params())
+    out = augment(src, tmp_path / "aug", params())
     images = out.read(slice(0, len(out)))
     assert images.shape[-1] == 4 and (images[..., 3] == 255).all()
 
@@ -177,7 +177,7 @@ def test_bad_ops_are_refused_with_the_params_key() -> None:
 
 def test_grid_shows_originals_next_to_copies(src: ArrayStore, tmp_path: Path) -> None:
     target = {"mode": "multiplier", "per_class": {0: 3, 1: 3}}
-    out = augment_store(src, tmp_path / "aug", params(target=target))
+    out = augment(src, tmp_path / "aug", params(target=target))
     fig = grid_figure(out, per_class=2, copies=2)
     assert len(fig.axes) == 4 * 3
     assert sum(bool(ax.images) for ax in fig.axes) == 4 * 3
@@ -188,7 +188,7 @@ def test_grid_names_classes_and_operations_and_leaves_no_cell_empty(
 ) -> None:
     # ×1.5 gives non-sclerotic originals at most 1 copy, ×2.5 sclerotic ones up to 2: every
     # row shows one copy, the most all shown originals have
-    out = augment_store(src, tmp_path / "aug", params())
+    out = augment(src, tmp_path / "aug", params())
     fig = grid_figure(out, per_class=2, copies=4)
     assert all(ax.images for ax in fig.axes)
     non_sclerotic, sclerotic = fig.subfigs

@@ -12,7 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from glomx.config import Balance, ParamsError, parse
 from glomx.data.classes import MissingClassError
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.pipeline.balance import CLASS_WEIGHTS, balance_store, smote_chunks
+from glomx.pipeline.balance import CLASS_WEIGHTS, balance, smote_chunks
 
 LABELS = [0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1]  # 10 : 4
 
@@ -46,7 +46,7 @@ def source_rows(src: ArrayStore, out: ArrayStore) -> list[int]:
 
 
 def test_none_keeps_the_store_unchanged(src: ArrayStore, tmp_path: Path) -> None:
-    summary = balance_store(src, tmp_path / "out", params("none"))
+    summary = balance(src, tmp_path / "out", params("none"))
     out = ArrayStore(tmp_path / "out")
     assert summary["before"] == summary["after"] == {"0": 10, "1": 4}
     assert out.names == src.names and np.array_equal(all_images(out), all_images(src))
@@ -54,7 +54,7 @@ def test_none_keeps_the_store_unchanged(src: ArrayStore, tmp_path: Path) -> None
 
 
 def test_oversample_repeats_rows_up_to_the_majority(src: ArrayStore, tmp_path: Path) -> None:
-    summary = balance_store(src, tmp_path / "out", params("oversample"))
+    summary = balance(src, tmp_path / "out", params("oversample"))
     out = ArrayStore(tmp_path / "out")
     assert summary["after"] == {"0": 10, "1": 10}
     assert out.names[: len(src)] == src.names
@@ -65,7 +65,7 @@ def test_oversample_repeats_rows_up_to_the_majority(src: ArrayStore, tmp_path: P
 
 
 def test_undersample_keeps_a_subset_down_to_the_minority(src: ArrayStore, tmp_path: Path) -> None:
-    summary = balance_store(src, tmp_path / "out", params("undersample"))
+    summary = balance(src, tmp_path / "out", params("undersample"))
     out = ArrayStore(tmp_path / "out")
     assert summary["after"] == {"0": 4, "1": 4}
     rows = source_rows(src, out)
@@ -77,7 +77,7 @@ def test_undersample_keeps_a_subset_down_to_the_minority(src: ArrayStore, tmp_pa
 def test_smote_adds_minority_images_between_existing_ones(
     src: ArrayStore, tmp_path: Path, smote_chunk: int, k: int
 ) -> None:
-    summary = balance_store(src, tmp_path / "out", params("smote", smote_chunk, k))
+    summary = balance(src, tmp_path / "out", params("smote", smote_chunk, k))
     out = ArrayStore(tmp_path / "out")
     assert summary["after"] == {"0": 10, "1": 10}
     assert out.names[: len(src)] == src.names
@@ -108,7 +108,7 @@ def test_smote_chunks_are_stratified_partitions() -> None:
 def test_class_weights_are_sklearn_balanced_weights(
     src: ArrayStore, tmp_path: Path, strategy: str
 ) -> None:
-    summary = balance_store(src, tmp_path / "out", params(strategy))
+    summary = balance(src, tmp_path / "out", params(strategy))
     labels = ArrayStore(tmp_path / "out").labels
     expected = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
     written = json.loads((tmp_path / "out" / CLASS_WEIGHTS).read_text())
@@ -125,4 +125,4 @@ def test_unknown_strategy_and_missing_class_are_refused(src: ArrayStore, tmp_pat
         w.append(np.zeros((3, 16, 16, 3), np.uint8), [0, 0, 0], ["a", "b", "c"], ["s"] * 3)
         one = w.close()
     with pytest.raises(MissingClassError, match=r"class\(es\) \[1\] have no images"):
-        balance_store(one, tmp_path / "out", params("oversample"))
+        balance(one, tmp_path / "out", params("oversample"))

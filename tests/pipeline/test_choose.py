@@ -18,7 +18,7 @@ from glomx.artifacts.layout import DECISION_FILE as DECISION
 from glomx.config import Params, read
 from glomx.evaluation.selection import ENSEMBLE, OOF
 from glomx.models import load_classifier
-from glomx.pipeline.choose import choose_stage
+from glomx.pipeline.choose import choose
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
 BOOT = {"n_resamples": 300, "confidence": 0.95, "seed": 0}
@@ -70,7 +70,7 @@ def test_the_family_ahead_is_the_candidate(
     tmp_path: Path, lr_dir: Path, isolated_mlflow: str
 ) -> None:
     params = _project(tmp_path, {"lr": _oof(0.65, 2), "cnn": _oof(0.97, 1)}, lr_dir)
-    decision = choose_stage(params)
+    decision = choose(params)
     paths = params.need("paths")
     assert Decision.read(Path(paths.selection) / DECISION) == decision
     assert decision.candidate == "cnn" and decision.tied == ["cnn"]
@@ -94,7 +94,7 @@ def test_tied_families_give_a_registered_ensemble_that_a_later_leader_removes(
 ) -> None:
     oofs = {"cnn": _oof(0.9, 1), "mobilenet": _oof(0.9, 1, flips=3), "lr": _oof(0.6, 3)}
     params = _project(tmp_path, oofs, lr_dir)
-    decision = choose_stage(params)
+    decision = choose(params)
     paths = params.need("paths")
     assert decision.candidate == ENSEMBLE and decision.tied == ["cnn", "mobilenet"]
     ensemble = load_classifier(Path(paths.selection) / ENSEMBLE)
@@ -105,7 +105,7 @@ def test_tied_families_give_a_registered_ensemble_that_a_later_leader_removes(
     assert report["selection"]["candidate"] == ENSEMBLE
 
     _oof(0.99, 4).write(Path(paths.cv) / "cnn.csv")  # cnn pulls ahead: no ensemble now
-    again = choose_stage(params)
+    again = choose(params)
     assert again.candidate == "cnn" and again.ensemble_version is None
     assert not (Path(paths.selection) / ENSEMBLE).exists()
     assert Decision.read(Path(paths.selection) / DECISION) == again
@@ -118,5 +118,5 @@ def test_tables_of_different_patches_are_refused(tmp_path: Path, lr_dir: Path) -
               short.proba[keep], short.thresholds[keep])  # fmt: skip
     params = _project(tmp_path, {"cnn": _oof(0.9, 2), "lr": cut}, lr_dir)
     with pytest.raises(ValueError, match="cnn and lr"):
-        choose_stage(params)
+        choose(params)
     assert not (Path(params.need("paths").selection) / DECISION).exists()

@@ -21,7 +21,7 @@ from glomx.config import TrainSection
 from glomx.crossval import CVError, Trial, fold_indices, fold_trials, inner_slides, run_trials
 from glomx.data.split import read_split_csv, sites_of, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.pipeline.train import run_training
+from glomx.pipeline.train import train
 from glomx.ray_session import RayAddressError, ray_session
 from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
@@ -152,14 +152,14 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
     paths = cv_layout(tmp_path)
     for family, section in (("lr", LR), ("cnn", CNN)):
-        report = run_training(
+        report = train(
             f"train-{family}",
             family,
             TrainSection.model_validate(section),
             typed(paths),
             TEST_CV,
             SITE_REGEX,
-        )
+        ).report
         assert report["oof"]["images"] == 72 and len(report["folds"]) == 3
 
     client = MlflowClient(isolated_mlflow)

@@ -1,4 +1,4 @@
-"""run_training end to end on tiny stores, on a local Ray instance: the out-of-fold outputs,
+"""The train stage end to end on tiny stores, on a local Ray instance: the out-of-fold outputs,
 the bag of fold models, and what lands in MLflow."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from glomx.data.store import ArrayStore
 from glomx.evaluation.selection import OOF
 from glomx.models import load_classifier
 from glomx.models.mean import MeanClassifier
-from glomx.pipeline.train import run_training
+from glomx.pipeline.train import train
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
 PARAMS = TrainSection.model_validate(
@@ -36,10 +36,10 @@ def paths(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # a cross-validated bag trained and registered
-def test_run_training_cross_validates_saves_the_bag_and_logs_a_registered_run(
+def test_train_cross_validates_saves_the_bag_and_logs_a_registered_run(
     paths: dict[str, str], isolated_mlflow: str
 ) -> None:
-    report = run_training("train-lr", "lr", PARAMS, typed(paths), TEST_CV, SITE_REGEX)
+    report = train("train-lr", "lr", PARAMS, typed(paths), TEST_CV, SITE_REGEX).report
     oof = OOF.read(Path(paths["cv"]) / "lr.csv")
     originals = ArrayStore(Path(paths["prepared"]) / "train")
     assert sorted(oof.names) == sorted(originals.names)  # every original once, no copy
