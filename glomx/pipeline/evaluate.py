@@ -377,9 +377,73 @@ def _log_run(
     run.set_note(_evaluation_note(metrics, scored, decision))
 
 
-def evaluate(params: Params) -> dict[str, Any]:
-    """Run the whole stage (sections ``paths``, ``evaluate`` and prepare's ``site_regex``);
-    returns what was written to the metrics file."""
+@dataclass(frozen=True)
+class Evaluation:
+    """The test split's verdict: every model's scores and metrics with intervals, overall and
+    per site, and what promotion did with choose's candidate."""
+
+    data: DataSummary
+    scored: dict[str, Scored]
+    metrics: dict[str, Any]
+    per_site: dict[str, Any]
+    promotion: dict[str, Any]  # the champion's version and family, and why
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """What ``metrics/evaluate.json`` holds."""
+        return {
+            "data_kind": self.data.kind,
+            "test": self.data.splits["test"],
+            "champion": {k: self.promotion[k] for k in ("version", "family")},
+            "models": self.metrics,
+        }
+
+
+def record(
+    done: Evaluation,
+    trained: list[Trained],
+    test: ArrayStore,
+    sites: np.ndarray,
+    selection: Decision,
+    cfg: Evaluate,
+    layout: Layout,
+    run: StageRun,
+) -> None:
+    """Write the plot data, figures, summary, per-site table and metrics file, and log them
+    with one child run per model."""
+    scored, promotion = done.scored, done.promotion
+    reports, plots = layout.reports, layout.plots("evaluate")
+    reports.mkdir(parents=True, exist_ok=True)
+    y = test.labels.astype(np.int64)
+    for name, s in scored.items():
+        write_plot_data(plots / name, y, s.proba, s.threshold)
+    artifacts = _figures(y, scored, cfg.calibration_bins, reports)
+    gradcams, no_gradcam = _gradcam_figures(
+        trained, scored, test, sites, cfg.gradcam_per_case, reports
+    )
+    artifacts += gradcams
+    info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
+    settings = {**cfg.bootstrap.model_dump(), "tta": cfg.tta}
+    summary = summary_markdown(
+        done.data,
+        done.metrics,
+        done.per_site,
+        info,
+        promotion,
+        settings,
+        selection.as_dict(),
+        no_gradcam,
+    )
+    (reports / "summary.md").write_text(summary)
+    write_json(reports / "sites.json", strict(done.per_site))
+    write_json(layout.metrics("evaluate"), strict(done.result))
+    files = [*artifacts, reports / "summary.md", reports / "sites.json"]
+    _log_run(run, done.data, test, done.metrics, done.per_site, scored, promotion, files)
+
+
+def evaluate(params: Params) -> Evaluation:
+    """Run the whole stage (sections ``paths``, ``evaluate`` and prepare's ``site_regex``):
+    score every model on the test split, promote choose's candidate, then record it all."""
     layout, cfg = Layout(params.need("paths")), params.need("evaluate")
     stores = {s: ArrayStore(layout.prepared(s)) for s in ("train", "test")}
     test = stores["test"]
@@ -394,42 +458,17 @@ def evaluate(params: Params) -> dict[str, Any]:
     with stage_run("evaluate", cfg.model_dump(), data.kind) as run:
         scored = score_models(trained, stores, cfg, layout)
         metrics, per_site = assess(scored, test, sites, cfg)
-        decision = choose_champion(scored, selection, cfg.promotion)
-
-        reports, plots = layout.reports, layout.plots("evaluate")
-        reports.mkdir(parents=True, exist_ok=True)
-        y = test.labels.astype(np.int64)
-        for name, s in scored.items():
-            write_plot_data(plots / name, y, s.proba, s.threshold)
-        artifacts = _figures(y, scored, cfg.calibration_bins, reports)
-        gradcams, no_gradcam = _gradcam_figures(
-            trained, scored, test, sites, cfg.gradcam_per_case, reports
-        )
-        artifacts += gradcams
-        info = {n: {"version": s.version, "threshold": s.threshold} for n, s in scored.items()}
-        settings = {**cfg.bootstrap.model_dump(), "tta": cfg.tta}
-        summary = summary_markdown(
-            data, metrics, per_site, info, decision, settings, selection.as_dict(), no_gradcam
-        )
-        (reports / "summary.md").write_text(summary)
-        write_json(reports / "sites.json", strict(per_site))
-        result = {
-            "data_kind": data.kind,
-            "test": data.splits["test"],
-            "champion": {"version": decision["version"], "family": decision["family"]},
-            "models": metrics,
-        }
-        write_json(layout.metrics("evaluate"), strict(result))
-        files = [*artifacts, reports / "summary.md", reports / "sites.json"]
-        _log_run(run, data, test, metrics, per_site, scored, decision, files)
+        promotion = choose_champion(scored, selection, cfg.promotion)
+        done = Evaluation(data, scored, metrics, per_site, promotion)
+        record(done, trained, test, sites, selection, cfg, layout, run)
         refresh_cards([s.version for s in scored.values() if s.version], site_regex)
-    return result
+    return done
 
 
 def run(params: Params) -> str:
     """The evaluate stage; returns its summary: each model's test balanced accuracy, the
     champion."""
-    result = evaluate(params)
+    result = evaluate(params).result
     lines = [
         f"{name:>16}: test balanced accuracy {with_interval(m['balanced_accuracy'])}"
         for name, m in result["models"].items()

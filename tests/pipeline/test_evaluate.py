@@ -94,7 +94,7 @@ def params(
 def test_evaluate_writes_everything_and_promotes_the_candidate(
     params: Params, registered_lr: str, tmp_path: Path
 ) -> None:
-    result = evaluate(params)
+    result = evaluate(params).result
     assert set(result["models"]) == {"lr", "cnn", "colour_baseline"}
     for name, metrics in result["models"].items():
         assert set(metrics) == set(METRICS)
@@ -130,7 +130,7 @@ def test_evaluate_writes_everything_and_promotes_the_candidate(
     _check_mlflow_shape(result, registered_lr)
 
     # rerun with nothing changed: same numbers, no new version, no alias move
-    again = evaluate(params)
+    again = evaluate(params).result
     assert json.loads((tmp_path / "metrics" / "evaluate.json").read_text()) == on_disk
     assert again["champion"] == result["champion"]
     client = MlflowClient()
@@ -197,7 +197,7 @@ def test_without_a_site_regex_the_split_is_reported_whole(
     params: Params, registered_lr: str, tmp_path: Path
 ) -> None:
     prepare = params.need("prepare").model_copy(update={"site_regex": None})
-    result = evaluate(params.model_copy(update={"prepare": prepare}))
+    result = evaluate(params.model_copy(update={"prepare": prepare})).result
     assert result["champion"] == {"version": registered_lr, "family": "lr"}
     assert json.loads((tmp_path / "reports" / "sites.json").read_text()) == {}
     assert "| SAS |" not in (tmp_path / "reports" / "summary.md").read_text()
