@@ -165,10 +165,10 @@ def run_training(
     training = ArrayStore(paths.balanced)
     folds = slide_folds(read_split_csv(prepared / SPLIT_FILE))
     preprocessing = prepared_preprocessing(paths)
-    family_class(family).from_params(section.model_dump(), preprocessing)  # fails before Ray
+    family_class(family).from_params(section, preprocessing)  # fails before Ray
     kind = originals.data_kind
     logged = {
-        stage.replace("-", "_"): section.model_dump(),
+        stage.replace("-", "_"): section.logged(),
         "cv": cfg.model_dump(),
         "data": {"train": training.params, "cv": originals.params},
     }

@@ -17,9 +17,9 @@ import pytest
 from cv_layout import PRE, SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
-from glomx.config import TrainSection
 from glomx.data.split import read_split_csv, sites_of, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.family_params import CNNConfig, CNNSection, FitConfig, LRFit, LRModel, LRSection
 from glomx.pipeline.cv import (
     CVError,
     Trial,
@@ -35,10 +35,10 @@ from glomx.stage_main import user_message
 from glomx.tracking import EXPERIMENT, stage_run
 from glomx.tracking.runs import RunRef
 
-LR = TrainSection(model={"size": 8}, fit={"epochs": 2, "seed": 1}, class_weight="balanced")
-CNN = TrainSection(
-    model={"size": 16, "filters": [4, 8]},
-    fit={"epochs": 1, "batch_size": 16, "jit_compile": False},
+LR = LRSection(model=LRModel(size=8), fit=LRFit(epochs=2, seed=1), class_weight="balanced")
+CNN = CNNSection(
+    model=CNNConfig(size=16, filters=(4, 8)),
+    fit=FitConfig(epochs=1, batch_size=16, jit_compile=False),
     class_weight="balanced",
 )
 
@@ -162,7 +162,7 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
         report = run_training(
             f"train-{family}",
             family,
-            TrainSection.model_validate(section),
+            section,
             typed(paths),
             TEST_CV,
             SITE_REGEX,
