@@ -29,9 +29,10 @@ from glomx.family_params import (
     ResNetSection,
     TrainSection,
 )
-from glomx.section import TRAIN_PREFIX, ParamsError, Section, parse
+from glomx.section import ParamsError, Section, parse
 
 PARAMS_FILE = Path("params.yaml")
+TRAIN_PREFIX = "train_"
 
 
 # ---------------------------------------------------------------- sections
@@ -197,10 +198,9 @@ class CV(Section):
 
     @field_validator("gpus_per_trial", mode="before")
     @classmethod
-    def _gpus(cls, value: object) -> object:
-        if value == "auto":
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+    def _gpus(cls, value: Any) -> Any:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value == "auto" or (number and value >= 0):
             return value
         raise ValueError("must be auto or a number of GPUs ≥ 0")
 

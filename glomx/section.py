@@ -18,7 +18,6 @@ from pydantic_core import PydanticCustomError
 
 from glomx.errors import GlomxError
 
-TRAIN_PREFIX = "train_"
 S = TypeVar("S", bound="Section")
 
 
