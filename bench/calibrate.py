@@ -89,7 +89,7 @@ def cache_path(
     """Where ``family``'s held-out scores are kept, named by everything they depend on."""
     facts = {
         "family": family,
-        "section": family_section(params, family).model_dump(),
+        "section": family_section(params, family).logged(),  # as logged, so caches keep their keys
         "cv": params.need("cv").model_dump(),
         "site_regex": params.need("prepare").site_regex,
         "stores": [store_digest(s.path.resolve()) for s in stores],

@@ -88,7 +88,7 @@ class Contender:
         from glomx.config import Params, parse
         from glomx.models import family_section
 
-        section = family_section(parse(Params, params, ""), self.family).model_dump()
+        section = family_section(parse(Params, params, ""), self.family).logged()
         for dotted, value in self.overrides.items():
             *parts, key = dotted.split(".")
             node = section
@@ -303,8 +303,10 @@ def balanced_weights(labels: np.ndarray) -> dict[int, float]:
 
 def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None, scope: str) -> dict:
     """In the child process: fit and score every fold; per-fold numbers and peak RSS."""
+    from glomx.config import parse
     from glomx.data.store import ArrayStore
     from glomx.evaluation.metrics import classification_metrics
+    from glomx.family_params import TRAIN_SECTIONS
     from glomx.models import family_class
 
     params = _params()
@@ -318,7 +320,8 @@ def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None, 
         val = (
             ArrayStore(_scoped(scope) / f"{protocol}-{k}" / "val") if scope == "trainval" else test
         )
-        classifier = family_class(contender.family).from_params(section, pre)
+        typed = parse(TRAIN_SECTIONS[contender.family], section, f"train_{contender.family}")
+        classifier = family_class(contender.family).from_params(typed, pre)
         start = time.perf_counter()
         classifier.fit_stain(section.get("stain", "none"), train)
         classifier.fit(train, val, balanced_weights(train.labels))

@@ -77,13 +77,14 @@ def _child_balance() -> dict[str, Any]:
 def _child_train_lr() -> dict[str, Any]:
     import os
 
+    from glomx.family_params import LRModel
     from glomx.models import family_section
     from glomx.pipeline.train import train
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORK / 'mlflow.db'}"
     params = _params()
     section = family_section(params, "lr")
-    section = section.model_copy(update={"model": {"size": 256, "channels": 4}})  # the study's
+    section = section.model_copy(update={"model": LRModel(size=256, channels=4)})  # the study's
     site_regex = params.need("prepare").site_regex
     oof = train("train-lr", "lr", section, _paths(), params.need("cv"), site_regex).report["oof"]
     return {
@@ -97,7 +98,7 @@ def _cnn(size: int):
     from glomx.models import family_section
     from glomx.models.cnn import CNNClassifier
 
-    section = family_section(_params(), "cnn").model_dump()
+    section = family_section(_params(), "cnn")
     clf = CNNClassifier.from_params(section, Preprocessing(size, 3, "pad", "white"))
     model = clf.build_model()
     model.compile(

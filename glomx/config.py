@@ -1,15 +1,11 @@
 """``params.yaml`` as frozen, typed objects, parsed once at a stage's door.
 
-Every section is a :class:`Section`: a pydantic model that refuses unknown keys and ill-typed
-values with a one-line :class:`ParamsError` naming the key's full path, e.g.
-``params.yaml: train_cnn.fit.epochs must be a valid integer, got 'ten'`` or
-``params.yaml: prepare.split.fold is not a known key; valid: strategy, folds, ...``. So a
-misspelled key can never silently fall back to a default.
-
-The model families' own ``model:`` and ``fit:`` parts are typed by the family modules
-(:mod:`glomx.models`), which know them; :class:`TrainSection` holds everything else a
-``train_<family>`` section has, the same for every family. ``keras_fit`` holds the ``fit:``
-values the Keras families share; a family's own ``fit:`` overrides them.
+Every section is a :class:`~glomx.section.Section`, which refuses unknown keys and ill-typed
+values with a one-line :class:`ParamsError` naming the key's full path. The model families'
+``train_<family>`` sections, their ``model:`` and ``fit:`` included, are typed in
+:mod:`glomx.family_params`; ``keras_fit`` holds the ``fit:`` values the Keras families share,
+and each Keras family's ``fit:`` is laid over it here, once. So :func:`load` checks every key
+of the file, without importing Keras.
 """
 
 from __future__ import annotations
@@ -17,72 +13,26 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationInfo, field_validator
 
-from glomx.errors import GlomxError
+from glomx.family_params import (
+    TRAIN_SECTIONS,
+    CNNSection,
+    FitConfig,
+    KerasTrainSection,
+    LRSection,
+    MobileNetSection,
+    ProbeSection,
+    ResNetSection,
+    TrainSection,
+)
+from glomx.section import ParamsError, Section, parse
 
 PARAMS_FILE = Path("params.yaml")
 TRAIN_PREFIX = "train_"
-S = TypeVar("S", bound="Section")
-
-
-class ParamsError(GlomxError, ValueError):
-    """params.yaml is missing, malformed, or has an unknown, missing or ill-typed key."""
-
-
-class Section(BaseModel):
-    """A frozen params section that refuses keys it does not know."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        return _refuse_unknown(cls, data)
-
-
-def _refuse_unknown(cls: type[BaseModel], data: Any) -> Any:
-    if isinstance(data, Mapping):
-        for key in data:
-            if key not in cls.model_fields:
-                valid = [f"{TRAIN_PREFIX}*" if k == "train" else k for k in cls.model_fields]
-                raise PydanticCustomError(
-                    "unknown_key", "unknown key {key}", {"key": str(key), "valid": ", ".join(valid)}
-                )
-    return data
-
-
-def _message(err: ValidationError, where: str) -> str:
-    """The first error of ``err`` as ``<where>.<key> <what>, got <value>``."""
-    e = err.errors()[0]
-    # a union's member ("literal['auto']", "float") is not a key
-    parts = [str(p) for p in (where, *e["loc"]) if str(p) and "[" not in str(p)]
-    parts = parts if len(parts) < 2 or parts[-1] not in ("float", "int", "str") else parts[:-1]
-    if parts[:1] == ["train"] and len(parts) > 1:  # Params gathers train_<family> under train
-        parts = [f"{TRAIN_PREFIX}{parts[1]}", *parts[2:]]
-    loc = ".".join(parts)
-    if e["type"] == "unknown_key":
-        ctx = e.get("ctx") or {}
-        key = f"{loc}.{ctx['key']}" if loc else ctx["key"]
-        return f"{key} is not a known key; valid: {ctx['valid']}"
-    if e["type"] == "missing":
-        return f"{loc} is missing; add it (see the comments in params.yaml)"
-    what = e["msg"].removeprefix("Value error, ").removeprefix("Input should be")
-    what = f"must be{what}" if e["msg"].startswith("Input should be") else what
-    return f"{loc} {what}, got {e['input']!r}"
-
-
-def parse(cls: type[S], data: Any, where: str, source: str = "params.yaml") -> S:
-    """``data`` (from ``source``) as ``cls``; a :class:`ParamsError` naming the key's full
-    path (``where`` and below) if it does not fit."""
-    try:
-        return cls.model_validate({} if data is None else data)
-    except ValidationError as err:
-        raise ParamsError(f"{source}: {_message(err, where)}") from None
 
 
 # ---------------------------------------------------------------- sections
@@ -259,23 +209,6 @@ class Choose(Section):
     families: list[str] = Field(min_length=1)
 
 
-class Threshold(Section):
-    tune: bool = False  # true: each fold model's threshold maximises `metric` on inner slides
-    metric: Literal["accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1"] = (
-        "balanced_accuracy"
-    )
-
-
-class TrainSection(Section):
-    """A ``train_<family>`` section; ``model`` and ``fit`` are typed by the family itself."""
-
-    model: dict[str, Any] = {}
-    fit: dict[str, Any] = {}
-    class_weight: Literal["none", "balanced"] = "none"
-    stain: Literal["none", "macenko", "reinhard"] = "none"
-    threshold: Threshold = Threshold()
-
-
 class Promotion(Section):
     metric: Literal["balanced_accuracy", "roc_auc", "recall", "specificity"]  # shown in cv.json
     margin: float = Field(ge=0)
@@ -302,37 +235,44 @@ class Params(Section):
     balance: Balance | None = None
     cv: CV | None = None
     choose: Choose | None = None
-    keras_fit: dict[str, Any] = {}
+    keras_fit: FitConfig = Field(default_factory=FitConfig)
     evaluate: Evaluate | None = None
-    train: dict[str, TrainSection] = {}  # family -> its ``train_<family>`` section
+    # one per family of TRAIN_SECTIONS, after keras_fit: fields are validated in this order
+    train_lr: LRSection | None = None
+    train_cnn: CNNSection | None = None
+    train_resnet: ResNetSection | None = None
+    train_mobilenet: MobileNetSection | None = None
+    train_probe: ProbeSection | None = None
 
-    @model_validator(mode="before")
+    @field_validator(*(f"{TRAIN_PREFIX}{family}" for family in TRAIN_SECTIONS))
     @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        """``train_<family>: …`` keys gathered under ``train``; any other unknown key refused."""
-        if not isinstance(data, Mapping) or "train" in data:
-            return _refuse_unknown(cls, data)
-        train = {k.removeprefix(TRAIN_PREFIX): v for k, v in data.items() if _is_train(k)}
-        rest = {k: v for k, v in data.items() if not _is_train(k)}
-        return _refuse_unknown(cls, rest) | {"train": train}
+    def _over_keras_fit(cls, section: TrainSection | None, info: ValidationInfo) -> object:
+        """A Keras family's ``fit:`` laid over ``keras_fit`` (absent when that is invalid:
+        its own error is the one reported)."""
+        keras_fit = info.data.get("keras_fit")
+        if isinstance(section, KerasTrainSection) and isinstance(keras_fit, FitConfig):
+            return section.over(keras_fit)
+        return section
+
+    @property
+    def train(self) -> dict[str, TrainSection]:
+        """Family → its ``train_<family>`` section, for the families the file has."""
+        sections = {f: getattr(self, f"{TRAIN_PREFIX}{f}") for f in TRAIN_SECTIONS}
+        return {family: s for family, s in sections.items() if s is not None}
 
     def need(self, name: str) -> Any:
         """Section ``name``, or a :class:`ParamsError` saying the file lacks it."""
-        if _is_train(name):
-            value = self.train.get(name.removeprefix(TRAIN_PREFIX))
-        else:
-            value = getattr(self, name, None)
+        value = getattr(self, name, None) if name in type(self).model_fields else None
         if value is None:
             raise ParamsError(f"params.yaml has no '{name}' section; this stage needs it")
         return value
 
 
-def _is_train(key: Any) -> bool:
-    return isinstance(key, str) and key.startswith(TRAIN_PREFIX)
+Json: TypeAlias = str | int | float | bool | list["Json"] | dict[str, "Json"] | None  # YAML
 
 
-def read(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """The params file as plain YAML (for provenance and the few readers of one raw key)."""
+def read(path: str | Path = PARAMS_FILE) -> dict[str, Json]:
+    """The params file as plain YAML (for provenance and tests that write variants of it)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found; run stages from the repository root")
@@ -346,14 +286,13 @@ def read(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
-    """The params file, typed and validated; the families' own ``model``/``fit`` parts are
-    checked by :func:`glomx.models.family_section` at the stage that trains them."""
+    """The params file, typed and validated, every family's ``model:`` and ``fit:`` too."""
     return parse(Params, read(path), "")
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(params: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, for logging nested params as flat keys."""
-    flat: dict[str, Any] = {}
+    flat: dict[str, object] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):

@@ -229,7 +229,7 @@ def run_trial(trial: Trial) -> FoldResult:
             "cv.inner_val_slides": ",".join(trial.inner),
         }
         classifier: Classifier = family_class(trial.family).from_params(
-            trial.section.model_dump(), trial.preprocessing
+            trial.section, trial.preprocessing
         )
         with nested_run(trial.parent, name, tags) as run:
             sizes = {

@@ -26,11 +26,11 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from glomx.config import Prepare, load
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
 from glomx.data.images import DEFAULT_MAX_PIXELS, ImageError, Preprocessing, load_image
 from glomx.errors import GlomxError, UsageError
@@ -421,24 +421,22 @@ def write_slide_summary(
     return rows
 
 
-def _prepare_value(params_file: Path, key: str) -> Any:
-    """``prepare.<key>`` of a params file (raw: a user's folder need not hold a whole valid
-    params.yaml), or None."""
-    if not params_file.is_file():
-        return None
-    from glomx.config import read
-
-    return read(params_file).get("prepare", {}).get(key)
+def _prepare(params_file: Path) -> Prepare | None:
+    """The typed ``prepare`` section of a params file, or None when there is no such file or
+    section (a user's folder need not hold the pipeline's params)."""
+    return load(params_file).prepare if params_file.is_file() else None
 
 
 def slide_regex_from(params_file: Path) -> str:
     """``prepare.slide_regex`` of a params file when there is one, else the default."""
-    return _prepare_value(params_file, "slide_regex") or DEFAULT_SLIDE_REGEX
+    prepare = _prepare(params_file)
+    return (prepare and prepare.slide_regex) or DEFAULT_SLIDE_REGEX
 
 
 def site_regex_from(params_file: Path) -> str | None:
     """``prepare.site_regex`` of a params file, which the model card groups hospitals by."""
-    return _prepare_value(params_file, "site_regex")
+    prepare = _prepare(params_file)
+    return prepare.site_regex if prepare else None
 
 
 def slide_report(summary: PredictSummary) -> str:

@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from synthetic_images import SIZE, images_for, write_png
 
+from glomx.config import parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.family_params import LRSection
 from glomx.models import load_classifier
 from glomx.models.logistic import LogisticClassifier
 from glomx.tracking import stage_run
@@ -157,7 +159,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def lr_dir(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fitted, saved LR model (8 px input, 2 epochs)."""
-    clf = LogisticClassifier.from_params({"model": {"size": 8}, "fit": {"epochs": 2}}, PRE)
+    clf = LogisticClassifier.from_params(
+        parse(LRSection, {"model": {"size": 8}, "fit": {"epochs": 2}}, "train_lr"), PRE
+    )
     clf.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
     out = tmp_path_factory.mktemp("models") / "lr"
     clf.save(out)

@@ -1,5 +1,6 @@
-"""params.yaml at the door: every key of every section is checked, and a misspelled one is a
-one-line error naming its full path, whichever section it is in."""
+"""params.yaml at the door: every key of every section is checked, the families' ``model:`` and
+``fit:`` included, and a misspelled one is a one-line error naming its full path, whichever
+section it is in."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from glomx.config import ParamsError, read
+from glomx.config import ParamsError, flatten, read
+from glomx.family_params import FitConfig, ProbeFit
 from glomx.models import FAMILIES, family_section
 from glomx.pipeline.door import load_config
 
@@ -42,10 +44,8 @@ def renamed(params: dict[str, Any], path: tuple[str, ...], new: str) -> dict[str
 
 
 def check(path: Path) -> None:
-    """What every stage's door runs: the file, then each family's own ``model:``/``fit:``."""
-    params = load_config(path)
-    for family in params.train:
-        family_section(params, family)
+    """What every stage's door runs: the whole file, each family's own ``model:``/``fit:`` too."""
+    load_config(path)
 
 
 def test_the_repository_params_pass() -> None:
@@ -115,9 +115,44 @@ def test_a_missing_key_is_named(tmp_path: Path) -> None:
 def test_a_keras_familys_fit_is_keras_fit_with_its_own_values_over_it() -> None:
     params = load_config(REPO / "params.yaml")
     cnn, resnet = family_section(params, "cnn").fit, family_section(params, "resnet").fit
-    assert cnn == {**PARAMS["keras_fit"], **PARAMS["train_cnn"]["fit"]}
-    assert resnet == PARAMS["keras_fit"]
-    assert family_section(params, "probe").fit == PARAMS["train_probe"]["fit"]  # not Keras's
+    assert cnn == FitConfig.model_validate({**PARAMS["keras_fit"], **PARAMS["train_cnn"]["fit"]})
+    assert resnet == FitConfig.model_validate(PARAMS["keras_fit"])
+    assert family_section(params, "probe").fit == ProbeFit.model_validate(
+        PARAMS["train_probe"]["fit"]
+    )  # not Keras's
+
+
+def test_a_section_is_logged_with_the_files_values_not_the_defaults_it_leaves_out() -> None:
+    """MLflow gets ``model:`` and ``fit:`` as written (a Keras ``fit:`` over ``keras_fit``),
+    and the section's other keys with their defaults, as when they were plain mappings."""
+    params = load_config(REPO / "params.yaml")
+    for family in FAMILIES:
+        raw = PARAMS[f"train_{family}"]
+        fit = (
+            {**PARAMS["keras_fit"], **raw["fit"]}
+            if family in ("cnn", "resnet", "mobilenet")
+            else raw["fit"]
+        )
+        logged = flatten(family_section(params, family).logged())
+        assert {k: v for k, v in logged.items() if k.startswith(("model.", "fit."))} == flatten(
+            {"model": raw["model"], "fit": fit}
+        )
+        assert logged["threshold.tune"] is raw["threshold"]["tune"]
+        assert logged["stain"] == raw.get("stain", "none")  # a default, logged as before
+    assert "model.backbone" not in flatten(family_section(params, "resnet").logged())
+
+
+def test_loading_the_params_never_imports_tensorflow() -> None:
+    """Prepare and the logistic regression's stage check every family's keys without Keras."""
+    code = (
+        "import sys; from glomx.pipeline.door import load_config; from glomx.models import "
+        "family_section; p = load_config(); [family_section(p, f) for f in p.train];"
+        "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, timeout=120).returncode == 0
+    )
 
 
 def test_a_stage_refuses_a_misspelled_key_in_one_line_before_any_work(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """A model family is declared once, in ``glomx.models.FAMILIES``; everything else that names
 families must agree with it, and this test says exactly what a new family still lacks.
 
-Adding a family: its module (a :class:`~glomx.models.base.Classifier` with ``config_class`` and
+Adding a family: its ``model:``/``fit:`` types and ``train_<family>`` section in
+:mod:`glomx.family_params` (a ``TRAIN_SECTIONS`` entry and a :class:`~glomx.config.Params`
+field), its module (a :class:`~glomx.models.base.Classifier` with those ``config_class`` and
 ``fit_config_class``) and tests, one ``FAMILIES`` entry, then what the failures below ask for:
 a ``train_<family>`` section in params.yaml and a ``train-<family>`` stage in dvc.yaml
 (``python stages/train.py <family>``; tests/test_dvc_deps.py lists its code deps).
@@ -15,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from glomx.config import read
+from glomx.config import TRAIN_PREFIX, Params, read
+from glomx.family_params import TRAIN_SECTIONS, KerasTrainSection
 from glomx.models import FAMILIES, family_class
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +39,7 @@ def test_each_family_has_its_stage_its_params_and_its_place_downstream(family: s
     stage = STAGES.get(f"train-{family}")
     assert stage is not None, f"dvc.yaml lacks stage train-{family}"
     assert stage["cmd"] == f"python stages/train.py {family}"
-    keras = family_class(family).keras_fit
+    keras = issubclass(TRAIN_SECTIONS[family], KerasTrainSection)
     expected = ["paths", "prepare.image", "prepare.site_regex", "cv"]
     expected += ["keras_fit"] * keras + [f"train_{family}"]
     assert stage["params"] == expected
@@ -56,3 +59,12 @@ def test_nothing_names_a_family_that_does_not_exist() -> None:
     sections = {name.removeprefix("train_") for name in PARAMS if name.startswith("train_")}
     assert sections == set(FAMILIES)
     assert set(PARAMS["choose"]["families"]) == set(PARAMS["evaluate"]["families"]) == set(FAMILIES)
+
+
+def test_each_family_is_typed_in_the_base_layer_as_its_module_builds_it() -> None:
+    assert list(TRAIN_SECTIONS) == list(FAMILIES)
+    for family, section in TRAIN_SECTIONS.items():
+        cls = family_class(family)
+        assert section.model_fields["model"].annotation is cls.config_class
+        assert section.model_fields["fit"].annotation is cls.fit_config_class
+        assert Params.model_fields[f"{TRAIN_PREFIX}{family}"].annotation == section | None

@@ -11,8 +11,10 @@ import pytest
 from synthetic_images import SIZE
 
 from glomx.cli import main
+from glomx.config import parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
+from glomx.family_params import CNNSection
 from glomx.models.cnn import CNNClassifier
 from glomx.predict import collect_files, load_model, predict_files
 from glomx.report import MAX_CALLED, MAX_DOUBTFUL, Row, choose_patches, write_report
@@ -81,7 +83,7 @@ def test_grad_cam_beside_the_doubtful_patches_of_a_keras_model(
 ) -> None:
     pytest.importorskip("tensorflow")
     params = {"model": {"size": 16, "filters": [4]}, "fit": {"epochs": 1, "jit_compile": False}}
-    cnn = CNNClassifier.from_params(params, PRE)
+    cnn = CNNClassifier.from_params(parse(CNNSection, params, "train_cnn"), PRE)
     cnn.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
     cnn.save(tmp_path / "cnn")
     predictions = _predicted(png_folder, tmp_path / "cnn", tmp_path / "c.csv")

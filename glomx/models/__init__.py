@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from pathlib import Path
 
-from glomx.config import TRAIN_PREFIX, Params, ParamsError, TrainSection, parse
+from glomx.config import TRAIN_PREFIX, Params, ParamsError, TrainSection
 from glomx.models.base import Classifier, ModelMeta
 from glomx.models.mean import MEMBERS, MeanClassifier
 
@@ -37,16 +37,9 @@ def check_family(family: str) -> None:
 
 
 def family_section(params: Params, family: str) -> TrainSection:
-    """``train_<family>`` with its ``model:`` and ``fit:`` checked by the family's own types;
-    a Keras family's ``fit:`` over the shared ``keras_fit`` values."""
+    """``train_<family>``, typed at the door (a Keras family's ``fit:`` over ``keras_fit``)."""
     check_family(family)
-    where = f"{TRAIN_PREFIX}{family}"
-    section: TrainSection = params.need(where)
-    cls = family_class(family)
-    if cls.keras_fit:
-        parse(cls.fit_config_class, params.keras_fit, "keras_fit")
-        section = section.model_copy(update={"fit": {**params.keras_fit, **section.fit}})
-    cls.typed_params(section.model_dump())
+    section: TrainSection = params.need(f"{TRAIN_PREFIX}{family}")
     return section
 
 

@@ -40,14 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
-from pydantic import AfterValidator
 
 from glomx.errors import GlomxError
+from glomx.family_params import BACKBONES
 from glomx.models.torch_legacy import TorchFileError, load_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -200,17 +200,7 @@ EFFICIENTNET_LITE0 = InvertedResidualSpec(
     torch_names=_efficientnet_torch_name,
 )
 
-SPECS = {spec.name: spec for spec in (MOBILENET_V2, EFFICIENTNET_LITE0)}
-BACKBONES = (*SPECS, "resnet50")
-
-
-def _known(name: str) -> str:
-    if name not in BACKBONES:
-        raise ValueError(f"must be one of {', '.join(BACKBONES)}")
-    return name
-
-
-Backbone = Annotated[str, AfterValidator(_known)]  # a params value naming one of BACKBONES
+SPECS = {spec.name: spec for spec in (MOBILENET_V2, EFFICIENTNET_LITE0)}  # and Keras's resnet50
 
 
 def _conv(

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from glomx.config import TRAIN_PREFIX, Section, parse
+from glomx.config import Section, TrainSection
 from glomx.data.adapt import adapt
 from glomx.data.images import Preprocessing
 from glomx.data.stain import StainNormalizer
@@ -60,7 +60,6 @@ class Classifier(ABC):
     family: ClassVar[str]
     config_class: ClassVar[type[Section]]  # the ``model:`` part of ``train_<family>``
     fit_config_class: ClassVar[type[Section]]  # the ``fit:`` part
-    keras_fit: ClassVar[bool] = False  # its ``fit:`` starts from params.yaml's ``keras_fit``
     native_flavor: ClassVar[str | None] = None  # MLflow flavor of native_model(), if any
 
     def __init__(self, meta: ModelMeta) -> None:
@@ -69,19 +68,20 @@ class Classifier(ABC):
 
     @classmethod
     @abstractmethod
-    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Classifier:
-        """An unfitted classifier from its ``model:`` and ``fit:`` params (typed by
-        :attr:`config_class` and :attr:`fit_config_class`; other keys are ignored)."""
+    def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Classifier:
+        """An unfitted classifier from its ``train_<family>`` section's ``model:`` and ``fit:``
+        (other keys are the training stage's)."""
 
     @classmethod
-    def typed_params(cls, params: Mapping[str, Any]) -> tuple[Any, Any]:
-        """``params``' ``model:`` and ``fit:`` parts as :attr:`config_class` and
-        :attr:`fit_config_class`; a :class:`~glomx.config.ParamsError` naming the key if not."""
-        where = f"{TRAIN_PREFIX}{cls.family}"
-        return (
-            parse(cls.config_class, params.get("model"), f"{where}.model"),
-            parse(cls.fit_config_class, params.get("fit"), f"{where}.fit"),
-        )
+    def typed_params(cls, section: TrainSection) -> tuple[Any, Any]:
+        """``section``'s ``model:`` and ``fit:``, which must be this family's
+        :attr:`config_class` and :attr:`fit_config_class` (another family's section is a bug)."""
+        model, fit = section.model, section.fit
+        if not (isinstance(model, cls.config_class) and isinstance(fit, cls.fit_config_class)):
+            raise TypeError(
+                f"{cls.family} is built from its train_{cls.family} section: {section!r}"
+            )
+        return model, fit
 
     @classmethod
     def new_meta(

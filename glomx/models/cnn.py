@@ -20,14 +20,13 @@ recent GPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any
 
 import keras
 from keras import layers
-from pydantic import Field, model_validator
 
-from glomx.config import Section
 from glomx.data.store import ArrayStore
+from glomx.family_params import CNNConfig
 from glomx.models.cnn_viz import save_cnn_figures
 from glomx.models.keras_common import KerasClassifier
 
@@ -40,23 +39,6 @@ class PerImageStandardization(layers.Layer):
         mean = keras.ops.mean(inputs, axis=(1, 2), keepdims=True)
         std = keras.ops.std(inputs, axis=(1, 2), keepdims=True)
         return (inputs - mean) / (std + 1.0)  # + 1 grey level: flat images stay finite
-
-
-class CNNConfig(Section):
-    """Architecture settings (the ``model:`` part of ``train_cnn`` in params.yaml)."""
-
-    size: int = Field(128, ge=2)  # input side: prepared images are resized to it on the fly
-    channels: Literal[3, 4] = 3  # 3 = RGB, 4 = RGBA
-    filters: tuple[int, ...] = (32, 64, 128, 256)  # one Conv-BN-ReLU-MaxPool block each
-    kernel: int = Field(3, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    standardize: bool = True  # per image and channel: zero mean, unit variance; else x / 255
-
-    @model_validator(mode="after")
-    def _fits_poolings(self) -> Self:
-        if self.size < 2 ** len(self.filters):
-            raise ValueError(f"size {self.size} is too small for {len(self.filters)} poolings")
-        return self
 
 
 def build_cnn(config: CNNConfig) -> keras.Model:

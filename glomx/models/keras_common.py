@@ -19,45 +19,25 @@ import logging
 import math
 import zipfile
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self
 
 import keras
 import numpy as np
-from pydantic import Field
 
-from glomx.config import Section, parse
+from glomx.config import Section, TrainSection, parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
+from glomx.family_params import FitConfig
 from glomx.models.base import Classifier, EpochHook, ModelMeta
 
 MODEL_FILE = "model.keras"
 log = logging.getLogger(__name__)
-
-
-class FitConfig(Section):
-    """Training settings shared by the Keras families (the ``fit:`` part of their params,
-    over the ``keras_fit`` defaults)."""
-
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    monitor: Literal["balanced_accuracy", "auc"] = (
-        "balanced_accuracy"  # early stopping, best weights
-    )
-    patience: int = Field(8, ge=1)  # epochs without improvement before a phase stops
-    dihedral: bool = True  # random rot90 × flip per image and epoch
-    color_jitter: float = Field(0.1, ge=0, lt=1)  # per-channel gain in [1 - j, 1 + j]; 0 = off
-    jit_compile: bool = True  # XLA; faster on CPU (see the family docstrings)
-    mixed_precision: bool = False  # float16 compute: slower on CPU, faster on recent GPUs
-    workers: int = Field(1, ge=1)  # PyDataset worker threads
-    seed: int = 42
 
 
 @dataclass(frozen=True)
@@ -235,7 +215,6 @@ class KerasClassifier(Classifier):
     """
 
     fit_config_class: ClassVar[type[Section]] = FitConfig
-    keras_fit: ClassVar[bool] = True
     channels: ClassVar[int | None] = None  # fixed input channels, or None to read the config
     native_flavor: ClassVar[str] = "keras"  # MLflow flavor of :meth:`native_model`
 
@@ -248,9 +227,9 @@ class KerasClassifier(Classifier):
         self._model = model
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
-        """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        config, fit_config = cls.typed_params(params)
+    def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Self:
+        """From the family's ``train_<family>`` section's ``model:`` and ``fit:``."""
+        config, fit_config = cls.typed_params(section)
         channels = cls.channels or config.channels
         meta = cls.new_meta(config, fit_config, config.size, channels, preprocessing)
         return cls(meta, fit_config, config)

@@ -35,45 +35,28 @@ for the same seed, so the same params, data and seed give identical metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 import joblib
 import numpy as np
-from pydantic import Field
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from glomx.config import Section, parse
+from glomx.config import TrainSection, parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
+from glomx.family_params import LRFit, LRModel
 from glomx.models.base import Classifier, EpochHook, ModelMeta
 
 PIPELINE_FILE = "pipeline.joblib"
 BATCH_VALUES = 2**22  # pixel values per batch: 16 MiB of float32 features
 T = TypeVar("T")
-
-
-class LRModel(Section):
-    """Input of the model (the ``model:`` part of ``train_lr`` in params.yaml)."""
-
-    size: int = Field(32, ge=1)  # prepared images are resized to size×size before flattening
-    channels: Literal[3, 4] = 3  # 3 = RGB, 4 = RGBA (the original study: 256×256×4)
-
-
-class LRFit(Section):
-    """Optimisation (the ``fit:`` part of ``train_lr``)."""
-
-    epochs: int = Field(10, ge=1)  # passes of SGD over the training store
-    alpha: float = Field(1.0, gt=0)  # L2 penalty on standardised pixels
-    average: bool = False  # averaged SGD (ASGD)
-    select: Literal["val_loss", "val_auc", "val_balanced_accuracy", "last"] = "val_auc"
-    seed: int = 42
 
 
 def _prefetched(items: Iterator[T]) -> Iterator[T]:
@@ -103,9 +86,9 @@ class LogisticClassifier(Classifier):
         self._pipeline = pipeline
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
-        """From a params section with ``model:`` and ``fit:`` parts (other keys are ignored)."""
-        model, fit = cls.typed_params(params)
+    def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Self:
+        """From the ``train_lr`` section's ``model:`` and ``fit:``."""
+        model, fit = cls.typed_params(section)
         meta = cls.new_meta(model, fit, model.size, model.channels, preprocessing)
         return cls(meta, fit)
 

@@ -15,12 +15,13 @@ evaluated through the one :class:`~glomx.models.base.Classifier` contract, uncha
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from glomx.config import TrainSection
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.models.base import Classifier, EpochHook, ModelMeta
@@ -60,7 +61,7 @@ class MeanClassifier(Classifier):
         return cls(meta, list(members.values()))
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
+    def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Self:
         raise TypeError("a mean model is built from fitted members (MeanClassifier.of), not params")
 
     def _fit(

@@ -26,54 +26,23 @@ import logging
 import math
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Annotated, Literal
 
 import keras
 import numpy as np
 from keras import layers
-from pydantic import Field, field_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from glomx.config import ParamsError, Section
+from glomx.config import ParamsError
 from glomx.data.adapt import dihedral
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
-from glomx.models.backbones import Backbone, block_of, load_backbone
+from glomx.family_params import OUTPUT, ProbeConfig, ProbeFit
+from glomx.models.backbones import block_of, load_backbone
 from glomx.models.base import EpochHook
 from glomx.models.keras_common import KerasClassifier, log_gpus
 
-OUTPUT = "output"
 log = logging.getLogger(__name__)
-
-
-class ProbeConfig(Section):
-    """The frozen feature extractor (the ``model:`` part of ``train_probe``)."""
-
-    backbone: Backbone = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
-    layer: str = OUTPUT  # the backbone layer whose activations are pooled; output = its last
-    size: int = Field(224, ge=32)  # input side
-    weights: str = "imagenet"  # imagenet | path to a .weights.h5 of the backbone
-
-    @field_validator("weights")
-    @classmethod
-    def _pretrained(cls, weights: str) -> str:
-        if weights == "none":
-            raise ValueError("a linear probe on random features is meaningless; use imagenet")
-        return weights
-
-
-class ProbeFit(Section):
-    """The logistic regression and its selection (the ``fit:`` part of ``train_probe``)."""
-
-    C: tuple[Annotated[float, Field(gt=0)], ...] = Field(
-        (0.001, 0.003, 0.01, 0.03, 0.1), min_length=1
-    )  # inverse L2 strength, candidates
-    select: Literal["log_loss", "auc", "balanced_accuracy"] = "log_loss"  # picks C
-    views: int = Field(1, ge=1, le=8)  # dihedral views per training image (1 = as stored)
-    batch_size: int = Field(32, ge=1)
-    max_iter: int = Field(2000, ge=1)
-    seed: int = 42
 
 
 @dataclass
@@ -124,7 +93,6 @@ class ProbeClassifier(KerasClassifier):
     family = "probe"
     config_class = ProbeConfig
     fit_config_class = ProbeFit
-    keras_fit = False  # its fit: is a logistic regression's, not a Keras schedule
     channels = 3
 
     def build_model(self) -> keras.Model:

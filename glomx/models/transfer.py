@@ -21,19 +21,17 @@ images/s at 128 px.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Self
+from typing import Self
 
 import keras
 from keras import layers
-from pydantic import Field
 
-from glomx.config import Section
+from glomx.config import TrainSection
 from glomx.data.images import Preprocessing
-from glomx.models.backbones import Backbone, block_of, load_backbone
+from glomx.family_params import FitConfig, ResNetConfig, TransferConfig
+from glomx.models.backbones import block_of, load_backbone
 from glomx.models.base import ModelMeta
 from glomx.models.keras_common import (
-    FitConfig,
     KerasClassifier,
     Phase,
     set_trainable,
@@ -41,29 +39,6 @@ from glomx.models.keras_common import (
 )
 
 BN_MOMENTUM_RANDOM_INIT = 0.9
-
-
-class TransferConfig(Section):
-    """Backbone and fine-tuning settings (the ``model:`` part of ``train_mobilenet``)."""
-
-    backbone: Backbone = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | resnet50
-    size: int = Field(224, ge=32)  # input side
-    weights: str = "imagenet"  # imagenet | none | path to a .weights.h5 of the backbone
-    fallback: bool = False  # imagenet unavailable → warn and train from random init
-    dropout: float = Field(0.2, ge=0, lt=1)
-    finetune_blocks: int = Field(3, ge=0)  # blocks unfrozen in phase 2 (from the top, head too)
-    finetune_epochs: int = Field(4, ge=0)  # phase 2 length; 0 = head only
-    finetune_learning_rate: float = Field(1e-4, gt=0)
-
-
-class ResNetConfig(TransferConfig):
-    """``train_resnet``'s ``model:``: ResNet-50 at 128 px, random-init fallback allowed."""
-
-    backbone: Backbone = "resnet50"
-    size: int = Field(128, ge=32)
-    fallback: bool = True
-    dropout: float = Field(0.3, ge=0, lt=1)
-    finetune_learning_rate: float = Field(1e-5, gt=0)
 
 
 def build_transfer(config: TransferConfig, backbone: keras.Model, pretrained: bool) -> keras.Model:
@@ -117,9 +92,9 @@ class TransferClassifier(KerasClassifier):
         self._backbone: keras.Model | None = None
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
+    def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Self:
         """As for every Keras family, and load the backbone now so missing weights fail fast."""
-        classifier = super().from_params(params, preprocessing)
+        classifier = super().from_params(section, preprocessing)
         classifier.load_backbone()
         return classifier
 

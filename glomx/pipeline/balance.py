@@ -161,6 +161,6 @@ def run(params: Params) -> str:
     write_json(layout.metrics("balance"), summary)
     with stage_run("balance", config.model_dump(), src.data_kind) as run:
         run.log_dict(summary, "balance.json")
-        run.log_metrics({k: v for k, v in flatten(summary).items() if k != "strategy"})
+        run.log_metrics({k: v for k, v in flatten(summary).items() if isinstance(v, int | float)})
         run.log_dataset(ArrayStore(layout.balanced), "balanced")
     return f"balance ({config.strategy}): {summary['before']} → {summary['after']}"

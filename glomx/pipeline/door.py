@@ -1,23 +1,20 @@
 """A stage's door: ``params.yaml`` parsed once into typed :class:`~glomx.config.Params`, so a
 misspelled key anywhere stops every stage with one line naming it, before any work starts.
 
-A family's own ``model:`` and ``fit:`` parts are typed by its module, which imports Keras;
-:func:`glomx.models.family_section` checks them at the door of the stage that trains it (and
-only there, so prepare and the logistic regression never load TensorFlow)."""
+The families' own ``model:`` and ``fit:`` parts are typed in the base layer
+(:mod:`glomx.family_params`), so they are checked here too without loading TensorFlow."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from glomx.config import PARAMS_FILE, Params, ParamsError, load
-from glomx.models import FAMILIES, check_family
+from glomx.models import FAMILIES
 
 
 def load_config(path: str | Path = PARAMS_FILE) -> Params:
     """The whole params file, typed and checked."""
     params = load(path)
-    for family in params.train:
-        check_family(family)
     for name in ("choose", "evaluate"):
         section = getattr(params, name)
         unknown = [f for f in (section.families if section else []) if f not in FAMILIES]

@@ -165,10 +165,10 @@ def train(
     """The ``stage`` of ``family``: cross-validate it, then record it everywhere."""
     layout = Layout(paths)
     check_replaceable(layout.model(family))
-    family_class(family).from_params(section.model_dump(), layout.preprocessing())  # before Ray
+    family_class(family).from_params(section, layout.preprocessing())  # before Ray
     originals, training = ArrayStore(layout.prepared("train")), ArrayStore(layout.balanced)
     logged = {
-        stage.replace("-", "_"): section.model_dump(),
+        stage.replace("-", "_"): section.logged(),
         "cv": cfg.model_dump(),
         "data": {"train": training.params, "cv": originals.params},
     }

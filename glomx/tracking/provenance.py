@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from glomx.config import PARAMS_FILE, file_hash, flatten
+from glomx.config import PARAMS_FILE, ParamsError, file_hash, flatten, read
 from glomx.tracking.names import EXPERIMENT, REGISTERED_MODEL, STAGE_TAG
 from glomx.tracking.store import sqlite_path, tracking_uri
 
@@ -59,8 +59,8 @@ def pipeline_outputs(workdir: Path) -> list[str]:
     plots in ``dvc.yaml`` (templated from ``params.yaml``), relative to ``workdir``."""
     try:
         stages = (yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}
-        params = yaml.safe_load((workdir / PARAMS_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError, AttributeError):
+        params = read(workdir / PARAMS_FILE)
+    except (OSError, yaml.YAMLError, AttributeError, ParamsError):
         return list(PIPELINE_FILES)
     entries = [
         next(iter(entry)) if isinstance(entry, dict) else entry

@@ -13,8 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from glomx.config import parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
+from glomx.family_params import CNNSection
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier
 from glomx.models.cnn_viz import save_cnn_figures
@@ -27,7 +29,7 @@ TINY = {"model": {"size": 32, "filters": [8, 16]}, "fit": {"epochs": 1, "batch_s
 @pytest.fixture(scope="module")
 def trained(blob_store: Callable[[int, int], ArrayStore]) -> dict[str, Any]:
     train, val = blob_store(24, 0), blob_store(12, 1)
-    classifier = CNNClassifier.from_params(TINY, PRE)
+    classifier = CNNClassifier.from_params(parse(CNNSection, TINY, "train_cnn"), PRE)
     epochs: list[dict[str, float]] = []
     fitted = classifier.fit(train, val, {0: 0.75, 1: 1.5}, epochs.append)
     assert fitted is classifier
@@ -81,7 +83,7 @@ def test_visualisations_show_first_layer_filters_and_maps(trained: dict, tmp_pat
 
 
 def test_refits_repeat_with_the_seed(trained: dict) -> None:
-    again = CNNClassifier.from_params(TINY, PRE)
+    again = CNNClassifier.from_params(parse(CNNSection, TINY, "train_cnn"), PRE)
     again.fit(trained["train"], trained["val"], {0: 0.75, 1: 1.5})
     images = trained["val"].read(slice(0, 12))
     np.testing.assert_allclose(
@@ -91,7 +93,7 @@ def test_refits_repeat_with_the_seed(trained: dict) -> None:
 
 def test_mixed_precision_computes_in_float16_and_predicts_float32(trained: dict) -> None:
     params = {**TINY, "fit": {**TINY["fit"], "mixed_precision": True, "jit_compile": False}}
-    classifier = CNNClassifier.from_params(params, PRE)
+    classifier = CNNClassifier.from_params(parse(CNNSection, params, "train_cnn"), PRE)
     classifier.fit(trained["train"], trained["val"])
     assert classifier.keras_model.get_layer("conv1").compute_dtype == "float16"
     proba = classifier.predict_proba(trained["val"].read(slice(0, 4)))
@@ -101,13 +103,19 @@ def test_mixed_precision_computes_in_float16_and_predicts_float32(trained: dict)
 
 def test_bad_settings_and_unfitted_use_fail_clearly(blob_store: Callable) -> None:
     with pytest.raises(ValueError, match=r"train_cnn.model.layers is not a known key"):
-        CNNClassifier.from_params({"model": {"layers": 3}}, PRE)
+        CNNClassifier.from_params(parse(CNNSection, {"model": {"layers": 3}}, "train_cnn"), PRE)
     with pytest.raises(ValueError, match="too small"):
-        CNNClassifier.from_params({"model": {"size": 8, "filters": [4, 4, 4, 4]}}, PRE)
+        CNNClassifier.from_params(
+            parse(CNNSection, {"model": {"size": 8, "filters": [4, 4, 4, 4]}}, "train_cnn"), PRE
+        )
     with pytest.raises(RuntimeError, match="not fitted"):
-        CNNClassifier.from_params(TINY, PRE).predict_proba(np.zeros((1, 8, 8, 3), np.uint8))
+        CNNClassifier.from_params(parse(CNNSection, TINY, "train_cnn"), PRE).predict_proba(
+            np.zeros((1, 8, 8, 3), np.uint8)
+        )
     with pytest.raises(ValueError, match="needs both classes"):  # one image: one class
-        CNNClassifier.from_params(TINY, PRE).fit(blob_store(24, 0), blob_store(1, 3))
+        CNNClassifier.from_params(parse(CNNSection, TINY, "train_cnn"), PRE).fit(
+            blob_store(24, 0), blob_store(1, 3)
+        )
 
 
 @pytest.mark.slow

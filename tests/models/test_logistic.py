@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from glomx.config import parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.evaluation.metrics import classification_metrics
+from glomx.family_params import LRSection
 from glomx.models import load_classifier, logistic
 from glomx.models.logistic import LogisticClassifier
 
@@ -26,7 +28,7 @@ def stores(blob_store: Callable[[int, int], ArrayStore]) -> Stores:
 
 
 def fitted(stores: Stores, params: dict = PARAMS, **fit_kwargs: object) -> LogisticClassifier:
-    clf = LogisticClassifier.from_params(params, PRE)
+    clf = LogisticClassifier.from_params(parse(LRSection, params, "train_lr"), PRE)
     assert clf.fit(*stores, **fit_kwargs) is clf  # type: ignore[arg-type]
     history = clf.history_
     assert set(history) == {"val_loss", "val_auc", "val_balanced_accuracy"}
@@ -106,11 +108,15 @@ def test_corrupt_pipeline_file_is_named_with_how_to_rebuild_it(
 
 def test_bad_params_and_unfitted_use_are_refused(stores: Stores) -> None:
     with pytest.raises(ValueError, match="epoch"):
-        LogisticClassifier.from_params({"fit": {"epoch": 3}}, PRE)
+        LogisticClassifier.from_params(parse(LRSection, {"fit": {"epoch": 3}}, "train_lr"), PRE)
     with pytest.raises(ValueError, match="select"):
-        LogisticClassifier.from_params({"fit": {"select": "test_auc"}}, PRE)
+        LogisticClassifier.from_params(
+            parse(LRSection, {"fit": {"select": "test_auc"}}, "train_lr"), PRE
+        )
     with pytest.raises(RuntimeError, match="not fitted"):
-        LogisticClassifier.from_params({}, PRE).predict_proba(stores[1].read(slice(0, 1)))
+        LogisticClassifier.from_params(parse(LRSection, {}, "train_lr"), PRE).predict_proba(
+            stores[1].read(slice(0, 1))
+        )
 
 
 def test_fit_refuses_an_empty_training_store_or_a_one_class_validation_store(
@@ -120,6 +126,8 @@ def test_fit_refuses_an_empty_training_store_or_a_one_class_validation_store(
     with StoreWriter(tmp_path / "empty", train.image_shape, train.params) as writer:
         empty = writer.close({"data_kind": "synthetic"})
     with pytest.raises(ValueError, match="empty has no images to train on"):
-        LogisticClassifier.from_params(PARAMS, PRE).fit(empty, val)
+        LogisticClassifier.from_params(parse(LRSection, PARAMS, "train_lr"), PRE).fit(empty, val)
     with pytest.raises(ValueError, match="needs both classes"):  # one image: one class
-        LogisticClassifier.from_params(PARAMS, PRE).fit(train, blob_store(1, 4))
+        LogisticClassifier.from_params(parse(LRSection, PARAMS, "train_lr"), PRE).fit(
+            train, blob_store(1, 4)
+        )

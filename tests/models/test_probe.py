@@ -18,10 +18,11 @@ from PIL import Image
 from sklearn.metrics import log_loss
 
 from glomx.cli import main
-from glomx.config import ParamsError
+from glomx.config import ParamsError, parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
 from glomx.evaluation import gradcam
+from glomx.family_params import ProbeSection
 from glomx.models import load_classifier
 from glomx.models.probe import ProbeClassifier
 from glomx.tracking import REGISTERED_MODEL
@@ -34,7 +35,7 @@ def test_probe_picks_c_on_validation_and_is_one_keras_model(
     blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
 ) -> None:
     train, val = blob_store(24, 0), blob_store(12, 1)
-    classifier = ProbeClassifier.from_params(PARAMS, PRE)
+    classifier = ProbeClassifier.from_params(parse(ProbeSection, PARAMS, "train_probe"), PRE)
     history = classifier.fit(train, val, {0: 0.75, 1: 1.5}).history_
     assert history["C"] == [0.01, 1.0] and len(history["val_loss"]) == 2
     chosen = history["C"].index(classifier.meta.extra["C"])
@@ -62,7 +63,7 @@ def test_probe_pools_an_inner_layer_and_keeps_it_through_save_and_grad_cam(
         "model": {"backbone": "efficientnet_lite0", "layer": "block15_expand_relu", "size": 64},
         "fit": {"C": [0.1], "batch_size": 8},
     }
-    classifier = ProbeClassifier.from_params(params, PRE)
+    classifier = ProbeClassifier.from_params(parse(ProbeSection, params, "train_probe"), PRE)
     train, val = blob_store(24, 0), blob_store(12, 1)
     classifier.fit(train, val)
     assert classifier.meta.extra["features"] == 1152  # the expansion, not the 1280-d head
@@ -83,25 +84,27 @@ def test_probe_names_an_unknown_layer() -> None:
     params = {"model": {"backbone": "efficientnet_lite0", "layer": "block99_add", "size": 32}}
     blocks = r"no layer 'block99_add'.*\(its blocks: stem, block0, .*, block15, head\)"
     with pytest.raises(ParamsError, match=blocks):
-        ProbeClassifier.from_params(params, PRE).build_model()
+        ProbeClassifier.from_params(parse(ProbeSection, params, "train_probe"), PRE).build_model()
 
 
 def test_probe_views_multiply_the_training_rows(
     blob_store: Callable[[int, int], ArrayStore],
 ) -> None:
     params = {"model": {"size": 32}, "fit": {"C": [0.1], "views": 2, "batch_size": 8}}
-    classifier = ProbeClassifier.from_params(params, PRE)
+    classifier = ProbeClassifier.from_params(parse(ProbeSection, params, "train_probe"), PRE)
     classifier.fit(blob_store(24, 0), blob_store(12, 1))
     assert classifier.meta.extra["training_rows"] == 48
 
 
 def test_probe_params_are_checked() -> None:
     with pytest.raises(ValueError, match="random features"):
-        ProbeClassifier.from_params({"model": {"weights": "none"}}, PRE)
+        ProbeClassifier.from_params(
+            parse(ProbeSection, {"model": {"weights": "none"}}, "train_probe"), PRE
+        )
     with pytest.raises(ValueError, match=r"train_probe.fit.views must be less than or equal to 8"):
-        ProbeClassifier.from_params({"fit": {"views": 9}}, PRE)
+        ProbeClassifier.from_params(parse(ProbeSection, {"fit": {"views": 9}}, "train_probe"), PRE)
     with pytest.raises(ParamsError, match=r"train_probe.fit.epochs is not a known key; valid: C"):
-        ProbeClassifier.from_params({"fit": {"epochs": 3}}, PRE)
+        ProbeClassifier.from_params(parse(ProbeSection, {"fit": {"epochs": 3}}, "train_probe"), PRE)
 
 
 @pytest.mark.slow

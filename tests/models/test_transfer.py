@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from glomx.config import parse
 from glomx.data.images import Preprocessing
 from glomx.data.store import ArrayStore
+from glomx.family_params import MobileNetSection, ResNetSection
 from glomx.models import load_classifier
 from glomx.models.backbones import RESNET50_FILE, BackboneWeightsError, ImageNetPreprocess
 from glomx.models.transfer import ResNetClassifier, TransferClassifier
@@ -35,7 +37,7 @@ def test_resnet_imagenet_unavailable_without_fallback_fails_saying_how_to_fix(
 ) -> None:
     params = {"model": {"weights": "imagenet", "fallback": False}}
     with pytest.raises(BackboneWeightsError) as error:
-        ResNetClassifier.from_params(params, PRE)
+        ResNetClassifier.from_params(parse(ResNetSection, params, "train_resnet"), PRE)
     message = str(error.value)
     assert RESNET50_FILE in message and str(offline_imagenet) in message
     assert "to none" in message and "fallback: true" in message
@@ -45,14 +47,23 @@ def test_resnet_imagenet_unavailable_with_fallback_records_random_fallback(
     offline_imagenet: Path,
 ) -> None:
     with pytest.warns(UserWarning, match="RANDOM initialisation"):
-        classifier = ResNetClassifier.from_params({"model": {"fallback": True}}, PRE)
+        classifier = ResNetClassifier.from_params(
+            parse(ResNetSection, {"model": {"fallback": True}}, "train_resnet"), PRE
+        )
     assert classifier.meta.extra["weights"] == "random-fallback" and not classifier.pretrained
     assert [p.name for p in classifier.phases()] == ["all-layers"]
 
 
 def test_missing_weights_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(BackboneWeightsError, match=r"nowhere\.weights\.h5 not found"):
-        ResNetClassifier.from_params({"model": {"weights": f"{tmp_path}/nowhere.weights.h5"}}, PRE)
+        ResNetClassifier.from_params(
+            parse(
+                ResNetSection,
+                {"model": {"weights": f"{tmp_path}/nowhere.weights.h5"}},
+                "train_resnet",
+            ),
+            PRE,
+        )
 
 
 def test_preprocessing_layer_is_keras_preprocess_input() -> None:
@@ -69,7 +80,9 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
         "model": {"size": 32, "finetune_blocks": 2, "finetune_epochs": 1},
         "fit": FIT,
     }
-    classifier = TransferClassifier.from_params(params, PRE)
+    classifier = TransferClassifier.from_params(
+        parse(MobileNetSection, params, "train_mobilenet"), PRE
+    )
     assert classifier.pretrained and classifier.meta.extra["weights"] == "imagenet"
     head, finetune = classifier.phases()
     assert (head.name, finetune.name) == ("head", "finetune-top-2-blocks")
@@ -103,7 +116,7 @@ def test_random_init_comes_from_fit_seed_whatever_ran_before() -> None:
         keras.random.normal((3,), seed=None)  # global random state advanced by earlier work
         np.random.default_rng().random()
         params = {"model": {"size": 32, "weights": "none"}, "fit": {"seed": seed}}
-        classifier = ResNetClassifier.from_params(params, PRE)
+        classifier = ResNetClassifier.from_params(parse(ResNetSection, params, "train_resnet"), PRE)
         backbone = classifier.build_model().get_layer("resnet50")
         return backbone.get_layer("conv1_conv").get_weights()[0]
 
@@ -117,7 +130,7 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
 ) -> None:
     train, val = blob_store(24, 0), blob_store(12, 1)
     params = {"model": {"size": 32, "weights": "none"}, "fit": FIT}
-    classifier = ResNetClassifier.from_params(params, PRE)
+    classifier = ResNetClassifier.from_params(parse(ResNetSection, params, "train_resnet"), PRE)
     assert classifier.meta.extra["weights"] == "random"
     history = classifier.fit(train, val, {0: 0.75, 1: 1.5}).history_
     assert len(history["val_balanced_accuracy"]) == 1

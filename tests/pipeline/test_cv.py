@@ -17,10 +17,10 @@ import pytest
 from cv_layout import PRE, SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
-from glomx.config import TrainSection
 from glomx.crossval import CVError, Trial, fold_indices, fold_trials, inner_slides, run_trials
 from glomx.data.split import read_split_csv, sites_of, slide_folds
 from glomx.data.store import ArrayStore, StoreWriter
+from glomx.family_params import CNNConfig, CNNSection, FitConfig, LRFit, LRModel, LRSection
 from glomx.pipeline.train import train
 from glomx.ray_session import RayAddressError, ray_session
 from glomx.server.postgres import free_port
@@ -28,10 +28,10 @@ from glomx.stage_main import user_message
 from glomx.tracking import EXPERIMENT, stage_run
 from glomx.tracking.runs import RunRef
 
-LR = TrainSection(model={"size": 8}, fit={"epochs": 2, "seed": 1}, class_weight="balanced")
-CNN = TrainSection(
-    model={"size": 16, "filters": [4, 8]},
-    fit={"epochs": 1, "batch_size": 16, "jit_compile": False},
+LR = LRSection(model=LRModel(size=8), fit=LRFit(epochs=2, seed=1), class_weight="balanced")
+CNN = CNNSection(
+    model=CNNConfig(size=16, filters=(4, 8)),
+    fit=FitConfig(epochs=1, batch_size=16, jit_compile=False),
     class_weight="balanced",
 )
 
@@ -155,7 +155,7 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
         report = train(
             f"train-{family}",
             family,
-            TrainSection.model_validate(section),
+            section,
             typed(paths),
             TEST_CV,
             SITE_REGEX,

@@ -15,10 +15,11 @@ from mlflow import MlflowClient
 
 from glomx.artifacts.decision import Decision
 from glomx.artifacts.layout import Layout
-from glomx.config import Params, read
+from glomx.config import Params, parse, read
 from glomx.data.store import ArrayStore
 from glomx.evaluation.bootstrap import METRICS
 from glomx.evaluation.scoring import score_store
+from glomx.family_params import CNNSection
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
 from glomx.models.mean import MeanClassifier, copy_member
@@ -84,7 +85,9 @@ def params(
     DECISION.write(tmp_path / "select" / "decision.json")
     shutil.copytree(lr_dir, tmp_path / "models" / "lr")
     pre = load_classifier(lr_dir).meta.preprocessing
-    cnn = CNNClassifier.from_params({"model": {"size": 16, "filters": [4, 8]}}, pre)
+    cnn = CNNClassifier.from_params(
+        parse(CNNSection, {"model": {"size": 16, "filters": [4, 8]}}, "train_cnn"), pre
+    )
     CNNClassifier(cnn.meta, cnn.fit_config, cnn.config, build_cnn(cnn.config)).save(
         tmp_path / "models" / "cnn"
     )

@@ -12,21 +12,24 @@ from cv_layout import SITE_REGEX, TEST_CV, cv_layout, typed
 from mlflow import MlflowClient
 
 from glomx.artifacts.model_folder import replace_model
-from glomx.config import TrainSection
+from glomx.config import parse
 from glomx.data.store import ArrayStore
 from glomx.evaluation.selection import OOF
+from glomx.family_params import LRSection
 from glomx.models import load_classifier
 from glomx.models.mean import MeanClassifier
 from glomx.pipeline.train import train
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
-PARAMS = TrainSection.model_validate(
+PARAMS = parse(
+    LRSection,
     {
         "model": {"size": 12, "channels": 3},
         "fit": {"epochs": 3, "alpha": 0.1, "seed": 1},
         "class_weight": "balanced",
         "threshold": {"tune": True, "metric": "balanced_accuracy"},
-    }
+    },
+    "train_lr",
 )
 
 

@@ -33,8 +33,10 @@ import pytest
 from PIL import Image
 
 from glomx.cli_predict import add_champion_parser
+from glomx.config import parse
 from glomx.data.images import load_image
 from glomx.data.store import ArrayStore
+from glomx.family_params import LRSection
 from glomx.models import load_classifier
 from glomx.models.logistic import LogisticClassifier
 from glomx.models.mean import MeanClassifier, copy_member
@@ -99,7 +101,9 @@ def ensemble_dir(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPath
     and a second LR at another size), each copied into a folder of its own."""
     root = tmp_path_factory.mktemp("ensemble")
     pre = load_classifier(lr_dir).meta.preprocessing
-    other = LogisticClassifier.from_params({"model": {"size": 6}, "fit": {"epochs": 2}}, pre)
+    other = LogisticClassifier.from_params(
+        parse(LRSection, {"model": {"size": 6}, "fit": {"epochs": 2}}, "train_lr"), pre
+    )
     other.fit(ArrayStore(prepared / "train"), ArrayStore(prepared / "val"))
     other.save(root / "lr6")
     members = {"lr": load_classifier(lr_dir), "lr6": load_classifier(root / "lr6")}
