@@ -1,4 +1,4 @@
-"""The one training-stage flow, shared by every ``train-<family>`` stage.
+"""The one training-stage flow, shared by every ``train@<family>`` stage.
 
 :func:`run_training` cross-validates the family over prepare's slide-grouped folds
 (:mod:`glomx.pipeline.cv`, one Ray task per fold), then:
@@ -45,6 +45,12 @@ from glomx.tracking.registry import register
 
 log = logging.getLogger(__name__)
 SPLIT_FILE = "split.csv"
+
+
+def stage_name(family: str) -> str:
+    """The DVC stage that trains ``family``, one per family from dvc.yaml's ``train`` template
+    (``dvc repro train@cnn``); its MLflow run is named and tagged so."""
+    return f"train@{family}"
 
 
 def prepared_preprocessing(paths: Paths) -> Preprocessing:
@@ -223,13 +229,13 @@ def run_training(
 
 
 def run(params: Params, family: str) -> str:
-    """The ``train-<family>`` stage; returns its summary: the pooled out-of-fold scores."""
+    """The ``train@<family>`` stage; returns its summary: the pooled out-of-fold scores."""
     if family not in FAMILIES:
         raise UsageError(f"stages/train.py FAMILY: {family!r} is none of {', '.join(FAMILIES)}")
     section = family_section(params, family)
     site_regex = params.need("prepare").site_regex
     report = run_training(
-        f"train-{family}", family, section, params.need("paths"), params.need("cv"), site_regex
+        stage_name(family), family, section, params.need("paths"), params.need("cv"), site_regex
     )
     oof = report["oof"]
     shown = ", ".join(
@@ -237,7 +243,5 @@ def run(params: Params, family: str) -> str:
         for k in ("balanced_accuracy", "roc_auc")
     )
     tags = ", ".join(f"{k} {report[k]}" for k in ("weights", "stain") if k in report)
-    return (
-        f"train-{family} out-of-fold ({oof['images']} images, {oof['slides']} slides): {shown}"
-        + (f"; {tags}" if tags else "")
-    )
+    counts = f"{oof['images']} images, {oof['slides']} slides"
+    return f"{stage_name(family)} out-of-fold ({counts}): {shown}" + (f"; {tags}" if tags else "")
