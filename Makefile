@@ -11,13 +11,13 @@ export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data prepare augment balance train-lr train-cnn train-resnet train-probe \
-        train-mobilenet evaluate repro run compare-prep test lint bench bench-models bench-select \
+.PHONY: help setup data prepare augment balance train choose evaluate repro run compare-prep test \
+        lint bench bench-models bench-select \
         plots ui server serve bench-serve predict calibrate bench-calibrate bench-sites bench-label-free \
         bench-predict bench-scale clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_ %-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install glomx with pinned dependencies (idempotent); GPU=1: CUDA TensorFlow
 $(STAMP): pyproject.toml constraints.txt backbones.txt
@@ -37,8 +37,11 @@ endif
 data: setup ## fetch data/ from the DVC remote
 	dvc pull data.dvc
 
-prepare augment balance train-lr train-cnn train-resnet train-probe train-mobilenet evaluate: setup ## run one stage (and what it needs)
+prepare augment balance train choose evaluate: setup ## run one stage (and what it needs); train: every family
 	dvc repro $@
+
+train-%: setup ## one family's stage, train@<family>: train-lr, train-cnn, … (glomx.models.FAMILIES)
+	dvc repro train@$*
 
 repro: setup ## run every stage that is out of date
 	dvc repro

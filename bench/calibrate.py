@@ -3,7 +3,7 @@
 Leave-one-site-out with the pipeline's own training, on the train + val slides of
 ``artifacts/prepared/split.csv`` (never test; a site is ``prepare.site_regex``'s group, the
 hospital). Every family of ``choose.families`` is cross-validated by the very trials its
-``train-<family>`` stage runs (:mod:`glomx.crossval`: the augmented, balanced training store,
+``train@<family>`` stage runs (:mod:`glomx.crossval`: the augmented, balanced training store,
 inner-validation slides for its fit-time choices, its ``params.yaml`` section), except that the
 folds are the hospitals: each hospital's original patches are scored by a model that saw no
 slide of it. The ensemble is the mean of the champion's members (``decision.json``'s tied

@@ -1,7 +1,7 @@
 """Compare the prepare stage's homogenisation methods by the LR baseline's validation scores.
 
-One DVC experiment per method: ``dvc exp run --temp -S prepare.image.method=<m> train-lr``
-reruns prepare → augment → balance → train-lr in a temporary copy of the repository (runs are
+One DVC experiment per method: ``dvc exp run --temp -S prepare.image.method=<m> train@lr``
+reruns prepare → augment → balance → train@lr in a temporary copy of the repository (runs are
 logged to the main repository's MLflow store through ``DVC_ROOT``), then one table compares
 them from ``dvc exp show``. The experiments stay listed in ``dvc exp show`` and MLflow;
 ``dvc exp apply prep-<method>`` brings the best one into the workspace.
@@ -35,7 +35,7 @@ def commands(methods: list[str], overrides: list[str], metrics_dir: str) -> list
     sets = [arg for s in overrides for arg in ("-S", s)]
     runs = [
         ["dvc", "exp", "run", "--temp", "--name", f"prep-{m}", *sets,
-         "-S", f"prepare.image.method={m}", "train-lr"]
+         "-S", f"prepare.image.method={m}", "train@lr"]
         for m in methods
     ]  # fmt: skip
     show = ["dvc", "exp", "show", "--md", "--hide-workspace", "--drop", ".*", "--keep",

@@ -140,11 +140,11 @@ CONTENDERS = [
     ),
     _probe("efficientnet_lite0", "none"),
     _probe("efficientnet_lite0", "macenko"),
-    Contender("cnn-full", "cnn", note="train-cnn's schedule", scopes=("trainval",)),
+    Contender("cnn-full", "cnn", note="train@cnn's schedule", scopes=("trainval",)),
     Contender(
-        "mobilenet-full", "mobilenet", note="train-mobilenet's schedule", scopes=("trainval",)
+        "mobilenet-full", "mobilenet", note="train@mobilenet's schedule", scopes=("trainval",)
     ),
-    Contender("resnet", "resnet", note="train-resnet's schedule and weights", scopes=("trainval",)),
+    Contender("resnet", "resnet", note="train@resnet's schedule and weights", scopes=("trainval",)),
 ]  # run in this order, most informative first: a run cut short still answers the most
 BY_NAME = {c.name: c for c in CONTENDERS}
 

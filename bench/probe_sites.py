@@ -2,7 +2,7 @@
 
 Train + val only, never test. For each backbone, pooled layer (``model.layer``: ``output``,
 the backbone's last feature map, or an inner one) and stain normalisation, the probe's
-features (at 224 px, as train-probe computes them) of the prepared train and val stores are
+features (at 224 px, as train@probe computes them) of the prepared train and val stores are
 pooled and scored two ways: slide-grouped 6-fold CV (the pooled out-of-fold balanced accuracy
 and ROC-AUC, averaged over 3 shuffles of the folds), and leave-one-site-out: each of the sites
 with both classes is held out in turn, the probe (standardise + balanced logistic regression,
@@ -65,7 +65,7 @@ def best_threshold(labels: np.ndarray, proba: np.ndarray) -> float:
 
 
 def probe() -> Pipeline:
-    """Standardise + balanced logistic regression, as train-probe fits it."""
+    """Standardise + balanced logistic regression, as train@probe fits it."""
     return make_pipeline(
         StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
     )

@@ -42,9 +42,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "tests"))  # the pipeline copy the tests run DVC in
+from dvc_stages import expanded_stages  # noqa: E402
 from pipeline_copy import copy_env, make_copy, merge  # noqa: E402
 
 from glomx.models import FAMILIES  # noqa: E402
+from glomx.pipeline.train import stage_name  # noqa: E402
 
 # cheap settings: every family trains, but for one epoch (fine-tuning 0 or 1) on 2 folds
 BENCH_FOLDS = 2
@@ -60,7 +62,8 @@ EPOCH_LINE = re.compile(r"\d+/\d+ - (\d+)s - ")  # Keras verbose=2, one per epoc
 
 
 def _stage_order(root: Path) -> list[str]:
-    return list(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    """The stages as DVC runs them: the train template once per family (``train@<family>``)."""
+    return list(expanded_stages(root))
 
 
 def _du_mib(path: Path) -> float:
@@ -169,11 +172,11 @@ def project(stage: str, fig: dict[str, Any], params: dict[str, Any]) -> float:
     for the Keras families, the epochs; the rest of a training stage (Ray, building, scoring
     the held-out fold) with the number of folds. Early stopping can only shorten it.
     """
-    if not stage.startswith("train-"):
+    family = {stage_name(f): f for f in FAMILIES}.get(stage)
+    if family is None:
         return fig["seconds"]
     k = int(params["prepare"]["split"]["folds"])
     work = (k - 1) / (BENCH_FOLDS - 1)
-    family = stage.removeprefix("train-")
     section = params[f"train_{family}"]
     if "epochs" not in section.get("fit", {}) or family == "lr":  # lr keeps its default epochs
         return fig["seconds"] * work
@@ -215,7 +218,7 @@ def write_report(report: dict[str, Any], path: Path) -> str:
         "| RSS (shared) | disk (shared) | x data | x time | x RSS | default schedule |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = _stage_order(ROOT)
     projected = {st: project(st, big[st], params) for st in stages if st in big}
     for stage in (st for st in stages if st in big or st in small):
         cells = [stage]

@@ -57,6 +57,7 @@ from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.selection import ENSEMBLE, OOF, mean_of, paired_difference
 from glomx.models import FAMILIES
 from glomx.pipeline import augment, balance
+from glomx.pipeline.train import stage_name
 
 RUNS = OUT / "sites"
 TODAY = "today"
@@ -132,9 +133,9 @@ def _same(a: Any, b: Any) -> bool:
 
 def pipeline_oof(raw: dict[str, Any], family: str) -> OOF | None:
     """The pipeline's own out-of-fold predictions of ``family`` when ``dvc.lock`` recorded
-    every stage from prepare to ``train-<family>`` with exactly ``raw``'s params; else None."""
+    every stage from prepare to ``train@<family>`` with exactly ``raw``'s params; else None."""
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
-    for stage in (*UPSTREAM, f"train-{family}"):
+    for stage in (*UPSTREAM, stage_name(family)):
         recorded = lock.get(stage, {}).get("params", {}).get("params.yaml")
         if not recorded or any(not _same(_at(raw, k), v) for k, v in recorded.items()):
             return None

@@ -1,9 +1,9 @@
 """Benchmarks of the stages after prepare, each against a baseline measured in the same run.
 
-1. ``stages``: peak RSS and time of augment (to ~10,000 images), balance and train-lr at the
+1. ``stages``: peak RSS and time of augment (to ~10,000 images), balance and train@lr at the
    original study's 256×256×4, on the full-scale synthetic set (5,758 patches) — each in a
    fresh subprocess so its peak RSS is its own.
-2. ``feed``: train-cnn images/s fed from the array store (PyDataset) against the same model
+2. ``feed``: train@cnn images/s fed from the array store (PyDataset) against the same model
    fed in-memory random tensors (target ratio ≥ 0.9).
 3. ``predict``: ``glomx predict`` with the trained CNN (models/cnn) on full-size patches against a
    naive loop (open one image, preprocess, ``predict`` on a batch of one; target ≥ 5×).
@@ -86,7 +86,7 @@ def _child_train_lr() -> dict[str, Any]:
     section = family_section(params, "lr")
     section = section.model_copy(update={"model": LRModel(size=256, channels=4)})  # the study's
     site_regex = params.need("prepare").site_regex
-    oof = train("train-lr", "lr", section, _paths(), params.need("cv"), site_regex).report["oof"]
+    oof = train("train@lr", "lr", section, _paths(), params.need("cv"), site_regex).report["oof"]
     return {
         "oof_roc_auc": oof["roc_auc"]["value"],
         "oof_balanced_accuracy": oof["balanced_accuracy"]["value"],
@@ -163,7 +163,7 @@ CHILDREN = {
     "prepare": _child_prepare,
     "augment": _child_augment,
     "balance": _child_balance,
-    "train-lr": _child_train_lr,
+    "train@lr": _child_train_lr,
     "feed": _child_feed,
 }
 
@@ -208,7 +208,7 @@ def main() -> None:
         and not (WORK / "augmented" / "manifest.json").is_file()
     ):
         report["prepare"] = _run_child("prepare")
-    for name in ("augment", "balance", "train-lr") if args.only in (None, "stages") else ():
+    for name in ("augment", "balance", "train@lr") if args.only in (None, "stages") else ():
         report[name] = _run_child(name)
         print(name, report[name], flush=True)
     if args.only in (None, "feed"):

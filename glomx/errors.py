@@ -30,6 +30,6 @@ class CorruptModelError(GlomxError, RuntimeError):
     def __init__(self, path: Path, family: str, reason: str) -> None:
         super().__init__(
             f"{path} exists but cannot be loaded ({reason}): the {family} model file is corrupt "
-            f"or incomplete. Rebuild it with `dvc repro train-{family}`, or restore the tracked "
+            f"or incomplete. Rebuild it with `dvc repro train@{family}`, or restore the tracked "
             f"copy with `dvc checkout {path.parent}`"
         )

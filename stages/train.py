@@ -1,4 +1,4 @@
-"""DVC stage train-<family>: cross-validate one model family over the slide-grouped folds
+"""DVC stage train@<family>: cross-validate one model family over the slide-grouped folds
 (``python stages/train.py <family>``; the families: glomx.models.FAMILIES)."""
 
 import sys
@@ -8,5 +8,5 @@ from glomx.pipeline.door import load_config
 from glomx.stage_main import stage_main
 
 family = sys.argv[1] if len(sys.argv) > 1 else ""
-with stage_main(f"train-{family}"):
+with stage_main(train.stage_name(family)):
     print(train.run(load_config(), family))

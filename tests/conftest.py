@@ -173,7 +173,7 @@ def registered_lr(lr_dir: Path, prepared: Path) -> str:
     """``lr_dir`` logged and registered as the training stage does (in this test's store)."""
     clf = load_classifier(lr_dir)
     images = ArrayStore(prepared / "val").read([0])
-    with stage_run("train-lr", {}, "synthetic") as run:
+    with stage_run("train@lr", {}, "synthetic") as run:
         return register(run, lr_dir, clf, images, {"cv_balanced_accuracy": 0.9})
 
 

@@ -59,12 +59,13 @@ def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 3000) 
 
 
 def _keep_families(root: Path, families: Sequence[str]) -> None:
-    """Drop the other families' training stages, and their models from choose.s and
-    evaluate's deps."""
+    """Drop the other families' training stages (their lines in the ``families`` the train
+    template expands), and their models from choose's and evaluate's deps."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text())
     dropped = [f for f in FAMILIES if f not in families]
+    (template,) = (v["families"] for v in spec["vars"] if isinstance(v, dict) and "families" in v)
     for family in dropped:
-        del spec["stages"][f"train-{family}"]
+        del template[family]
     unwanted = {f"${{paths.models}}/{f}" for f in dropped}
     for stage in ("choose", "evaluate"):
         deps = spec["stages"][stage]["deps"]

@@ -48,8 +48,8 @@ CASES = [
     ("glomx serve", {"GLOMX_SERVE_MAX_BODY_MB": "0"}, 1, "glomx serve failed: GLOMX_SERVE_MAX"),
     ("glomx serve --port many", {}, 2, "usage:"),
     ("glomx synth {png} --n 4", {}, 1, "glomx synth failed: "),  # not a synthetic folder
-    ("stage {root}/stage nosuch", {}, 2, "train-nosuch failed: stages/train.py FAMILY"),
-    ("stage {root}/unreadable lr", {}, 1, "train-lr failed: params.yaml not found"),
+    ("stage {root}/stage nosuch", {}, 2, "train@nosuch failed: stages/train.py FAMILY"),
+    ("stage {root}/unreadable lr", {}, 1, "train@lr failed: params.yaml not found"),
 ]
 
 

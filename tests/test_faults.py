@@ -229,7 +229,7 @@ def _trial_runs(db: Path) -> list[tuple[str, str]]:
 
 def _stage_status(db: Path) -> str:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        ((status,),) = con.execute("SELECT status FROM runs WHERE name = 'train-lr'").fetchall()
+        ((status,),) = con.execute("SELECT status FROM runs WHERE name = 'train@lr'").fetchall()
     return status
 
 
@@ -270,7 +270,7 @@ def test_sigterm_closes_the_training_run_as_killed(tmp_path: Path, isolated_mlfl
         process.terminate()
     _, err = process.communicate(timeout=120)
     assert process.returncode == TERMINATED, err[-3000:]
-    assert "train-lr stopped: terminated (SIGTERM)" in err and "Traceback" not in err
+    assert "train@lr stopped: terminated (SIGTERM)" in err and "Traceback" not in err
     assert _stage_status(db) == "KILLED"
     assert _record(process.pid) is None  # Ray stopped and its record removed
 
@@ -305,7 +305,7 @@ def test_a_foreign_model_folder_is_refused_before_any_fold_runs(
     done = run(TRAIN, cwd=project)
     assert done.returncode == 1
     assert _first(done.stderr) == (
-        f"train-lr failed: {foreign} exists and is not a glomx model; move it away (the model "
+        f"train@lr failed: {foreign} exists and is not a glomx model; move it away (the model "
         "is saved there)"
     )
     assert (foreign / "notes.txt").read_text() == "mine"

@@ -66,7 +66,7 @@ def test_repro_builds_every_output(project: tuple[Path, dict[str, str]]) -> None
     assert set(evaluated["models"]) == {*FAMILIES, "colour_baseline", *extra}
     assert evaluated["champion"]["family"] == decision["candidate"]
     assert "synthetic" in (root / "reports" / "summary.md").read_text().lower()
-    # train-resnet's params ask for no pretrained weights (weights: none): recorded as random
+    # train@resnet's params ask for no pretrained weights (weights: none): recorded as random
     assert _json(root, "metrics/resnet.json")["weights"] == "random"
     for family in ("probe", "mobilenet"):  # pretrained, never a silent random init
         assert _json(root, f"metrics/{family}.json")["weights"] == "imagenet"
@@ -80,7 +80,7 @@ def test_repro_builds_every_output(project: tuple[Path, dict[str, str]]) -> None
 
 
 def test_a_family_param_reruns_that_family_only(project: tuple[Path, dict[str, str]]) -> None:
-    """Of the training stages, a train_lr param changes train-lr's alone (choose and evaluate
+    """Of the training stages, a train_lr param changes train@lr's alone (choose and evaluate
     follow once its model has changed); no other family's cross-validation reruns."""
     root, env = project
     params = (root / "params.yaml").read_text()
@@ -88,7 +88,7 @@ def test_a_family_param_reruns_that_family_only(project: tuple[Path, dict[str, s
         (root / "params.yaml").write_text(params.replace("alpha: 1.0", "alpha: 0.5", 1))
         out = run(["dvc", "status", "--json"], root, env)
         status = json.loads(out[out.index("{") : out.rindex("}") + 1])
-        assert status == {"train-lr": [{"changed deps": {"params.yaml": {"train_lr": "modified"}}}]}
+        assert status == {"train@lr": [{"changed deps": {"params.yaml": {"train_lr": "modified"}}}]}
     finally:
         (root / "params.yaml").write_text(params)
 

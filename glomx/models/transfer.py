@@ -14,7 +14,7 @@ stage stops or, with ``fallback: true``, trains from random init and records
 ``weights=random-fallback``). The source actually used is ``meta.extra["weights"]``.
 
 Cost on the shared 2-core CPU (TensorFlow), measured with other jobs running: MobileNetV2 at
-160 px took 43 s per fine-tuning epoch of 856 images (the whole train-mobilenet stage 4 min);
+160 px took 43 s per fine-tuning epoch of 856 images (the whole train@mobilenet stage 4 min);
 at 224 px, 160–270 s per head epoch under heavy load. ResNet-50 from random init about 10–15
 images/s at 128 px.
 """

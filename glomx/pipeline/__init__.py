@@ -1,3 +1,3 @@
 """One module per DVC stage: the orchestration ``stages/<stage>.py`` runs (``train`` serves
-every ``train-<family>`` stage); the libraries they orchestrate live in data, models,
+every ``train@<family>`` stage); the libraries they orchestrate live in data, models,
 evaluation and tracking."""

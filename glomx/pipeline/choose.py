@@ -1,6 +1,6 @@
 """The choose stage: choose the champion candidate on out-of-fold predictions, never on test.
 
-It reads every family's OOF predictions (written by its ``train-<family>`` stage), applies the
+It reads every family's OOF predictions (written by its ``train@<family>`` stage), applies the
 rule of :mod:`glomx.evaluation.selection` and writes:
 
 - ``metrics/cv.json``: per family the pooled OOF metrics with slide-bootstrap intervals and the

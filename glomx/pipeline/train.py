@@ -1,4 +1,4 @@
-"""The one training-stage flow, shared by every ``train-<family>`` stage.
+"""The one training-stage flow, shared by every ``train@<family>`` stage.
 
 :func:`train` cross-validates the family over prepare's slide-grouped folds
 (:mod:`glomx.crossval`, one Ray task per fold), then:
@@ -27,7 +27,7 @@ import numpy as np
 
 from glomx.artifacts.layout import Layout
 from glomx.artifacts.model_folder import check_replaceable, write_bag
-from glomx.config import CV, Params, Paths, TrainSection
+from glomx.config import CV, TRAIN_PREFIX, Params, Paths, TrainSection
 from glomx.crossval import FoldResult, fold_trials, out_of_fold, run_trials
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
@@ -43,6 +43,12 @@ from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register
 
 log = logging.getLogger(__name__)
+
+
+def stage_name(family: str) -> str:
+    """The DVC stage that trains ``family``, one per family from dvc.yaml's ``train`` template
+    (``dvc repro train@cnn``); its MLflow run is named and tagged so."""
+    return f"train@{family}"
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,7 @@ def train(
     family_class(family).from_params(section, layout.preprocessing())  # before Ray
     originals, training = ArrayStore(layout.prepared("train")), ArrayStore(layout.balanced)
     logged = {
-        stage.replace("-", "_"): section.logged(),
+        f"{TRAIN_PREFIX}{family}": section.logged(),
         "cv": cfg.model_dump(),
         "data": {"train": training.params, "cv": originals.params},
     }
@@ -182,13 +188,13 @@ def train(
 
 
 def run(params: Params, family: str) -> str:
-    """The ``train-<family>`` stage; returns its summary: the pooled out-of-fold scores."""
+    """The ``train@<family>`` stage; returns its summary: the pooled out-of-fold scores."""
     if family not in FAMILIES:
         raise UsageError(f"stages/train.py FAMILY: {family!r} is none of {', '.join(FAMILIES)}")
     section = family_section(params, family)
     site_regex = params.need("prepare").site_regex
     report = train(
-        f"train-{family}", family, section, params.need("paths"), params.need("cv"), site_regex
+        stage_name(family), family, section, params.need("paths"), params.need("cv"), site_regex
     ).report
     oof = report["oof"]
     shown = ", ".join(
@@ -196,7 +202,5 @@ def run(params: Params, family: str) -> str:
         for k in ("balanced_accuracy", "roc_auc")
     )
     tags = ", ".join(f"{k} {report[k]}" for k in ("weights", "stain") if k in report)
-    return (
-        f"train-{family} out-of-fold ({oof['images']} images, {oof['slides']} slides): {shown}"
-        + (f"; {tags}" if tags else "")
-    )
+    counts = f"{oof['images']} images, {oof['slides']} slides"
+    return f"{stage_name(family)} out-of-fold ({counts}): {shown}" + (f"; {tags}" if tags else "")

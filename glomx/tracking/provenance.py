@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ ML_VIEW = "?workflowType=machine_learning"
 # a stage's outputs that git tracks besides the ones dvc.yaml declares
 PIPELINE_FILES = ("dvc.lock",)
 CHANGED_LIMIT = 2000  # characters of the changed-files tag
+StageContext = tuple[dict[str, Any], dict[str, Any]]  # a stage's definition, its ${...} values
 
 
 def _git(workdir: Path, *args: str) -> str | None:
@@ -54,22 +56,47 @@ def _interpolate(text: str, params: dict[str, Any]) -> str:
     return re.sub(r"\$\{\s*([\w.-]+)\s*\}", lambda m: str(flat.get(m[1], m[0])), text)
 
 
+def _stage_contexts(spec: dict[str, Any], params: dict[str, Any]) -> Iterator[StageContext]:
+    """Each stage of a ``dvc.yaml`` with what its ``${...}`` references resolve from
+    (``params.yaml`` and the dicts of ``vars``); a ``foreach`` stage's ``do`` once per key and
+    item of its collection, as DVC expands it."""
+    context = dict(params)
+    for entry in spec.get("vars") or []:
+        context.update(entry if isinstance(entry, dict) else {})
+    for stage in (spec.get("stages") or {}).values():
+        if not isinstance(stage, dict):
+            continue
+        if "foreach" not in stage:
+            yield stage, context
+            continue
+        each: Any = stage["foreach"]
+        if isinstance(each, str) and (ref := re.fullmatch(r"\$\{\s*([\w.-]+)\s*\}", each)):
+            each = context  # ${families}: a collection from vars or params
+            for part in ref[1].split("."):
+                each = each.get(part) if isinstance(each, dict) else None
+        pairs = each.items() if isinstance(each, dict) else ((None, v) for v in each or [])
+        for key, item in pairs:
+            yield stage.get("do") or {}, {**context, "key": key, "item": item}
+
+
 def pipeline_outputs(workdir: Path) -> list[str]:
     """Paths the pipeline itself writes: ``dvc.lock`` and every stage's outs, metrics and
-    plots in ``dvc.yaml`` (templated from ``params.yaml``), relative to ``workdir``."""
+    plots in ``dvc.yaml`` (templated from ``params.yaml`` and ``vars``, a ``foreach`` stage
+    once per key), relative to ``workdir``."""
     try:
-        stages = (yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}
+        spec = yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}
         params = read(workdir / PARAMS_FILE)
-    except (OSError, yaml.YAMLError, AttributeError, ParamsError):
+        stages = list(_stage_contexts(spec, params))
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ParamsError):
         return list(PIPELINE_FILES)
-    entries = [
-        next(iter(entry)) if isinstance(entry, dict) else entry
-        for stage in stages.values()
-        if isinstance(stage, dict)
+    paths = {
+        _interpolate(str(next(iter(entry)) if isinstance(entry, dict) else entry), context)
+        .strip("/")
+        .removeprefix("./")
+        for stage, context in stages
         for kind in ("outs", "metrics", "plots")
         for entry in stage.get(kind) or []
-    ]
-    paths = {_interpolate(str(e), params).strip("/").removeprefix("./") for e in entries}
+    }
     return [*PIPELINE_FILES, *sorted(paths)]
 
 

@@ -31,7 +31,7 @@ EXPERIMENT_NOTE = """\
 Kidney glomeruli patches (PAS stain): globally sclerotic (1) or not (0). One run per DVC stage
 execution, tagged `glomx.stage` and with its provenance (`git.*`, `data.*`, `params.md5`).
 
-- `train-<family>` runs: `epoch/<metric>` are per-epoch curves; `selected/<metric>` are the
+- `train@<family>` runs: `epoch/<metric>` are per-epoch curves; `selected/<metric>` are the
   validation scores of the model the run kept (best epoch by its early-stopping monitor, at its
   decision threshold) and registered as a version of model `glomx`.
 - `evaluate` runs: one child run per evaluated model with the same `test_<metric>` names

@@ -33,7 +33,7 @@ from glomx.server.postgres import PASSFILE, PostgresError, free_port, pg_bin, se
 pytestmark = pytest.mark.slow  # a whole pipeline against a real server
 
 FAMILIES = ("lr", "cnn")
-STAGES = {"prepare", "augment", "balance", "train-lr", "train-cnn", "choose", "evaluate"}
+STAGES = {"prepare", "augment", "balance", "train@lr", "train@cnn", "choose", "evaluate"}
 QUEUED = {"lr-epochs-1": 1, "lr-epochs-3": 3}  # experiment name → train_lr.fit.epochs
 QUEUE_TIMEOUT_S = 420.0
 
@@ -154,7 +154,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
         sh("git", "add", "-A")
         sh("git", "commit", "-qm", "lab remotes, synthetic data")
         started = time.monotonic()
-        sh("dvc", "repro", "train-lr")
+        sh("dvc", "repro", "train@lr")
         first_part = time.monotonic() - started
         server.stop()
         timings["server restart s"] = server.start()  # mid-pipeline
@@ -175,9 +175,9 @@ def test_every_stage_logs_runs_artifacts_and_versions_on_the_server(team: Team) 
     assert sorted(r["info"]["run_name"] for r in runs) == sorted(STAGES)
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert all(r["info"]["artifact_uri"].startswith("mlflow-artifacts:/") for r in runs)
-    cnn = next(r for r in runs if r["info"]["run_name"] == "train-cnn")
+    cnn = next(r for r in runs if r["info"]["run_name"] == "train@cnn")
     listed = team.server.api("artifacts/list", run_id=cnn["info"]["run_id"])
-    assert listed.get("files"), "the train-cnn run has no artifacts on the server"
+    assert listed.get("files"), "the train@cnn run has no artifacts on the server"
     assert any((team.server.folder / "artifacts").rglob("MLmodel"))  # kept by the server
     assert not (team.clone / "mlruns").exists()  # nothing went to a local store
     model = team.server.api("registered-models/get", name="glomx")["registered_model"]
@@ -238,11 +238,11 @@ def test_queued_experiments_run_two_at_a_time_each_with_its_own_runs(team: Team)
     runs = team.server.runs()
     for name, epochs in QUEUED.items():
         mine = _stage_runs(runs, name)
-        assert sorted(r["info"]["run_name"] for r in mine) == ["choose", "evaluate", "train-lr"], (
+        assert sorted(r["info"]["run_name"] for r in mine) == ["choose", "evaluate", "train@lr"], (
             name
         )
         assert all(r["info"]["status"] == "FINISHED" for r in mine)
-        (lr,) = (r for r in mine if r["info"]["run_name"] == "train-lr")
+        (lr,) = (r for r in mine if r["info"]["run_name"] == "train@lr")
         assert lr["params"]["train_lr.fit.epochs"] == str(epochs)
     for r in runs:  # evaluate's child runs carry the experiment name too
         parent = r["tags"].get("mlflow.parentRunId")

@@ -89,7 +89,7 @@ CV = {"cpus_per_trial": 1, "bootstrap": {"n_resamples": 100, "confidence": 0.95,
 
 @pytest.fixture
 def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, Any], str]:
-    """``run(family, params)``: run stage ``train-<family>`` as DVC would, in a directory whose
+    """``run(family, params)``: run stage ``train@<family>`` as DVC would, in a directory whose
     params.yaml is the repository's with ``training_paths``, a quick ``cv`` section and
     ``params`` as ``train_<family>``; returns its stdout."""
 

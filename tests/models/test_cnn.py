@@ -71,7 +71,7 @@ def test_corrupt_model_file_is_named_with_how_to_rebuild_it(
     trained: dict, tmp_path: Path, damage: str, assert_damage_is_named: Callable[..., None]
 ) -> None:
     trained["clf"].save(tmp_path / "cnn")
-    assert_damage_is_named(tmp_path / "cnn", "model.keras", "train-cnn", damage)
+    assert_damage_is_named(tmp_path / "cnn", "model.keras", "train@cnn", damage)
 
 
 def test_visualisations_show_first_layer_filters_and_maps(trained: dict, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_train_cnn_stage_records_the_run_model_and_pictures(
     assert [type(m) for m in bag.members] == [CNNClassifier, CNNClassifier]  # one per fold
 
     client = MlflowClient(isolated_mlflow)
-    run, trials = stage_runs(client, "train-cnn")
+    run, trials = stage_runs(client, "train@cnn")
     assert run.info.status == "FINISHED" and len(trials) == 2
     for metric in ("epoch/loss", "epoch/val_auc", "epoch/val_balanced_accuracy"):
         assert [h.step for h in client.get_metric_history(trials[0].info.run_id, metric)] == [0, 1]

@@ -103,7 +103,7 @@ def test_corrupt_pipeline_file_is_named_with_how_to_rebuild_it(
     stores: Stores, tmp_path: Path, damage: str, assert_damage_is_named: Callable[..., None]
 ) -> None:
     fitted(stores).save(tmp_path / "lr")
-    assert_damage_is_named(tmp_path / "lr", "pipeline.joblib", "train-lr", damage)
+    assert_damage_is_named(tmp_path / "lr", "pipeline.joblib", "train@lr", damage)
 
 
 def test_bad_params_and_unfitted_use_are_refused(stores: Stores) -> None:

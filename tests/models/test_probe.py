@@ -127,7 +127,7 @@ def test_train_probe_stage_with_stain_normalisation_end_to_end(
     assert report["weights"] == "imagenet" and report["stain"] == "reinhard"
 
     client = MlflowClient(isolated_mlflow)
-    run, trials = stage_runs(client, "train-probe")
+    run, trials = stage_runs(client, "train@probe")
     assert run.info.status == "FINISHED" and run.data.tags["stain"] == "reinhard"
     history = client.get_metric_history(trials[0].info.run_id, "epoch/C")
     assert [h.value for h in history] == [0.01, 1.0]

@@ -110,7 +110,7 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
 
 def test_random_init_comes_from_fit_seed_whatever_ran_before() -> None:
     """The backbone is built in from_params, before fit seeds: it must seed itself, or every
-    train-resnet run (random-init fallback) starts from different weights."""
+    train@resnet run (random-init fallback) starts from different weights."""
 
     def first_kernel(seed: int) -> np.ndarray:
         keras.random.normal((3,), seed=None)  # global random state advanced by earlier work
@@ -166,7 +166,7 @@ def test_train_resnet_stage_records_the_run_and_the_weights_source(
     assert (Path(training_paths["plots"]) / "resnet" / "roc.csv").is_file()
 
     client = MlflowClient(isolated_mlflow)
-    run, trials = stage_runs(client, "train-resnet")
+    run, trials = stage_runs(client, "train@resnet")
     assert run.info.status == "FINISHED" and run.data.tags["weights"] == "random"
     assert all(t.data.tags["weights"] == "random" for t in trials)
     history = client.get_metric_history(trials[0].info.run_id, "epoch/val_balanced_accuracy")

@@ -101,13 +101,13 @@ def test_a_failing_trial_fails_the_stage_with_family_and_fold(tmp_path: Path) ->
     paths = cv_layout(tmp_path)
     originals = Path(paths["prepared"]) / "train"
     folds = slide_folds(read_split_csv(Path(paths["prepared"]) / "split.csv"))
-    with stage_run("train-lr", {}, "synthetic") as run:
+    with stage_run("train@lr", {}, "synthetic") as run:
         trial = Trial("lr", 1, LR, PRE, str(tmp_path / "no-store"), str(originals), folds,
                       ("SAS_0",), run.ref(), TEST_CV.restyle, TEST_CV.seed)  # fmt: skip
         with pytest.raises(CVError) as err:
             run_trials([trial], TEST_CV)
-    message = user_message("train-lr", err.value).splitlines()[0]
-    assert re.fullmatch(r"train-lr failed: lr fold 1: .*no-store is not a finished array store.*",
+    message = user_message("train@lr", err.value).splitlines()[0]
+    assert re.fullmatch(r"train@lr failed: lr fold 1: .*no-store is not a finished array store.*",
                         message), message  # fmt: skip
 
 
@@ -153,7 +153,7 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
     paths = cv_layout(tmp_path)
     for family, section in (("lr", LR), ("cnn", CNN)):
         report = train(
-            f"train-{family}",
+            f"train@{family}",
             family,
             section,
             typed(paths),
@@ -165,8 +165,8 @@ def test_a_tiny_cv_of_two_families_on_a_ray_cluster_nests_its_trial_runs(
     client = MlflowClient(isolated_mlflow)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     for family in ("lr", "cnn"):
-        (stage,) = client.search_runs([exp], f"tags.`glomx.stage` = 'train-{family}' and "
-                                      "attributes.run_name = 'train-" + family + "'")  # fmt: skip
+        (stage,) = client.search_runs([exp], f"tags.`glomx.stage` = 'train@{family}' and "
+                                      "attributes.run_name = 'train@" + family + "'")  # fmt: skip
         trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{stage.info.run_id}'")
         assert sorted(t.info.run_name for t in trials) == [f"{family} fold {k}" for k in range(3)]
         for t in trials:

@@ -42,7 +42,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
 def test_train_cross_validates_saves_the_bag_and_logs_a_registered_run(
     paths: dict[str, str], isolated_mlflow: str
 ) -> None:
-    report = train("train-lr", "lr", PARAMS, typed(paths), TEST_CV, SITE_REGEX).report
+    report = train("train@lr", "lr", PARAMS, typed(paths), TEST_CV, SITE_REGEX).report
     oof = OOF.read(Path(paths["cv"]) / "lr.csv")
     originals = ArrayStore(Path(paths["prepared"]) / "train")
     assert sorted(oof.names) == sorted(originals.names)  # every original once, no copy
@@ -71,8 +71,8 @@ def test_train_cross_validates_saves_the_bag_and_logs_a_registered_run(
 
     client = MlflowClient(isolated_mlflow)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    (run,) = client.search_runs([exp], "attributes.run_name = 'train-lr'")
-    assert run.info.status == "FINISHED" and run.data.tags["glomx.stage"] == "train-lr"
+    (run,) = client.search_runs([exp], "attributes.run_name = 'train@lr'")
+    assert run.info.status == "FINISHED" and run.data.tags["glomx.stage"] == "train@lr"
     assert run.data.params["train_lr.fit.alpha"] == "0.1" and run.data.params["cv.inner_val"]
     metrics = run.data.metrics
     assert metrics["selected/cv_roc_auc"] == pytest.approx(oof.metrics()["roc_auc"])

@@ -18,7 +18,7 @@ from glomx.tracking.registry import register, version_accuracy
 def _register(lr_dir: Path, prepared: Path, metrics: dict[str, float]) -> str:
     """``lr_dir`` registered as training does, its cross-validated store logged as its input."""
     val = ArrayStore(prepared / "val")
-    with stage_run("train-lr", {}, "synthetic") as run:
+    with stage_run("train@lr", {}, "synthetic") as run:
         run.log_dataset(val, "cv")
         return register(run, lr_dir, load_classifier(lr_dir), val.read([0]), metrics)
 

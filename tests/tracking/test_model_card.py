@@ -38,9 +38,9 @@ def _cell(m: dict[str, float]) -> str:
 
 
 def _registered(lr_dir: Path, prepared: Path, oof: OOF, tmp_path: Path) -> str:
-    """``lr_dir`` registered as train-lr does: its OOF predictions logged under cv/ first."""
+    """``lr_dir`` registered as train@lr does: its OOF predictions logged under cv/ first."""
     oof.write(tmp_path / "lr.csv")
-    with stage_run("train-lr", {}, "real") as run:
+    with stage_run("train@lr", {}, "real") as run:
         run.log_artifact(tmp_path / "lr.csv", "cv")
         images = ArrayStore(prepared / "val").read([0])
         return register(run, lr_dir, load_classifier(lr_dir), images, site_regex=SITE_REGEX)
@@ -127,7 +127,7 @@ def test_random_initial_weights_are_a_stated_limit(
     weights: str, lr_dir: Path, prepared: Path
 ) -> None:
     images = ArrayStore(prepared / "val").read([0])
-    with stage_run("train-resnet", {}, "real") as run:
+    with stage_run("train@resnet", {}, "real") as run:
         version = register(run, lr_dir, load_classifier(lr_dir), images, tags={"weights": weights})
     card = MlflowClient().get_model_version(REGISTERED_MODEL, version).description
     assert f"**Random initial weights** (`weights={weights}`)" in card

@@ -63,7 +63,7 @@ def test_registered_pyfunc_predicts_from_base64_bytes_only(
     clf, model_dir = lr_model
     rng = np.random.default_rng(1)
     example = centre(True, PRE.size, rng)[None]
-    with stage_run("train-lr", {}, "synthetic") as run:
+    with stage_run("train@lr", {}, "synthetic") as run:
         version = register(run, model_dir, clf, example, {"val_roc_auc": 1.0})
 
     # raw files as a client has them: a 40 px RGBA PNG (challenge format) and a 30 px RGB file
@@ -146,7 +146,7 @@ def test_keras_flavor_is_logged_with_signature_and_input_example(isolated_mlflow
     from glomx.tracking.pyfunc import log_native_model
 
     clf = _TinyKeras(keras)
-    with stage_run("train-cnn", {}, "synthetic"):
+    with stage_run("train@cnn", {}, "synthetic"):
         info = log_native_model(clf, np.zeros((3, 8, 8, 3), np.uint8))  # type: ignore[arg-type]
     assert info is not None and "keras" in info.flavors
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 8, 8, 3)

@@ -141,7 +141,7 @@ def test_a_lab_version_never_moves_champion_nor_promotion_a_lab(
 
     with pytest.raises(UsageError, match=f"version {lab} is a lab's calibrated copy"):
         registry.promote(lab)
-    with stage_run("train-lr", {}, "synthetic") as run:
+    with stage_run("train@lr", {}, "synthetic") as run:
         newer = registry.register(
             run, lr_dir, load_classifier(lr_dir), example, {"cv_balanced_accuracy": 0.99}
         )

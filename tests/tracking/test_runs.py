@@ -46,7 +46,7 @@ def test_embedded_store_run_with_provenance_outside_git(
     (tmp_path / "data.dvc").write_text("outs:\n- md5: abc123.dir\n  path: data\n")
     (tmp_path / "params.yaml").write_text("train_lr: {}\n")
     params = {"fit": {"alpha": 0.5, "layers": [1, 2]}, "note": None}
-    with stage_run("train-lr", params, "synthetic") as run:
+    with stage_run("train@lr", params, "synthetic") as run:
         run.log_metrics({"val_auc": 0.9})
         run.log_epoch({"loss": 0.5, "val_loss": 0.6})
         run.log_epoch({"loss": 0.4, "val_loss": 0.5})
@@ -56,7 +56,7 @@ def test_embedded_store_run_with_provenance_outside_git(
     exp = client.get_experiment_by_name(EXPERIMENT)
     assert exp.artifact_location == (tmp_path.resolve() / "mlruns" / "artifacts").as_uri()
     (logged,) = _runs(uri)
-    assert logged.info.run_name == "train-lr" and logged.info.status == "FINISHED"
+    assert logged.info.run_name == "train@lr" and logged.info.status == "FINISHED"
     tags = logged.data.tags
     assert tags["git.commit"] == "unknown" and tags["git.dirty"] == "unknown"
     assert tags["data.dvc_md5"] == "abc123.dir" and tags["dvc.exp"] == "sunny-exp"
@@ -90,6 +90,33 @@ def test_git_commit_and_dirty_flag_inside_a_repo(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("2")
     dirty = provenance_tags("s", "real", tmp_path)
     assert dirty["git.dirty"] == "true" and dirty["git.changed"] == "a.txt"
+
+
+def test_a_foreach_stages_outputs_are_the_pipelines_own(tmp_path: Path) -> None:
+    """A template stage (``foreach`` over a ``vars`` dict, as dvc.yaml's train) writes its
+    outputs once per key, ``${key}`` and ``${item.*}`` filled in as DVC fills them."""
+    dvc_yaml = {
+        "vars": ["params.yaml", {"families": {"lr": {"tag": "a"}, "cnn": {"tag": "b"}}}],
+        "stages": {
+            "train": {
+                "foreach": "${families}",
+                "do": {
+                    "cmd": "python train.py ${key}",
+                    "outs": ["${paths.models}/${key}"],
+                    "metrics": [{"metrics/${key}-${item.tag}.json": {"cache": False}}],
+                },
+            }
+        },
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"models": "models"}}))
+    assert pipeline_outputs(tmp_path) == [
+        "dvc.lock",
+        "metrics/cnn-b.json",
+        "metrics/lr-a.json",
+        "models/cnn",
+        "models/lr",
+    ]
 
 
 def test_the_pipelines_own_outputs_do_not_make_the_tree_dirty(tmp_path: Path) -> None:
@@ -148,7 +175,7 @@ def test_a_killed_stages_run_is_closed_by_the_next_stage_run(isolated_mlflow: st
     """A stage killed with SIGKILL leaves its run RUNNING; the next run of any stage marks it
     KILLED (DVC may restore the killed stage itself from its cache, running no code). Runs of
     live processes (a parallel experiment, this process) stay open."""
-    with stage_run("train-cnn", {}, "real"):
+    with stage_run("train@cnn", {}, "real"):
         pass  # creates the experiment
     client = MlflowClient(isolated_mlflow)
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
@@ -159,11 +186,11 @@ def test_a_killed_stages_run_is_closed_by_the_next_stage_run(isolated_mlflow: st
         host = socket.gethostname()
         stale = {}
         for name, pid in (("dead", dead.pid), ("alive", alive.pid), ("mine", os.getpid())):
-            tags = {"glomx.stage": "train-cnn", HOST_TAG: host, PID_TAG: str(pid)}
+            tags = {"glomx.stage": "train@cnn", HOST_TAG: host, PID_TAG: str(pid)}
             stale[name] = client.create_run(exp, tags=tags, run_name=name).info.run_id
-        other_stage = {"glomx.stage": "train-lr", HOST_TAG: host, PID_TAG: str(dead.pid)}
+        other_stage = {"glomx.stage": "train@lr", HOST_TAG: host, PID_TAG: str(dead.pid)}
         stale["other stage"] = client.create_run(exp, tags=other_stage).info.run_id
-        with stage_run("train-cnn", {}, "real") as run:
+        with stage_run("train@cnn", {}, "real") as run:
             status = {k: client.get_run(v).info.status for k, v in stale.items()}
     finally:
         alive.kill()
@@ -186,14 +213,14 @@ def test_a_killed_stages_run_is_closed_by_the_next_stage_run(isolated_mlflow: st
 def test_experiment_opens_as_model_training_and_is_described(isolated_mlflow: str) -> None:
     client = MlflowClient(isolated_mlflow)
     client.create_experiment(EXPERIMENT)  # made before these tags existed
-    with stage_run("train-lr", {}, "real"):
+    with stage_run("train@lr", {}, "real"):
         pass
     tags = client.get_experiment_by_name(EXPERIMENT).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert "One run per DVC stage" in tags["mlflow.note.content"]
     exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
     client.set_experiment_tag(exp, "mlflow.note.content", "written in the UI")
-    with stage_run("train-lr", {}, "real"):
+    with stage_run("train@lr", {}, "real"):
         pass
     assert client.get_experiment(exp).tags["mlflow.note.content"] == "written in the UI"
 
@@ -208,7 +235,7 @@ def test_ui_address_opens_the_experiment_on_model_training(
         "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
     )
     assert not (tmp_path / "mlruns").exists()  # asking does not create a store
-    with stage_run("train-lr", {}, "real"):
+    with stage_run("train@lr", {}, "real"):
         pass
     exp = MlflowClient(tracking_uri()).get_experiment_by_name(EXPERIMENT).experiment_id
     assert ui_url("http://h:1") == f"http://h:1/#/experiments/{exp}?workflowType=machine_learning"
@@ -217,7 +244,7 @@ def test_ui_address_opens_the_experiment_on_model_training(
 def test_failed_block_ends_the_run_failed_and_logging_outside_is_refused(
     isolated_mlflow: str,
 ) -> None:
-    with pytest.raises(ZeroDivisionError), stage_run("train-lr", {}, "real") as run:
+    with pytest.raises(ZeroDivisionError), stage_run("train@lr", {}, "real") as run:
         1 / 0  # noqa: B018
     (logged,) = _runs(isolated_mlflow)
     assert logged.info.status == "FAILED"
@@ -231,7 +258,7 @@ def test_a_locked_sqlite_store_says_why_and_points_to_the_server(isolated_mlflow
     locked = MlflowException("(sqlite3.OperationalError) database is locked")  # as MLflow raises
     with (
         pytest.raises(TrackingError, match="make server") as caught,
-        stage_run("train-lr", {}, "real"),
+        stage_run("train@lr", {}, "real"),
     ):
         raise locked
     assert isolated_mlflow in str(caught.value) and caught.value.__cause__ is locked
@@ -257,7 +284,7 @@ def test_epochs_are_logged_as_they_come_at_steps_that_count_on_across_phases(
 ) -> None:
     """What a classifier's ``on_epoch`` hook does with ``run.log_epoch``: a second fit phase
     (fine-tuning) continues the steps of the first."""
-    with stage_run("train-cnn", {}, "synthetic") as run:
+    with stage_run("train@cnn", {}, "synthetic") as run:
         for loss in (0.7, 0.6):  # phase 1
             run.log_epoch({"loss": loss})
         run.log_epoch({"loss": 0.5})  # phase 2

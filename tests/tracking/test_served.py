@@ -430,4 +430,4 @@ def test_champion_command(champion: str, capsys: pytest.CaptureFixture[str]) -> 
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert f"models:/glomx/{champion} (lr)" in out and "balanced_accuracy 0.9000" in out
-    assert "first champion" in out and "train-lr" in out
+    assert "first champion" in out and "train@lr" in out
