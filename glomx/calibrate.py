@@ -32,8 +32,8 @@ from glomx.evaluation.bootstrap import MIN_SLIDES as MIN_SLIDES_FOR_INTERVALS
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.scoring import predict_batch
-from glomx.predict import DEFAULT_MODEL, _decoded, _scored_locally
-from glomx.tracking.names import lab_alias
+from glomx.predict import _decoded, _scored_locally
+from glomx.tracking.names import DEFAULT_MODEL, lab_alias
 
 MIN_PER_CLASS = 10  # fewer patches of a class than this: the threshold is not to be trusted
 MIN_SLIDES = 3  # likewise for slides (patches of one slide share stain and tissue)

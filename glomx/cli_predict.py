@@ -26,7 +26,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from glomx.files import escaped
     from glomx.predict import (
-        DEFAULT_MODEL,
         PredictError,
         check_outputs,
         collect_files,
@@ -37,6 +36,7 @@ def _predict(args: argparse.Namespace) -> int:
         slides_path,
     )
     from glomx.tracking import lock_explained, tracking_uri
+    from glomx.tracking.names import DEFAULT_MODEL
 
     _check_numbers(args)
     check_outputs(args.out, args.force)

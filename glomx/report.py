@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from glomx.data.images import ImageError, load_image
-from glomx.errors import GlomxError
+from glomx.errors import GlomxError, UsageError
 from glomx.evaluation.slide_html import THUMB_PX, SlideView, Thumb, jpeg, render, thumbnail
 from glomx.files import escaped, replacing
 from glomx.models.base import META_FILE
@@ -57,8 +57,8 @@ class Row:
 
 def _read_csv(path: Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
     """The rows of a CSV that glomx predict wrote, refusing a missing file or missing columns."""
-    if not path.is_file():
-        raise ReportError(
+    if not path.is_file():  # an input named on the command line: refused before any work
+        raise UsageError(
             f"{escaped(str(path))} not found: pass the CSV `glomx predict --out` wrote ({what})"
         )
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:

@@ -120,11 +120,7 @@ def serve(
 
 
 def _main(args: argparse.Namespace) -> int:
-    try:
-        return serve(args.dir, args.host, args.port, args.artifacts, args.workers, args.pg_user)
-    except PostgresError as err:
-        print(f"glomx server: {err}", file=sys.stderr)
-        return 2
+    return serve(args.dir, args.host, args.port, args.artifacts, args.workers, args.pg_user)
 
 
 def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:

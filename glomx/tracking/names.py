@@ -9,6 +9,7 @@ EXPERIMENT = "glomx"  # the one experiment every stage run goes to
 REGISTERED_MODEL = "glomx"  # the one registered model every training run adds a version to
 CHAMPION = "champion"  # alias of the model everyone uses
 PREVIOUS = "previous"  # alias of the champion the last promotion replaced
+DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@{CHAMPION}"  # what predict, calibrate, serve use
 LAB_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # what an alias can hold after lab-
 
 STAGE_TAG = "glomx.stage"  # run tag: the DVC stage (marks a run as glomx's own)
