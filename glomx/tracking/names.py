@@ -17,7 +17,35 @@ HOST_TAG, PID_TAG = "glomx.host", "glomx.pid"  # run tags: the process that owns
 NOTE_TAG = "mlflow.note.content"  # the run/experiment description the MLflow UI shows
 DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: the saved model folder's files digest
 REASON_TAG = "promotion.reason"  # version tag: why promotion did what it did
-CALIBRATED_FROM = "calibrated_from"  # version tag of a lab's copy: the version it copies
+
+# version tags of every registered version (registry.register writes them)
+FAMILY_TAG = "family"  # the model family (``ensemble`` for the mean of tied families)
+VERSION_STAGE_TAG = "stage"  # the DVC stage that registered it
+DATA_KIND_TAG = "data_kind"  # real or synthetic
+THRESHOLD_TAG = "threshold"  # the model's own threshold, set in training
+MEMBERS_TAG = "members"  # an ensemble's: its families and their versions (written by choose)
+
+# version tags of a lab's calibrated copy (written by glomx calibrate; read back by
+# glomx champion --lab, the model card and the slide report)
+LAB_TAG = "lab"  # the lab's name
+CALIBRATED_FROM = "calibrated_from"  # the version whose model files it copies
+CAL_PATCHES = "calibration.n_patches"
+CAL_SLIDES = "calibration.n_slides"
+CAL_SCLEROTIC = "calibration.n_sclerotic"
+CAL_NON_SCLEROTIC = "calibration.n_non_sclerotic"
+CAL_THRESHOLD = "calibration.threshold"  # the lab's threshold
+CAL_TTA = "calibration.tta"  # "true" where the threshold was chosen on TTA scores
+CAL_SENSITIVITY = "calibration.sensitivity"
+CAL_SPECIFICITY = "calibration.specificity"
+CAL_BALANCED_ACCURACY = "calibration.balanced_accuracy"
+CAL_ROC_AUC = "calibration.roc_auc"
+CAL_FIGURES = {  # the lab's figures at its threshold, as glomx champion --lab lists them
+    "balanced_accuracy": CAL_BALANCED_ACCURACY,
+    "sensitivity": CAL_SENSITIVITY,
+    "specificity": CAL_SPECIFICITY,
+    "roc_auc": CAL_ROC_AUC,
+}
+CALIBRATION_REPORT = "calibration.json"  # artifact of a calibration run: the full report
 
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
 CV_CONTEXT = "cv"  # dataset context under which training runs log the cross-validated store
