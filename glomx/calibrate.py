@@ -31,7 +31,7 @@ from glomx.errors import GlomxError, UsageError
 from glomx.evaluation.bootstrap import MIN_SLIDES as MIN_SLIDES_FOR_INTERVALS
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold
-from glomx.evaluation.scoring import predict_batch
+from glomx.evaluation.tta import predict_batch
 from glomx.predict import _decoded, _scored_locally
 from glomx.tracking import names
 from glomx.tracking.names import DEFAULT_MODEL, lab_alias

@@ -8,8 +8,8 @@ import argparse
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from glomx.tracking.http_guard import build_app
     from glomx.tracking.names import DEFAULT_MODEL
-    from glomx.tracking.scoring import build_app
 
     # a bad limit or model is one message, before listening
     app = build_app(args.model or DEFAULT_MODEL)

@@ -40,7 +40,7 @@ from glomx.evaluation.prevalence import (
     slide_prevalence,
     unknown_accuracy,
 )
-from glomx.evaluation.scoring import predict_batch
+from glomx.evaluation.tta import predict_batch
 from glomx.files import escaped, replacing
 from glomx.models import load_classifier
 from glomx.models.base import Classifier

@@ -31,8 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("models",)),
     ("tracking", ("tracking",)),
     ("pipeline", ("pipeline",)),
-    # the user's doors; server/ is `glomx server`, the team's tracking server
-    ("doors", ("cli*.py", "predict.py", "calibrate.py", "report.py", "server")),
+    # the user's doors; team_server/ is `glomx server`, the team's MLflow tracking server
+    ("doors", ("cli*.py", "predict.py", "calibrate.py", "report.py", "team_server")),
 )
 
 

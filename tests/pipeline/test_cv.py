@@ -30,8 +30,8 @@ from glomx.pipeline.cv import (
     run_trials,
 )
 from glomx.pipeline.train import run_training
-from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
+from glomx.team_server.postgres import free_port
 from glomx.tracking import EXPERIMENT, stage_run
 from glomx.tracking.runs import RunRef
 

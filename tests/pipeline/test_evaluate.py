@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from glomx.config import Params, read
 from glomx.data.store import ArrayStore
 from glomx.evaluation.bootstrap import METRICS
-from glomx.evaluation.scoring import score_store
+from glomx.evaluation.tta import score_store
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
 from glomx.models.mean import MeanClassifier, copy_member
