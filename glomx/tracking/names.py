@@ -15,6 +15,7 @@ LAB_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # what an alias can
 STAGE_TAG = "glomx.stage"  # run tag: the DVC stage (marks a run as glomx's own)
 HOST_TAG, PID_TAG = "glomx.host", "glomx.pid"  # run tags: the process that owns a run
 NOTE_TAG = "mlflow.note.content"  # the run/experiment description the MLflow UI shows
+NOTE_DIGEST_TAG = "glomx.note_sha256"  # experiment tag: digest of the description glomx wrote
 DIGEST_TAG = "glomx.files_sha256"  # logged-model tag: the saved model folder's files digest
 REASON_TAG = "promotion.reason"  # version tag: why promotion did what it did
 
