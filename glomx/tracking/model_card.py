@@ -36,16 +36,19 @@ from glomx.tracking.names import (
     CALIBRATED_FROM,
     CALIBRATION_REPORT,
     DATA_KIND_TAG,
+    EVALUATED_VERSION,
     FAMILY_TAG,
     LAB_TAG,
+    MEMBER_PREFIX,
     MEMBERS_TAG,
+    OOF_DIR,
     REASON_TAG,
+    TEST_TABLE,
     THRESHOLD_TAG,
     VERSION_STAGE_TAG,
 )
 
 CARD_FILE = "model_card.md"
-TEST_TABLE = "test_metrics.json"  # what evaluate logs in each child run
 MAX_DESCRIPTION = 5000  # characters MLflow's SQL store keeps of a version's description
 SHOWN = {
     "balanced_accuracy": "bal. acc.",
@@ -104,14 +107,16 @@ def version_oof(client: MlflowClient, name: str, version: str) -> OOF | None:
     family = tags.get(FAMILY_TAG, "")
     try:
         with tempfile.TemporaryDirectory(prefix="glomx-card-") as tmp:
-            path = client.download_artifacts(mv.run_id, f"cv/{family}.csv", tmp)
+            path = client.download_artifacts(mv.run_id, f"{OOF_DIR}/{family}.csv", tmp)
             return OOF.read(Path(path))
     except (MlflowException, OSError, SelectionError):
         pass
     if family != ENSEMBLE:
         return None
     run_tags = client.get_run(mv.run_id).data.tags
-    members = {k.removeprefix("member."): v for k, v in run_tags.items() if k.startswith("member.")}
+    members = {
+        k.removeprefix(MEMBER_PREFIX): v for k, v in run_tags.items() if k.startswith(MEMBER_PREFIX)
+    }
     oofs = {f: version_oof(client, name, v) for f, v in members.items() if v.isdigit()}
     found = {f: o for f, o in oofs.items() if o is not None}
     if not found or len(found) < len(members):
@@ -187,7 +192,7 @@ def newest_test(client: MlflowClient, version: str) -> tuple[str, list[dict[str,
     ``version``, or None when none has."""
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
-        f"tags.`evaluated.version` = '{version}'",
+        f"tags.`{EVALUATED_VERSION}` = '{version}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

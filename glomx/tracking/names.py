@@ -48,7 +48,14 @@ CAL_FIGURES = {  # the lab's figures at its threshold, as glomx champion --lab l
 }
 CALIBRATION_REPORT = "calibration.json"  # artifact of a calibration run: the full report
 
+GIT_COMMIT_TAG = "git.commit"  # run tag: the commit the run's code came from
+KERAS_BACKEND_TAG = "keras.backend"  # run tag: the Keras backend of a run that loaded Keras
+MEMBER_PREFIX = "member."  # choose run tags member.<family>: the version of each tied family
+EVALUATED_VERSION = "evaluated.version"  # tag of an evaluate child run: the version it scored
+
 ARTIFACT = "model"  # key of the saved model directory among the pyfunc's artifacts
+OOF_DIR = "cv"  # artifact folder of a training run: <family>.csv, its out-of-fold predictions
+TEST_TABLE = "test_metrics.json"  # artifact of an evaluate child run: the test intervals
 CV_CONTEXT = "cv"  # dataset context under which training runs log the cross-validated store
 CV_PREFIX = "cv_"  # version tags of the pooled out-of-fold metrics
 

@@ -65,6 +65,7 @@ from glomx.tracking.names import (
     DIGEST_TAG,
     EXPERIMENT,
     FAMILY_TAG,
+    GIT_COMMIT_TAG,
     LAB_TAG,
     PREVIOUS,
     REASON_TAG,
@@ -376,7 +377,7 @@ def champion_report(name: str = REGISTERED_MODEL) -> str:
     lines = [
         f"champion: models:/{name}/{champ.version} ({champ.family})",
         f"trained by run {champ.run_id}"
-        + (f" ({run.info.run_name}, {run.data.tags.get('git.commit', '?')[:12]})" if run else ""),
+        + (f" ({run.info.run_name}, {run.data.tags.get(GIT_COMMIT_TAG, '?')[:12]})" if run else ""),
         f"data: {mv.tags.get(DATA_KIND_TAG, '?')}; threshold {mv.tags.get(THRESHOLD_TAG, '?')}",
         "out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(champ.cv_metrics.items())),
         f"why: {mv.tags.get(REASON_TAG, mv.description or '?')}",

@@ -21,3 +21,14 @@ def test_version_tag_names_are_those_registries_already_hold() -> None:
         "calibration.threshold", "calibration.tta",
     }  # fmt: skip
     assert names.DEFAULT_MODEL == "models:/glomx@champion"
+
+
+def test_run_tag_and_artifact_names_are_those_runs_already_hold() -> None:
+    written = (
+        names.GIT_COMMIT_TAG, names.KERAS_BACKEND_TAG, names.MEMBER_PREFIX,
+        names.EVALUATED_VERSION, names.OOF_DIR, names.TEST_TABLE, names.CALIBRATION_REPORT,
+    )  # fmt: skip
+    assert written == (
+        "git.commit", "keras.backend", "member.", "evaluated.version", "cv",
+        "test_metrics.json", "calibration.json",
+    )  # fmt: skip
