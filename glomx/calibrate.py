@@ -5,7 +5,7 @@ A model trained on some hospitals' scans scores another lab's patches on a shift
 labels a few patches in the challenge layout; every patch is scored, the threshold maximising
 balanced accuracy on them is chosen (ties: the midpoint of the tied interval), and a new
 registry version with the same model files and that threshold gets alias ``lab-<NAME>``.
-``champion`` and ``previous`` never move, so promotion stays a matter of validation data.
+``champion`` and ``previous`` never move: a lab's patches never choose everyone's model.
 
 Figures at the calibrated threshold are measured on the patches that chose it, so they are
 optimistic; with few patches or slides the report says plainly that the threshold is not to

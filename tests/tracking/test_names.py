@@ -3,6 +3,7 @@ would hide every existing version's tags from the code that reads them."""
 
 from __future__ import annotations
 
+from glomx.cli import build_parser
 from glomx.tracking import names
 
 
@@ -32,3 +33,17 @@ def test_run_tag_and_artifact_names_are_those_runs_already_hold() -> None:
         "git.commit", "keras.backend", "member.", "evaluated.version", "cv",
         "test_metrics.json", "calibration.json",
     )  # fmt: skip
+
+
+def test_every_model_option_names_the_default_model_in_its_help() -> None:
+    """The commands resolve a missing --model to DEFAULT_MODEL at run time (importing MLflow
+    only then), so their help spells it out: it must spell the same."""
+    (commands,) = [a.choices for a in build_parser()._actions if a.dest == "command"]
+    helps = {
+        name: action.help
+        for name, sub in commands.items()
+        for action in sub._actions
+        if "--model" in action.option_strings
+    }
+    assert set(helps) == {"predict", "calibrate", "serve"}
+    assert all(f"default: {names.DEFAULT_MODEL})" in str(h) for h in helps.values()), helps
