@@ -45,7 +45,7 @@ CLIENT_TIMEOUT_S = 1800
 
 
 def _free_port() -> int:
-    from glomx.server.postgres import free_port
+    from glomx.team_server.postgres import free_port
 
     return free_port()
 
@@ -181,7 +181,7 @@ def main() -> int:
     server = start_server(args.server, args.model, port, OUT / f"serve_load-{args.server}.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        from glomx.server.main import wait_ready
+        from glomx.team_server.main import wait_ready
 
         wait_ready(base, server, 300)
         post(f"{base}/invocations", bodies["patches"])  # warm-up: first predict builds graphs

@@ -5,7 +5,7 @@ A model trained on some hospitals' scans scores another lab's patches on a shift
 labels a few patches in the challenge layout; every patch is scored, the threshold maximising
 balanced accuracy on them is chosen (ties: the midpoint of the tied interval), and a new
 registry version with the same model files and that threshold gets alias ``lab-<NAME>``.
-``champion`` and ``previous`` never move, so promotion stays a matter of validation data.
+``champion`` and ``previous`` never move: a lab's patches never choose everyone's model.
 
 Figures at the calibrated threshold are measured on the patches that chose it, so they are
 optimistic; with few patches or slides the report says plainly that the threshold is not to
@@ -31,9 +31,10 @@ from glomx.errors import GlomxError, UsageError
 from glomx.evaluation.bootstrap import MIN_SLIDES as MIN_SLIDES_FOR_INTERVALS
 from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold
-from glomx.evaluation.scoring import predict_batch
-from glomx.predict import DEFAULT_MODEL, _decoded, _scored_locally
-from glomx.tracking.names import lab_alias
+from glomx.evaluation.tta import predict_batch
+from glomx.predict import _decoded, _scored_locally
+from glomx.tracking import names
+from glomx.tracking.names import DEFAULT_MODEL, lab_alias
 
 MIN_PER_CLASS = 10  # fewer patches of a class than this: the threshold is not to be trusted
 MIN_SLIDES = 3  # likewise for slides (patches of one slide share stain and tissue)
@@ -131,21 +132,22 @@ class Calibration:
         return {k: v["value"] for k, v in self.metrics["calibrated"].items()}
 
     def tags(self) -> dict[str, str]:
-        """Tags of the calibrated registry version (``calibrated_from`` is the source version)."""
+        """Tags of the calibrated registry version (:data:`~glomx.tracking.names.CALIBRATED_FROM`
+        is the source version)."""
         figures = {k: f"{v:.6g}" for k, v in self.calibrated.items()}
         return {
-            "lab": self.lab,
-            "calibrated_from": self.source.rsplit("/", 1)[1],
-            "calibration.n_patches": str(self.n_patches),
-            "calibration.n_slides": str(self.n_slides),
-            "calibration.n_sclerotic": str(self.n_sclerotic),
-            "calibration.n_non_sclerotic": str(self.n_non_sclerotic),
-            "calibration.threshold": f"{self.threshold:.6g}",
-            "calibration.tta": str(self.tta).lower(),
-            "calibration.sensitivity": figures["recall"],
-            "calibration.specificity": figures["specificity"],
-            "calibration.balanced_accuracy": figures["balanced_accuracy"],
-            "calibration.roc_auc": figures["roc_auc"],
+            names.LAB_TAG: self.lab,
+            names.CALIBRATED_FROM: self.source.rsplit("/", 1)[1],
+            names.CAL_PATCHES: str(self.n_patches),
+            names.CAL_SLIDES: str(self.n_slides),
+            names.CAL_SCLEROTIC: str(self.n_sclerotic),
+            names.CAL_NON_SCLEROTIC: str(self.n_non_sclerotic),
+            names.CAL_THRESHOLD: f"{self.threshold:.6g}",
+            names.CAL_TTA: str(self.tta).lower(),
+            names.CAL_SENSITIVITY: figures["recall"],
+            names.CAL_SPECIFICITY: figures["specificity"],
+            names.CAL_BALANCED_ACCURACY: figures["balanced_accuracy"],
+            names.CAL_ROC_AUC: figures["roc_auc"],
         }
 
     def as_dict(self) -> dict[str, Any]:

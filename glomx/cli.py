@@ -12,8 +12,8 @@ from glomx.cli_calibrate import add_calibrate_parser
 from glomx.cli_predict import add_champion_parser, add_predict_parser
 from glomx.cli_report import add_report_parser
 from glomx.cli_serve import add_serve_parser
-from glomx.server.main import add_server_parser
 from glomx.stage_main import closed_pipe, user_errors_exit
+from glomx.team_server.main import add_server_parser
 
 
 def _synth(args: argparse.Namespace) -> int:

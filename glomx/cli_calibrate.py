@@ -11,7 +11,8 @@ from glomx.data.images import DEFAULT_MAX_PIXELS
 
 def _suggest(args: argparse.Namespace) -> int:
     from glomx.calibrate import suggest_lab
-    from glomx.predict import DEFAULT_MODEL, slide_regex_from
+    from glomx.predict import slide_regex_from
+    from glomx.tracking.names import DEFAULT_MODEL
 
     out = args.out or Path(f"to_label_{args.lab}")
     s = suggest_lab(
@@ -37,7 +38,8 @@ def _suggest(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from glomx.calibrate import calibrate_lab
-    from glomx.predict import DEFAULT_MODEL, site_regex_from, slide_regex_from
+    from glomx.predict import site_regex_from, slide_regex_from
+    from glomx.tracking.names import DEFAULT_MODEL
 
     if args.suggest is not None:
         return _suggest(args)

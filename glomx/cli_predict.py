@@ -26,7 +26,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from glomx.files import escaped
     from glomx.predict import (
-        DEFAULT_MODEL,
         PredictError,
         check_outputs,
         collect_files,
@@ -37,6 +36,7 @@ def _predict(args: argparse.Namespace) -> int:
         slides_path,
     )
     from glomx.tracking import lock_explained, tracking_uri
+    from glomx.tracking.names import DEFAULT_MODEL
 
     _check_numbers(args)
     check_outputs(args.out, args.force)
@@ -97,7 +97,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         type=float,
-        help="label threshold from 0 to 1 (default: the model's, set on val)",
+        help="label threshold from 0 to 1 (default: the model's own, set in training)",
     )
     p.add_argument(
         "--tta", action="store_true", help="average over the 8 rotations/reflections (8× slower)"
@@ -153,7 +153,7 @@ def add_champion_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "champion",
         help="show the registered model version behind alias 'champion'",
-        description="Version, family, validation metrics, the run that trained it and the "
+        description="Version, family, out-of-fold metrics, the run that trained it and the "
         "promotion reason. Uses MLFLOW_TRACKING_URI or ./mlruns.",
     )
     p.add_argument("--name", default="glomx", help="registered model name")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_MODEL = "models:/glomx@champion"
-
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from glomx.tracking.scoring import build_app
+    from glomx.tracking.http_guard import build_app
+    from glomx.tracking.names import DEFAULT_MODEL
 
-    app = build_app(args.model)  # a bad limit or model is one message, before listening
+    # a bad limit or model is one message, before listening
+    app = build_app(args.model or DEFAULT_MODEL)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -26,7 +26,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "(docs/usage.md, Serve).",
     )
     serve.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model URI (default {DEFAULT_MODEL})"
+        "--model",
+        help="models:/NAME@ALIAS or models:/NAME/VERSION (default: models:/glomx@champion)",
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5001)

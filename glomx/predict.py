@@ -40,7 +40,7 @@ from glomx.evaluation.prevalence import (
     slide_prevalence,
     unknown_accuracy,
 )
-from glomx.evaluation.scoring import predict_batch
+from glomx.evaluation.tta import predict_batch
 from glomx.files import escaped, replacing
 from glomx.models import load_classifier
 from glomx.models.base import Classifier
@@ -49,7 +49,6 @@ from glomx.processes import die_with_parent
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-DEFAULT_MODEL = "models:/glomx@champion"
 COLUMNS = ["name", "path", "slide", "probability", "label", "model", "error", "note"]
 SLIDE_COLUMNS = [
     "slide", "n_glomeruli", "n_sclerotic", "percent_sclerotic", "n_errors",
@@ -100,6 +99,8 @@ def load_model(spec: str | Path) -> LoadedModel:
         return LoadedModel(*load_registered(str(spec)))
     directory = Path(spec)
     if not directory.is_dir():
+        from glomx.tracking.names import DEFAULT_MODEL
+
         raise UsageError(
             f"model {spec} is neither a saved model folder nor a models:/ URI "
             f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"

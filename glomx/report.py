@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from glomx.data.images import ImageError, load_image
-from glomx.errors import GlomxError
+from glomx.errors import GlomxError, UsageError
 from glomx.evaluation.slide_html import THUMB_PX, SlideView, Thumb, jpeg, render, thumbnail
 from glomx.files import escaped, replacing
 from glomx.models.base import META_FILE
@@ -57,8 +57,8 @@ class Row:
 
 def _read_csv(path: Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
     """The rows of a CSV that glomx predict wrote, refusing a missing file or missing columns."""
-    if not path.is_file():
-        raise ReportError(
+    if not path.is_file():  # an input named on the command line: refused before any work
+        raise UsageError(
             f"{escaped(str(path))} not found: pass the CSV `glomx predict --out` wrote ({what})"
         )
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -100,8 +100,10 @@ def _threshold_from_labels(rows: Sequence[Row]) -> tuple[float, float] | None:
 
 def _model_threshold(source: str, tags: dict[str, str]) -> float | None:
     """The model's own threshold: its registry tag, else its saved folder's glomx.json."""
-    if "threshold" in tags:
-        return float(tags["threshold"])
+    from glomx.tracking import names  # not at the top: a page of a model folder needs no MLflow
+
+    if names.THRESHOLD_TAG in tags:
+        return float(tags[names.THRESHOLD_TAG])
     meta = Path(source.split(" (", 1)[0]) / META_FILE
     if meta.is_file():
         return float(json.loads(meta.read_text()).get("threshold", math.nan))
@@ -111,6 +113,8 @@ def _model_threshold(source: str, tags: dict[str, str]) -> float | None:
 def model_facts(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], float | None, list[str]]:
     """The page's top: model, version, aliases, threshold, calibration → (facts, threshold the
     labels were made at, notes). The registry is asked; when it cannot answer, a note says so."""
+    from glomx.tracking import names
+
     sources = sorted({r.model for r in rows if r.model})
     notes: list[str] = []
     if len(sources) > 1:
@@ -125,7 +129,7 @@ def model_facts(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], float | Non
         try:
             tags, aliases = version_details(*match.groups())
             facts += [
-                ("version", f"models:/{match[1]}/{match[2]} ({tags.get('family', '?')})"),
+                ("version", f"models:/{match[1]}/{match[2]} ({tags.get(names.FAMILY_TAG, '?')})"),
                 ("aliases", ", ".join(aliases) or "none"),
             ]
         except (LookupError, TrackingError) as err:
@@ -145,14 +149,14 @@ def model_facts(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], float | Non
         threshold = cut[1]
         notes.append(f"the model's threshold is unknown; the labels cut at about {cut[1]:.4g}")
     facts.append(("threshold", "unknown" if threshold is None else f"{threshold:.4g}"))
-    if "lab" in tags:
+    if names.LAB_TAG in tags:
         facts.append(
             (
                 "calibration",
-                f"lab {tags['lab']}: {tags.get('calibration.n_patches', '?')} patches "
-                f"({tags.get('calibration.n_sclerotic', '?')} sclerotic) from "
-                f"{tags.get('calibration.n_slides', '?')} slides; calibrated from version "
-                f"{tags.get('calibrated_from', '?')}",
+                f"lab {tags[names.LAB_TAG]}: {tags.get(names.CAL_PATCHES, '?')} patches "
+                f"({tags.get(names.CAL_SCLEROTIC, '?')} sclerotic) from "
+                f"{tags.get(names.CAL_SLIDES, '?')} slides; calibrated from version "
+                f"{tags.get(names.CALIBRATED_FROM, '?')}",
             )
         )
     else:
@@ -163,8 +167,8 @@ def model_facts(rows: Sequence[Row]) -> tuple[list[tuple[str, str]], float | Non
                 "not suit this lab (glomx calibrate --suggest, then glomx calibrate)",
             )
         )
-    if tags.get("data_kind") and tags["data_kind"] != "real":
-        notes.append(f"the model was trained on {tags['data_kind']} data: not for real use")
+    if tags.get(names.DATA_KIND_TAG) and tags[names.DATA_KIND_TAG] != "real":
+        notes.append(f"the model was trained on {tags[names.DATA_KIND_TAG]} data: not for real use")
     return facts, threshold, notes
 
 

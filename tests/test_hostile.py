@@ -149,10 +149,10 @@ def test_predict_replaces_only_its_own_outputs_unless_forced(
 def test_synth_onto_a_folder_that_is_not_synthetic_is_one_message(tmp_path: Path, capsys) -> None:
     (tmp_path / "mine.txt").write_text("keep")
     status, err = _glomx(capsys, "synth", tmp_path, "--n", "4")
-    assert status == 1 and err.startswith(f"glomx synth failed: {tmp_path} exists and is not")
+    assert status == 2 and err.startswith(f"glomx synth failed: {tmp_path} exists and is not")
     assert "Traceback" not in err and (tmp_path / "mine.txt").read_text() == "keep"
     status, err = _glomx(capsys, "synth", tmp_path / "new", "--n", "1")
-    assert status == 1 and err.startswith("glomx synth failed: n must be at least 2 (one per")
+    assert status == 2 and err.startswith("glomx synth failed: n must be at least 2 (one per")
 
 
 def test_a_locked_store_is_one_message_for_predict_and_champion(

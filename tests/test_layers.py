@@ -36,8 +36,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what the stages hand each other, and the fold trials the train stages run on Ray
     ("artifacts", ("artifacts", "crossval.py")),
     ("pipeline", ("pipeline",)),
-    # the user's doors; server/ is `glomx server`, the team's tracking server
-    ("doors", ("cli*.py", "predict.py", "calibrate.py", "report.py", "server")),
+    # the user's doors; team_server/ is `glomx server`, the team's MLflow tracking server
+    ("doors", ("cli*.py", "predict.py", "calibrate.py", "report.py", "team_server")),
 )
 
 

@@ -13,8 +13,8 @@ import pytest
 from synthetic_images import images_for, write_png
 
 from glomx.cli import main
+from glomx.data.adapt import dihedral_views
 from glomx.data.images import load_image
-from glomx.evaluation.scoring import dihedral
 from glomx.predict import Progress, collect_files, load_model, predict_files
 
 GOOD = ("SAS_1-0.png", "SAS_1-1.png", "VUHSK_7-3.png")
@@ -78,7 +78,7 @@ def test_tta_and_threshold(png_folder: Path, lr_dir: Path, tmp_path: Path) -> No
     predict_files([path], model, tta, workers=1, tta=True, threshold=1.01, progress=False)
     assert (_rows(plain)[0]["label"], _rows(tta)[0]["label"]) == ("1", "0")
     image = load_image(path, model.classifier.meta.preprocessing)[None]
-    expected = np.mean([model.classifier.predict_proba(v.copy()) for v in dihedral(image)])
+    expected = np.mean([model.classifier.predict_proba(v.copy()) for v in dihedral_views(image)])
     assert float(_rows(tta)[0]["probability"]) == pytest.approx(expected, abs=1e-5)
 
 

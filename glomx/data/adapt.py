@@ -36,7 +36,7 @@ def adapt(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.concatenate([rgb, alpha], axis=-1)
 
 
-def dihedral(images: np.ndarray) -> Iterator[np.ndarray]:
+def dihedral_views(images: np.ndarray) -> Iterator[np.ndarray]:
     """The 8 rotations/reflections of a square ``(N, H, W, C)`` batch, identity first."""
     for flipped in (images, images[:, :, ::-1]):
         for k in range(4):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glomx.errors import GlomxError
+from glomx.errors import UsageError
 
 GENERATOR_VERSION = 1
 MARKER = "SYNTHETIC.json"
@@ -57,12 +57,14 @@ _PAS_PURPLE = np.array([0.35, 0.05, -0.10], np.float32)  # direction of the slid
 _HEM = np.array([1.00, 1.15, 0.50], np.float32)
 
 
-class SynthError(GlomxError, ValueError):
-    """A dataset size, size range, class fraction or slide count that cannot be drawn."""
+class SynthError(UsageError):
+    """A dataset size, size range, class fraction or slide count that cannot be drawn: refused
+    before any patch is drawn, so ``glomx synth`` exits 2."""
 
 
-class SynthFolderError(GlomxError, FileExistsError):
-    """The output folder is a file, or holds something other than a synthetic dataset."""
+class SynthFolderError(UsageError, FileExistsError):
+    """The output folder is a file, or holds something other than a synthetic dataset: an
+    output ``glomx synth`` must not replace (exit 2)."""
 
 
 @dataclass(frozen=True)

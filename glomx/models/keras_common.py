@@ -67,7 +67,7 @@ def train_everything(model: keras.Model) -> None:
     set_trainable(model, True)
 
 
-def dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def random_dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each square image under a random one of the 8 rotations/reflections."""
     turns = rng.integers(0, 4, len(images))
     flips = rng.integers(0, 2, len(images)).astype(bool)
@@ -130,7 +130,7 @@ class StoreSequence(keras.utils.PyDataset):
         images = self.prepare(self.store.read(idx))
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment_dihedral:
-            images = dihedral(images, rng)
+            images = random_dihedral(images, rng)
         if self.jitter:
             images = color_jitter(images, rng, self.jitter)
         return images.astype(np.float32), self.store.labels[idx].astype(np.float32)

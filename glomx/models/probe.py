@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from glomx.config import ParamsError
-from glomx.data.adapt import dihedral
+from glomx.data.adapt import dihedral_views
 from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
 from glomx.family_params import OUTPUT, ProbeConfig, ProbeFit
@@ -110,7 +110,7 @@ class ProbeClassifier(KerasClassifier):
         feats, labels = [], []
         for start, chunk in store.iter_chunks(self.fit_config.batch_size):
             x = self.model_input(chunk)
-            for view in islice(dihedral(x), views):
+            for view in islice(dihedral_views(x), views):
                 feats.append(np.asarray(pooled.predict(view, verbose=0), dtype=np.float32))
                 labels.append(store.labels[start : start + len(chunk)])
         return np.concatenate(feats), np.concatenate(labels)

@@ -33,8 +33,8 @@ from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.calibration import reliability_figure
 from glomx.evaluation.metrics import confusion_figure, pr_figure, roc_figure, write_plot_data
 from glomx.evaluation.report import DataSummary, strict, summary_markdown, with_interval
-from glomx.evaluation.scoring import score_store
 from glomx.evaluation.selection import ENSEMBLE
+from glomx.evaluation.tta import score_store
 from glomx.files import write_json
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier

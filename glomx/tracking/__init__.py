@@ -1,4 +1,4 @@
-"""The one door to MLflow. Only this package imports ``mlflow``.
+"""The only gateway to MLflow. Only this package imports ``mlflow``.
 
 A stack, each module importing only those above it in this list:
 
@@ -7,6 +7,7 @@ A stack, each module importing only those above it in this list:
 - :mod:`~glomx.tracking.provenance`: git, DVC and params tags; links into the MLflow UI;
 - :mod:`~glomx.tracking.runs`: stage runs, nested runs (Ray workers), killed runs closed;
 - :mod:`~glomx.tracking.pyfunc` (and ``served.py``, MLflow's entry point): the served model;
+- :mod:`~glomx.tracking.http_guard`: MLflow's scoring app behind limits (``glomx serve``);
 - :mod:`~glomx.tracking.registry`: registering, finding and promoting versions.
 
 This package exports the run side only: opening a run does not load the model layer, which

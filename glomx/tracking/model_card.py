@@ -28,10 +28,27 @@ from glomx.data.split import sites_of
 from glomx.evaluation.bootstrap import MIN_SLIDES, bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold, classification_metrics
 from glomx.evaluation.selection import ENSEMBLE, OOF, SelectionError, mean_of
-from glomx.tracking.names import REASON_TAG
+from glomx.tracking.names import (
+    CAL_PATCHES,
+    CAL_SCLEROTIC,
+    CAL_SLIDES,
+    CAL_THRESHOLD,
+    CALIBRATED_FROM,
+    CALIBRATION_REPORT,
+    DATA_KIND_TAG,
+    EVALUATED_VERSION,
+    FAMILY_TAG,
+    LAB_TAG,
+    MEMBER_PREFIX,
+    MEMBERS_TAG,
+    OOF_DIR,
+    REASON_TAG,
+    TEST_TABLE,
+    THRESHOLD_TAG,
+    VERSION_STAGE_TAG,
+)
 
 CARD_FILE = "model_card.md"
-TEST_TABLE = "test_metrics.json"  # what evaluate logs in each child run
 MAX_DESCRIPTION = 5000  # characters MLflow's SQL store keeps of a version's description
 SHOWN = {
     "balanced_accuracy": "bal. acc.",
@@ -83,21 +100,23 @@ def version_oof(client: MlflowClient, name: str, version: str) -> OOF | None:
     """The out-of-fold predictions behind a version, or None where its run logged none."""
     mv = client.get_model_version(name, version)
     tags = mv.tags
-    if "calibrated_from" in tags:  # the same model files as its source
-        return version_oof(client, name, tags["calibrated_from"])
+    if CALIBRATED_FROM in tags:  # the same model files as its source
+        return version_oof(client, name, tags[CALIBRATED_FROM])
     if not mv.run_id:
         return None
-    family = tags.get("family", "")
+    family = tags.get(FAMILY_TAG, "")
     try:
         with tempfile.TemporaryDirectory(prefix="glomx-card-") as tmp:
-            path = client.download_artifacts(mv.run_id, f"cv/{family}.csv", tmp)
+            path = client.download_artifacts(mv.run_id, f"{OOF_DIR}/{family}.csv", tmp)
             return OOF.read(Path(path))
     except (MlflowException, OSError, SelectionError):
         pass
     if family != ENSEMBLE:
         return None
     run_tags = client.get_run(mv.run_id).data.tags
-    members = {k.removeprefix("member."): v for k, v in run_tags.items() if k.startswith("member.")}
+    members = {
+        k.removeprefix(MEMBER_PREFIX): v for k, v in run_tags.items() if k.startswith(MEMBER_PREFIX)
+    }
     oofs = {f: version_oof(client, name, v) for f, v in members.items() if v.isdigit()}
     found = {f: o for f, o in oofs.items() if o is not None}
     if not found or len(found) < len(members):
@@ -173,7 +192,7 @@ def newest_test(client: MlflowClient, version: str) -> tuple[str, list[dict[str,
     ``version``, or None when none has."""
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
-        f"tags.`evaluated.version` = '{version}'",
+        f"tags.`{EVALUATED_VERSION}` = '{version}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -218,22 +237,21 @@ def test_section(client: MlflowClient, version: str, calibrated: bool) -> list[s
 def calibration_section(client: MlflowClient, mv: Any) -> list[str]:
     tags = mv.tags
     lines = ["## Calibration", ""]
-    if "lab" not in tags:
+    if LAB_TAG not in tags:
         return [
             *lines,
-            f"None. Threshold {tags.get('threshold', '?')}, set in training on "
+            f"None. Threshold {tags.get(THRESHOLD_TAG, '?')}, set in training on "
             "inner-validation slides of the training hospitals. A new lab labels 20-40 "
             "patches and runs `glomx calibrate` (docs/calibration.md).",
         ]
     lines.append(
-        f"Lab **{tags['lab']}**: threshold {_number(tags.get('calibration.threshold'))} for the "
-        f"model files of version {tags.get('calibrated_from', '?')}, chosen on "
-        f"{tags.get('calibration.n_patches', '?')} patches "
-        f"({tags.get('calibration.n_sclerotic', '?')} sclerotic) from "
-        f"{tags.get('calibration.n_slides', '?')} slides of the lab."
+        f"Lab **{tags[LAB_TAG]}**: threshold {_number(tags.get(CAL_THRESHOLD))} for the "
+        f"model files of version {tags.get(CALIBRATED_FROM, '?')}, chosen on "
+        f"{tags.get(CAL_PATCHES, '?')} patches ({tags.get(CAL_SCLEROTIC, '?')} sclerotic) from "
+        f"{tags.get(CAL_SLIDES, '?')} slides of the lab."
     )
     try:
-        report = _download_json(client, mv.run_id, "calibration.json")
+        report = _download_json(client, mv.run_id, CALIBRATION_REPORT)
     except (MlflowException, OSError, ValueError):
         return lines
     if not (
@@ -243,7 +261,7 @@ def calibration_section(client: MlflowClient, mv: Any) -> list[str]:
     ):
         return lines  # a report from another glomx, or none worth a table: the tags say enough
     cuts = {
-        "calibrated": f"calibrated {_number(tags.get('calibration.threshold'))}",
+        "calibrated": f"calibrated {_number(tags.get(CAL_THRESHOLD))}",
         "0.5": "0.5",
         "source": "model's own",
     }
@@ -278,9 +296,9 @@ def limitations(oof: OOF | None, site_regex: str | None, tags: Mapping[str, str]
         "- Patch-level only: it classifies a given glomerulus crop; it does not find glomeruli, "
         "and %GS assumes every glomerulus of the slide was cropped.",
     ]
-    if tags.get("data_kind", "real") != "real":
+    if tags.get(DATA_KIND_TAG, "real") != "real":
         lines.append(
-            f"- Trained on {tags['data_kind']} data: it says nothing about real glomeruli."
+            f"- Trained on {tags[DATA_KIND_TAG]} data: it says nothing about real glomeruli."
         )
     return lines
 
@@ -290,20 +308,20 @@ def card_markdown(client: MlflowClient, name: str, version: str, site_regex: str
     mv = client.get_model_version(name, version)
     tags = mv.tags
     oof = version_oof(client, name, version)
-    family = tags.get("family", "?")
-    members = f" of {tags['members']}" if tags.get("members") else ""
-    calibrated = "lab" in tags
+    family = tags.get(FAMILY_TAG, "?")
+    members = f" of {tags[MEMBERS_TAG]}" if tags.get(MEMBERS_TAG) else ""
+    calibrated = LAB_TAG in tags
     lines = [
         f"# Model card: {name} v{version} ({family}{members})",
         "",
         "## Model details",
         "",
         f"- P(globally sclerotic) for one PAS-stained kidney glomerulus patch; called "
-        f"sclerotic from threshold {_number(tags.get('threshold'))}.",
-        f"- Family `{family}`{members}; registered by stage `{tags.get('stage', '?')}` "
+        f"sclerotic from threshold {_number(tags.get(THRESHOLD_TAG))}.",
+        f"- Family `{family}`{members}; registered by stage `{tags.get(VERSION_STAGE_TAG, '?')}` "
         f"(run `{mv.run_id}`)"
         + (f", initial weights `{tags['weights']}`" if tags.get("weights") else "")
-        + f"; data {tags.get('data_kind', '?')}.",
+        + f"; data {tags.get(DATA_KIND_TAG, '?')}.",
     ]
     aliases = ", ".join(f"`{a}`" for a in sorted(mv.aliases)) or "none"
     lines.append(
@@ -322,7 +340,7 @@ def card_markdown(client: MlflowClient, name: str, version: str, site_regex: str
         "- Other stains than PAS, other tissue than glomeruli, whole-slide images (it needs "
         "glomerulus crops), a lab that has not calibrated (see Limitations).",
         "",
-        *training_section(oof, site_regex, tags.get("data_kind", "?")),
+        *training_section(oof, site_regex, tags.get(DATA_KIND_TAG, "?")),
         "",
         "## Evaluation",
         "",
@@ -332,7 +350,7 @@ def card_markdown(client: MlflowClient, name: str, version: str, site_regex: str
     if oof is None:
         lines.append("Not recorded: the registering run logged no out-of-fold predictions.")
     else:
-        source = f" (version {tags['calibrated_from']}'s thresholds)" if calibrated else ""
+        source = f" (version {tags[CALIBRATED_FROM]}'s thresholds)" if calibrated else ""
         lines += [
             f"95 % slide bootstrap († fewer than {MIN_SLIDES} slides: no interval){source}.",
             "",

@@ -17,7 +17,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from glomx.config import PARAMS_FILE, ParamsError, file_hash, flatten, read
-from glomx.tracking.names import EXPERIMENT, REGISTERED_MODEL, STAGE_TAG
+from glomx.tracking.names import (
+    EXPERIMENT,
+    GIT_COMMIT_TAG,
+    KERAS_BACKEND_TAG,
+    REGISTERED_MODEL,
+    STAGE_TAG,
+)
 from glomx.tracking.store import sqlite_path, tracking_uri
 
 UNKNOWN = "unknown"
@@ -125,11 +131,11 @@ def _git_tags(workdir: Path) -> dict[str, str]:
     commit = (_git(workdir, "rev-parse", "HEAD") or "").strip()
     status = _git(workdir, "status", "--porcelain", "-z", "--untracked-files=all")
     if not commit or status is None:
-        return {"git.commit": commit or UNKNOWN, "git.dirty": UNKNOWN}
+        return {GIT_COMMIT_TAG: commit or UNKNOWN, "git.dirty": UNKNOWN}
     prefix = (_git(workdir, "rev-parse", "--show-prefix") or "").strip()  # workdir in the repo
     outputs = [prefix + o for o in pipeline_outputs(workdir)]
     changed = sorted(p for p in _changed_paths(status) if not _is_under(p, outputs))
-    tags = {"git.commit": commit, "git.dirty": str(bool(changed)).lower()}
+    tags = {GIT_COMMIT_TAG: commit, "git.dirty": str(bool(changed)).lower()}
     if changed:
         listing = ", ".join(changed)
         if len(listing) > CHANGED_LIMIT:
@@ -160,7 +166,7 @@ def provenance_tags(stage: str, data_kind: str, workdir: Path | None = None) -> 
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp"] = exp
     if backend := keras_backend():
-        tags["keras.backend"] = backend
+        tags[KERAS_BACKEND_TAG] = backend
     return tags
 
 

@@ -14,7 +14,7 @@ Pixels are bounded before any is decoded, from each image's header: an image ove
 ``GLOMX_SERVE_MAX_PIXELS`` (default 4 Mpx; glomerulus patches are well under 1 Mpx), or one
 that would take the request over ``GLOMX_SERVE_MAX_REQUEST_PIXELS`` (default 64 Mpx) in all,
 gets an error row instead. Bodies, concurrent requests and error replies are bounded by the
-server in front of the model (:mod:`glomx.tracking.scoring`, ``glomx serve``).
+server in front of the model (:mod:`glomx.tracking.http_guard`, ``glomx serve``).
 
 The glomx package travels with the model (``code_paths``), so loading it needs only the pinned
 requirements, not this repository.

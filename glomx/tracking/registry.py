@@ -48,15 +48,30 @@ from glomx.models.base import META_FILE, Classifier
 from glomx.tracking.model_card import write_card
 from glomx.tracking.names import (
     ARTIFACT,
+    CAL_FIGURES,
+    CAL_NON_SCLEROTIC,
+    CAL_PATCHES,
+    CAL_SCLEROTIC,
+    CAL_SENSITIVITY,
+    CAL_SLIDES,
+    CAL_SPECIFICITY,
+    CAL_TTA,
     CALIBRATED_FROM,
+    CALIBRATION_REPORT,
     CHAMPION,
     CV_CONTEXT,
     CV_PREFIX,
+    DATA_KIND_TAG,
     DIGEST_TAG,
     EXPERIMENT,
+    FAMILY_TAG,
+    GIT_COMMIT_TAG,
+    LAB_TAG,
     PREVIOUS,
     REASON_TAG,
     REGISTERED_MODEL,
+    THRESHOLD_TAG,
+    VERSION_STAGE_TAG,
     lab_alias,
 )
 from glomx.tracking.provenance import keras_backend
@@ -142,7 +157,7 @@ def candidate(client: MlflowClient, version: str, name: str = REGISTERED_MODEL) 
     cv = _cv_input(client, mv.run_id) if mv.run_id else None
     return Candidate(
         version=str(mv.version),
-        family=mv.tags.get("family", "?"),
+        family=mv.tags.get(FAMILY_TAG, "?"),
         run_id=mv.run_id or "",
         cv_metrics=_cv_metrics(mv.tags),
         cv_data=cv[0] if cv else None,
@@ -261,10 +276,10 @@ def register(
     info = log_model(Path(model_dir), classifier, example)
     log_native_model(classifier, example)
     version_tags = {
-        "family": classifier.meta.family,
-        "stage": run.stage,
-        "data_kind": run.data_kind,
-        "threshold": str(classifier.meta.threshold),
+        FAMILY_TAG: classifier.meta.family,
+        VERSION_STAGE_TAG: run.stage,
+        DATA_KIND_TAG: run.data_kind,
+        THRESHOLD_TAG: str(classifier.meta.threshold),
         **{k: f"{v:.6g}" for k, v in (metrics or {}).items()},
         **(tags or {}),
     }
@@ -362,8 +377,8 @@ def champion_report(name: str = REGISTERED_MODEL) -> str:
     lines = [
         f"champion: models:/{name}/{champ.version} ({champ.family})",
         f"trained by run {champ.run_id}"
-        + (f" ({run.info.run_name}, {run.data.tags.get('git.commit', '?')[:12]})" if run else ""),
-        f"data: {mv.tags.get('data_kind', '?')}; threshold {mv.tags.get('threshold', '?')}",
+        + (f" ({run.info.run_name}, {run.data.tags.get(GIT_COMMIT_TAG, '?')[:12]})" if run else ""),
+        f"data: {mv.tags.get(DATA_KIND_TAG, '?')}; threshold {mv.tags.get(THRESHOLD_TAG, '?')}",
         "out-of-fold: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(champ.cv_metrics.items())),
         f"why: {mv.tags.get(REASON_TAG, mv.description or '?')}",
     ]
@@ -419,7 +434,7 @@ def register_calibrated(
         classifier = load_classifier(local)
         try:
             with stage_run("calibrate", params, data_kind) as run:
-                run.log_dict(report, "calibration.json")
+                run.log_dict(report, CALIBRATION_REPORT)
                 new = register(run, local, classifier, example, tags=tags, site_regex=site_regex)
                 MlflowClient().set_registered_model_alias(name, alias, new)
                 write_card(MlflowClient(), name, new, site_regex)  # now with its alias
@@ -445,18 +460,13 @@ def lab_report(lab: str, name: str = REGISTERED_MODEL) -> str:
     champ = current_champion(client, name)
     source = tags.get(CALIBRATED_FROM, "?")
     lines = [
-        f"lab {lab}: models:/{name}/{mv.version} ({tags.get('family', '?')}), alias {alias}",
-        f"threshold {tags.get('threshold', '?')}, calibrated from version {source} on "
-        f"{tags.get('calibration.n_patches', '?')} patches "
-        f"({tags.get('calibration.n_sclerotic', '?')} sclerotic) from "
-        f"{tags.get('calibration.n_slides', '?')} slides"
-        + (", TTA scores" if tags.get("calibration.tta") == "true" else ""),
+        f"lab {lab}: models:/{name}/{mv.version} ({tags.get(FAMILY_TAG, '?')}), alias {alias}",
+        f"threshold {tags.get(THRESHOLD_TAG, '?')}, calibrated from version {source} on "
+        f"{tags.get(CAL_PATCHES, '?')} patches ({tags.get(CAL_SCLEROTIC, '?')} sclerotic) from "
+        f"{tags.get(CAL_SLIDES, '?')} slides"
+        + (", TTA scores" if tags.get(CAL_TTA) == "true" else ""),
         "on the lab's patches: "
-        + ", ".join(
-            f"{k} {tags[f'calibration.{k}']}"
-            for k in ("balanced_accuracy", "sensitivity", "specificity", "roc_auc")
-            if f"calibration.{k}" in tags
-        ),
+        + ", ".join(f"{k} {tags[tag]}" for k, tag in CAL_FIGURES.items() if tag in tags),
     ]
     if champ is not None and champ.version != source:
         lines.append(
@@ -484,13 +494,13 @@ def version_accuracy(uri: str) -> ClassifierAccuracy:
     client = MlflowClient()
     mv = client.get_model_version(name, version)
     tags = mv.tags
-    if "calibration.sensitivity" in tags:
+    if CAL_SENSITIVITY in tags:
         return ClassifierAccuracy(
-            float(tags["calibration.sensitivity"]),
-            float(tags["calibration.specificity"]),
-            int(tags.get("calibration.n_sclerotic", 0)),
-            int(tags.get("calibration.n_non_sclerotic", 0)),
-            f"calibration of version {version} on lab {tags.get('lab', '?')}",
+            float(tags[CAL_SENSITIVITY]),
+            float(tags[CAL_SPECIFICITY]),
+            int(tags.get(CAL_SCLEROTIC, 0)),
+            int(tags.get(CAL_NON_SCLEROTIC, 0)),
+            f"calibration of version {version} on lab {tags.get(LAB_TAG, '?')}",
         )
     if f"{CV_PREFIX}recall" in tags and f"{CV_PREFIX}specificity" in tags:
         counts = _cv_counts(client, mv.run_id) if mv.run_id else None

@@ -27,7 +27,14 @@ from mlflow.types import Schema, TensorSpec
 
 from glomx.config import file_hash, flatten
 from glomx.data.store import INDEX, MANIFEST, ArrayStore
-from glomx.tracking.names import HOST_TAG, NOTE_TAG, PID_TAG, REGISTERED_MODEL, STAGE_TAG
+from glomx.tracking.names import (
+    HOST_TAG,
+    KERAS_BACKEND_TAG,
+    NOTE_TAG,
+    PID_TAG,
+    REGISTERED_MODEL,
+    STAGE_TAG,
+)
 from glomx.tracking.provenance import keras_backend, provenance_tags
 from glomx.tracking.store import (
     TrackingError,
@@ -280,5 +287,5 @@ def stage_run(
                 log.warning("%s: stopped; run %s marked KILLED", stage, run.run_id)
                 mlflow.end_run("KILLED")
                 raise
-            if "keras.backend" not in tags and (backend := keras_backend()):
-                run.set_tags({"keras.backend": backend})  # Keras was loaded inside the block
+            if KERAS_BACKEND_TAG not in tags and (backend := keras_backend()):
+                run.set_tags({KERAS_BACKEND_TAG: backend})  # Keras was loaded inside the block

@@ -8,6 +8,7 @@ directory. ``MLFLOW_TRACKING_URI`` overrides it, e.g. with a shared tracking ser
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import urllib.error
@@ -22,22 +23,30 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from glomx.errors import GlomxError
-from glomx.tracking.names import EXPERIMENT, NOTE_TAG
+from glomx.tracking.names import EXPERIMENT, NOTE_DIGEST_TAG, NOTE_TAG
 
 PROBE_TIMEOUT_S = 3.0
 # MLflow 3's experiment type: model training, not the GenAI (traces) view
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 EXPERIMENT_NOTE = """\
 Kidney glomeruli patches (PAS stain): globally sclerotic (1) or not (0). One run per DVC stage
 execution, tagged `glomx.stage` and with its provenance (`git.*`, `data.*`, `params.md5`).
 
-- `train@<family>` runs: `epoch/<metric>` are per-epoch curves; `selected/<metric>` are the
-  validation scores of the model the run kept (best epoch by its early-stopping monitor, at its
-  decision threshold) and registered as a version of model `glomx`.
-- `evaluate` runs: one child run per evaluated model with the same `test_<metric>` names
-  (test split; 95 % slide-bootstrap intervals in `test_metrics.json`), linked to the scored
-  version and its training run. Alias `champion` of `glomx` is chosen on validation only.
+- `train@<family>` runs cross-validate a family over slide-grouped folds of the non-test
+  slides: one child run per fold (`epoch/<metric>` per-epoch curves; early stopping and
+  threshold on an inner split of the training folds; `oof_<metric>` on the fold's held-out
+  slides). `selected/cv_<metric>` are the pooled out-of-fold scores of the bag of fold models
+  the run registers as a version of model `glomx`.
+- The `choose` run compares the families on their out-of-fold predictions (paired slide
+  bootstrap): the champion is the best family, or the `ensemble`, the mean of the families
+  the data cannot tell apart.
+- `evaluate` runs, the only readers of the test split: one child run per evaluated model with
+  the same `test_<metric>` names (95 % slide-bootstrap intervals in `test_metrics.json`),
+  linked to the scored version and its training run. Evaluate moves alias `champion` of
+  `glomx` to the chosen version; test scores never choose it.
 """
+# digests of the descriptions earlier glomx releases wrote, before NOTE_DIGEST_TAG recorded them
+FORMER_NOTES = {"e5d270faab5a97720911605b4da7717f061d8e8048ab40cead83d8c844eac3d5"}
 SQLITE_LOCKED = (
     "MLflow store {uri} stayed locked by another process: SQLite lets one process write at a "
     "time and MLflow waits 20 s for the lock, so parallel jobs (`dvc queue start -j N`) can "
@@ -126,7 +135,11 @@ def experiment_id(uri: str) -> str:
         if exp is None:
             db = sqlite_path(uri)
             location = (db.parent / "artifacts").as_uri() if db else None
-            tags = {**EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_NOTE}
+            tags = {
+                EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                NOTE_TAG: EXPERIMENT_NOTE,
+                NOTE_DIGEST_TAG: _digest(EXPERIMENT_NOTE),
+            }
             try:
                 return client.create_experiment(EXPERIMENT, location, tags)
             except MlflowException:  # created meanwhile by a parallel run
@@ -141,12 +154,20 @@ def experiment_id(uri: str) -> str:
         raise TrackingError(f"MLflow store {uri} cannot be used: {err.message}") from err
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _describe(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> None:
-    """Give an experiment created before these tags existed its kind and description (a
-    description someone wrote in the UI is kept)."""
-    for key, value in {**EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_NOTE}.items():
-        if not tags.get(key):
-            client.set_experiment_tag(exp_id, key, value)
+    """Give the experiment its kind, and its description where it has none or holds one an
+    earlier glomx wrote (brought up to date); a description someone wrote in the UI is kept."""
+    if not tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    note = tags.get(NOTE_TAG, "")
+    ours = not note or _digest(note) in {tags.get(NOTE_DIGEST_TAG), *FORMER_NOTES}
+    if ours and note != EXPERIMENT_NOTE:
+        client.set_experiment_tag(exp_id, NOTE_TAG, EXPERIMENT_NOTE)
+        client.set_experiment_tag(exp_id, NOTE_DIGEST_TAG, _digest(EXPERIMENT_NOTE))
 
 
 @contextmanager

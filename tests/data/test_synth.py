@@ -217,5 +217,5 @@ def test_cli_refuses_contradictory_options(
     with pytest.raises(SystemExit) as exit_:
         main(["synth", str(tmp_path / "data"), *args])
     err = capsys.readouterr().err
-    assert exit_.value.code == 1 and err.startswith("glomx synth failed: ") and message in err
+    assert exit_.value.code == 2 and err.startswith("glomx synth failed: ") and message in err
     assert not (tmp_path / "data").exists()

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from pipeline_copy import REPO, make_copy, run
 
-from glomx.server.main import wait_ready
-from glomx.server.postgres import PASSFILE, PostgresError, free_port, pg_bin, server_user
+from glomx.team_server.main import wait_ready
+from glomx.team_server.postgres import PASSFILE, PostgresError, free_port, pg_bin, server_user
 
 pytestmark = pytest.mark.slow  # a whole pipeline against a real server
 

@@ -17,9 +17,9 @@ from glomx.models.keras_common import (
     StoreSequence,
     ValidationMonitor,
     color_jitter,
-    dihedral,
     dtype_policy,
     log_gpus,
+    random_dihedral,
     set_trainable,
 )
 
@@ -78,7 +78,7 @@ def test_augmented_batches_repeat_with_the_seed_and_keep_labels(make_store: Make
 def test_dihedral_and_jitter() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 8, 8, 4), np.uint8)
-    turned = dihedral(images, np.random.default_rng(1))
+    turned = random_dihedral(images, np.random.default_rng(1))
     for before, after in zip(images, turned, strict=True):
         views = [np.rot90(f, k) for k in range(4) for f in (before, before[:, ::-1])]
         assert any(np.array_equal(view, after) for view in views)

@@ -23,8 +23,8 @@ from glomx.data.store import ArrayStore, StoreWriter
 from glomx.family_params import CNNConfig, CNNSection, FitConfig, LRFit, LRModel, LRSection
 from glomx.pipeline.train import train
 from glomx.ray_session import RayAddressError, ray_session
-from glomx.server.postgres import free_port
 from glomx.stage_main import user_message
+from glomx.team_server.postgres import free_port
 from glomx.tracking import EXPERIMENT, stage_run
 from glomx.tracking.runs import RunRef
 

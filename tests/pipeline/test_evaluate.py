@@ -18,7 +18,7 @@ from glomx.artifacts.layout import Layout
 from glomx.config import Params, parse, read
 from glomx.data.store import ArrayStore
 from glomx.evaluation.bootstrap import METRICS
-from glomx.evaluation.scoring import score_store
+from glomx.evaluation.tta import score_store
 from glomx.family_params import CNNSection
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn

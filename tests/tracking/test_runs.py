@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -13,8 +14,9 @@ import yaml
 from mlflow import MlflowClient
 
 from glomx.tracking import EXPERIMENT, TrackingError, provenance_tags, stage_run, tracking_uri
-from glomx.tracking.names import HOST_TAG, PID_TAG
+from glomx.tracking.names import HOST_TAG, NOTE_DIGEST_TAG, NOTE_TAG, PID_TAG
 from glomx.tracking.provenance import pipeline_outputs, ui_url
+from glomx.tracking.store import EXPERIMENT_NOTE
 
 
 def _runs(uri: str) -> list:
@@ -223,6 +225,41 @@ def test_experiment_opens_as_model_training_and_is_described(isolated_mlflow: st
     with stage_run("train@lr", {}, "real"):
         pass
     assert client.get_experiment(exp).tags["mlflow.note.content"] == "written in the UI"
+
+
+# what glomx wrote as the experiment's description before selection moved to out-of-fold
+STALE_NOTE = """\
+Kidney glomeruli patches (PAS stain): globally sclerotic (1) or not (0). One run per DVC stage
+execution, tagged `glomx.stage` and with its provenance (`git.*`, `data.*`, `params.md5`).
+
+- `train-<family>` runs: `epoch/<metric>` are per-epoch curves; `selected/<metric>` are the
+  validation scores of the model the run kept (best epoch by its early-stopping monitor, at its
+  decision threshold) and registered as a version of model `glomx`.
+- `evaluate` runs: one child run per evaluated model with the same `test_<metric>` names
+  (test split; 95 % slide-bootstrap intervals in `test_metrics.json`), linked to the scored
+  version and its training run. Alias `champion` of `glomx` is chosen on validation only.
+"""
+
+
+@pytest.mark.parametrize("written", ["stale", "digest"])
+def test_a_description_glomx_wrote_earlier_is_brought_up_to_date(
+    written: str, isolated_mlflow: str
+) -> None:
+    client = MlflowClient(isolated_mlflow)
+    exp = client.create_experiment(EXPERIMENT)
+    if written == "stale":  # an earlier release's text, with no digest beside it
+        client.set_experiment_tag(exp, NOTE_TAG, STALE_NOTE)
+    else:  # a later text, with the digest glomx records beside what it writes
+        client.set_experiment_tag(exp, NOTE_TAG, "an older note")
+        client.set_experiment_tag(
+            exp, NOTE_DIGEST_TAG, hashlib.sha256(b"an older note").hexdigest()
+        )
+    with stage_run("train-lr", {}, "real"):
+        pass
+    note = client.get_experiment(exp).tags[NOTE_TAG]
+    assert note == EXPERIMENT_NOTE
+    assert "out-of-fold" in note and "validation" not in note.replace("cross-validate", "")
+    assert "only readers of the test split" in note
 
 
 def test_ui_address_opens_the_experiment_on_model_training(

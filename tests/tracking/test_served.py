@@ -41,12 +41,12 @@ from glomx.models import load_classifier
 from glomx.models.logistic import LogisticClassifier
 from glomx.models.mean import MeanClassifier, copy_member
 from glomx.predict import load_model, predict_files
-from glomx.server.main import ServerError, terminate, wait_ready
-from glomx.server.postgres import free_port
+from glomx.team_server.main import ServerError, terminate, wait_ready
+from glomx.team_server.postgres import free_port
 from glomx.tracking import stage_run
+from glomx.tracking.http_guard import MAX_BODY_MB
 from glomx.tracking.pyfunc import INPUT_REFUSAL, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
 from glomx.tracking.registry import promote, register
-from glomx.tracking.scoring import MAX_BODY_MB
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_TIMEOUT_S = 180

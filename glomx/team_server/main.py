@@ -1,6 +1,6 @@
 """``glomx server`` (``make server``): the MLflow tracking server a team shares.
 
-Backend store: a private PostgreSQL cluster (:mod:`glomx.server.postgres`) under ``--dir``,
+Backend store: a private PostgreSQL cluster (:mod:`glomx.team_server.postgres`) under ``--dir``,
 created with its database on first start. Artifacts: proxied by the server
 (``--serve-artifacts``), kept under ``--artifacts``; clients upload and download them over HTTP,
 so a run's models are reachable from any clone pointed at the server. Runs in the foreground;
@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from glomx.server.postgres import Postgres, PostgresError, server_user
+from glomx.team_server.postgres import Postgres, PostgresError, server_user
 
 DATABASE = "mlflow"
 READY_TIMEOUT_S = 180.0
@@ -120,11 +120,7 @@ def serve(
 
 
 def _main(args: argparse.Namespace) -> int:
-    try:
-        return serve(args.dir, args.host, args.port, args.artifacts, args.workers, args.pg_user)
-    except PostgresError as err:
-        print(f"glomx server: {err}", file=sys.stderr)
-        return 2
+    return serve(args.dir, args.host, args.port, args.artifacts, args.workers, args.pg_user)
 
 
 def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:

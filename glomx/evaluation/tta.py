@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from glomx.data.adapt import dihedral
+from glomx.data.adapt import dihedral_views
 from glomx.data.store import ArrayStore
 
 
@@ -20,7 +20,7 @@ def predict_batch(classifier: Scorer, images: np.ndarray, tta: bool) -> np.ndarr
     """``(N,)`` P(class 1); with ``tta`` the mean over the 8 dihedral views."""
     if not tta:
         return classifier.predict_proba(images)
-    views = [classifier.predict_proba(np.ascontiguousarray(v)) for v in dihedral(images)]
+    views = [classifier.predict_proba(np.ascontiguousarray(v)) for v in dihedral_views(images)]
     return np.mean(views, axis=0)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from glomx.server.postgres import ROLE, Postgres, PostgresError, pg_bin, server_user
+from glomx.team_server.postgres import ROLE, Postgres, PostgresError, pg_bin, server_user
 
 
 def test_a_missing_program_names_it_and_the_install_command() -> None:
