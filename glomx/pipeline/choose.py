@@ -29,7 +29,8 @@ from glomx.evaluation.report import strict
 from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, select
 from glomx.files import write_json
 from glomx.tracking import StageRun, stage_run
-from glomx.tracking.registry import register, version_of
+from glomx.tracking.names import MEMBER_PREFIX, MEMBERS_TAG
+from glomx.tracking.registry import cv_tags, register, version_of
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,12 @@ def _register(
         versions[family] = found.version if found else "unregistered"
     bags = {f: layout.model(f) for f in members}
     ensemble = write_ensemble(bags, layout.preprocessing(), layout.ensemble)
-    scores = {f"cv_{k}": v for k, v in finite(oof.metrics()).items()}
-    run.set_tags({"members": ",".join(members)} | {f"member.{f}": v for f, v in versions.items()})
+    scores = cv_tags(oof.metrics())
+    run.set_tags(
+        {MEMBERS_TAG: ",".join(members)} | {f"{MEMBER_PREFIX}{f}": v for f, v in versions.items()}
+    )
     example = ArrayStore(layout.prepared("train")).read([0])
-    tags = {"members": ", ".join(f"{f} v{v}" for f, v in versions.items())}
+    tags = {MEMBERS_TAG: ", ".join(f"{f} v{v}" for f, v in versions.items())}
     return register(run, layout.ensemble, ensemble, example, scores, tags, site_regex)
 
 

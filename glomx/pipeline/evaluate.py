@@ -40,11 +40,11 @@ from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
 from glomx.models.mean import MEMBERS, keras_member
 from glomx.tracking import StageRun, run_link, stage_run, version_link
+from glomx.tracking.names import EVALUATED_VERSION, TEST_TABLE
 from glomx.tracking.pyfunc import files_digest
 from glomx.tracking.registry import promote, refresh_cards, version_of
 
 log = logging.getLogger(__name__)
-TABLE = "test_metrics.json"  # the intervals, as an MLflow table, in every evaluation run
 
 
 class EvaluateError(GlomxError, RuntimeError):
@@ -302,7 +302,7 @@ def _model_note(name: str, s: Scored, parent: str) -> str:
     return (
         f"Test scores of **{name}**: {source}. Part of evaluation {run_link(parent)}. "
         f"Metrics `test_<metric>` on the test split; 95 % slide-bootstrap intervals, overall "
-        f"and per site, in `{TABLE}`."
+        f"and per site, in `{TEST_TABLE}`."
     )
 
 
@@ -360,7 +360,7 @@ def _log_run(
         table = interval_rows(name, metrics[name], per_site.get(name, {}), data)
         rows += table
         tags = {"glomx.model": name}
-        tags |= {"evaluated.version": s.version} if s.version else {}
+        tags |= {EVALUATED_VERSION: s.version} if s.version else {}
         tags |= {"evaluated.run_id": s.run_id} if s.run_id else {}
         with run.child(name, tags) as child:
             child.log_dataset(test, "test")
@@ -368,9 +368,9 @@ def _log_run(
             child.log_scores(
                 {k: v for k, v in values.items() if not np.isnan(v)}, s.version, "test"
             )
-            child.log_table(table, TABLE)
+            child.log_table(table, TEST_TABLE)
             child.set_note(_model_note(name, s, run.run_id))
-    run.log_table(rows, TABLE)
+    run.log_table(rows, TEST_TABLE)
     tags = {f"evaluated.{n}.version": s.version for n, s in scored.items() if s.version}
     tags |= {f"evaluated.{n}.run_id": s.run_id for n, s in scored.items() if s.run_id}
     run.set_tags({**tags, "champion.version": str(decision["version"])})

@@ -40,7 +40,8 @@ from glomx.models import FAMILIES, family_class, family_section
 from glomx.models.base import Classifier
 from glomx.models.mean import MeanClassifier
 from glomx.tracking import StageRun, stage_run
-from glomx.tracking.registry import register
+from glomx.tracking.names import OOF_DIR
+from glomx.tracking.registry import cv_tags, register
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class CrossValidated:
     @property
     def pooled(self) -> dict[str, float]:
         """The pooled out-of-fold metrics, as the registry's ``cv_<metric>`` tags."""
-        return {f"cv_{k}": v for k, v in m.finite(self.oof.metrics()).items()}
+        return cv_tags(self.oof.metrics())
 
 
 def cv_report(oof: OOF, results: list[FoldResult], boot: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def record(done: CrossValidated, layout: Layout, run: StageRun, site_regex: str 
     m.write_plot_data(layout.plots(family), oof.labels, oof.proba, oof.thresholds)
     run.log_selected({**done.pooled, "threshold": bag.meta.threshold})
     _log_oof(run, bag, oof)
-    run.log_artifact(layout.oof(family), "cv")
+    run.log_artifact(layout.oof(family), OOF_DIR)
     run.log_dict(strict(done.report), "cv.json")
     run.set_tags(bag.tags())
     training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))

@@ -42,6 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from glomx.errors import UsageError
+from glomx.evaluation.metrics import finite
 from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE, Classifier
@@ -123,6 +124,12 @@ class Decision:
             "previous": self.previous,
             "candidate": self.candidate,
         }
+
+
+def cv_tags(pooled: dict[str, float]) -> dict[str, float]:
+    """Pooled out-of-fold metrics as a version's ``cv_<metric>`` tags (an undefined, NaN one
+    left out), which promotion reads back."""
+    return {f"{CV_PREFIX}{k}": v for k, v in finite(pooled).items()}
 
 
 def _cv_metrics(tags: dict[str, str]) -> dict[str, float]:
