@@ -1,47 +1,32 @@
-"""Tiny synthetic array stores for the model tests (40 px, a few dozen images)."""
+"""Tiny synthetic array stores for the model tests (40 px, a few dozen images), the session's
+tiny fit of every family, and a training stage run as DVC would."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from family_zoo import PREPROCESSING, Zoo, blob_images, blob_store_at, spec, write_store
+from mlflow import MlflowClient
 
 from glomx.config import read
 from glomx.data.catalogue import Record
-from glomx.data.images import Preprocessing
 from glomx.data.split import assign_folds, write_split_csv
 from glomx.data.store import ArrayStore, StoreWriter
-from glomx.errors import CorruptModelError
-from glomx.models import load_classifier
+from glomx.models import family_class, load_classifier
+from glomx.models.mean import MeanClassifier
+from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
-PREPROCESSING = Preprocessing(size=40, channels=3, method="pad", fill="white")
 REPO = Path(__file__).resolve().parents[2]
 STAGES = REPO / "stages"
-
-
-def blob_images(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Noisy pink tiles; class 1 carries a dark disc in the middle (an easy, learnable cue)."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(150, 230, (len(labels), size, size, 3)).astype(np.uint8)
-    yy, xx = np.mgrid[:size, :size]
-    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
-    images[labels == 1] = np.where(disc[..., None], images[labels == 1] // 3, images[labels == 1])
-    return images
-
-
-def write_store(path: Path, images: np.ndarray, labels: np.ndarray) -> ArrayStore:
-    """A finished store of ``images`` with names ``img<i>`` on two slides."""
-    with StoreWriter(path, images.shape[1:], {"image": asdict(PREPROCESSING)}) as writer:
-        names = [f"img{i}" for i in range(len(images))]
-        writer.append(images, labels, names, [f"slide{i % 2}" for i in range(len(images))])
-        return writer.close({"data_kind": "synthetic"})
 
 
 @pytest.fixture
@@ -50,16 +35,16 @@ def make_store(tmp_path: Path) -> Callable[[str, np.ndarray, np.ndarray], ArrayS
     return lambda name, images, labels: write_store(tmp_path / name, images, labels)
 
 
-def blob_store_at(path: Path, n: int, seed: int) -> ArrayStore:
-    """A store of ``n`` 40 px blob images at ``path``, every third one (from 0) class 1."""
-    labels = (np.arange(n) % 3 == 0).astype(np.uint8)
-    return write_store(path, blob_images(labels, PREPROCESSING.size, seed), labels)
-
-
 @pytest.fixture(scope="session")
 def blob_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], ArrayStore]:
     """``make(n, seed)``: :func:`blob_store_at` in a fresh directory."""
     return lambda n, seed: blob_store_at(tmp_path_factory.mktemp(f"blobs{n}_{seed}"), n, seed)
+
+
+@pytest.fixture(scope="session")
+def zoo(blob_store: Callable[[int, int], ArrayStore]) -> Zoo:
+    """Every family's tiny fit on 24 training and 12 validation blobs, once a session."""
+    return Zoo(blob_store(24, 0), blob_store(12, 1))
 
 
 @pytest.fixture
@@ -113,35 +98,52 @@ def run_stage(training_paths: dict[str, str], tmp_path: Path) -> Callable[[str, 
     return run
 
 
-def _assert_damage_is_named(directory: Path, filename: str, stage: str, damage: str) -> None:
-    path = directory / filename
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>oops</html>")
-    with pytest.raises(CorruptModelError) as err:
-        load_classifier(directory)
-    message = str(err.value)
-    assert message.startswith(f"{path} exists but cannot be loaded")
-    assert "corrupt" in message and "File not found" not in message
-    assert f"`dvc repro {stage}`" in message and f"`dvc checkout {directory}`" in message
+@dataclass
+class StageRecord:
+    """What a ``train@<family>`` stage left: its stdout, metrics report, bag of fold models,
+    MLflow run, fold trials (in fold order) and registered model version."""
+
+    stdout: str
+    report: dict[str, Any]
+    bag: MeanClassifier
+    client: MlflowClient
+    run: Any
+    trials: list[Any]
+    version: Any
 
 
 @pytest.fixture
-def assert_damage_is_named() -> Callable[[Path, str, str, str], None]:
-    """``check(directory, filename, stage, damage)``: damage a saved model's ``filename``
-    (``truncated`` or ``garbage``); loading it must name the file, say it is corrupt and how
-    to rebuild it, not fail somewhere inside."""
-    return _assert_damage_is_named
+def train_stage(
+    run_stage: Callable[[str, Any], str], training_paths: dict[str, str], isolated_mlflow: str
+) -> Callable[[str, Any], StageRecord]:
+    """``record(family, params)``: :func:`run_stage`, then what every training stage must
+    leave: a bag of one family model per fold, out-of-fold metrics and plots of the 36 images,
+    a finished run with one trial per fold, the bag's summary (its members') and plots logged,
+    and the model registered from that run with its family."""
 
+    def record(family: str, params: Any) -> StageRecord:
+        stdout = run_stage(family, params)
+        bag = load_classifier(Path(training_paths["models"]) / family)
+        assert isinstance(bag, MeanClassifier)
+        assert [type(m) for m in bag.members] == [family_class(family)] * 2  # one per fold
+        report = json.loads((Path(training_paths["metrics"]) / f"{family}.json").read_text())
+        assert 0 <= report["oof"]["balanced_accuracy"]["value"] <= 1
+        assert report["oof"]["images"] == 36
+        plots = Path(training_paths["plots"]) / family
+        assert all((plots / f"{name}.csv").is_file() for name in ("confusion", "roc", "pr"))
 
-def _stage_runs(client: Any, stage: str) -> tuple[Any, list[Any]]:
-    exp = client.get_experiment_by_name("glomx").experiment_id
-    (run,) = client.search_runs([exp], f"attributes.run_name = '{stage}'")
-    trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
-    return run, sorted(trials, key=lambda t: int(t.data.tags["cv.fold"]))
+        client = MlflowClient(isolated_mlflow)
+        exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        (run,) = client.search_runs([exp], f"attributes.run_name = 'train@{family}'")
+        trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        assert run.info.status == "FINISHED" and len(trials) == 2
+        summary = Path(client.download_artifacts(run.info.run_id, "model/summary.txt"))
+        assert all(words in summary.read_text() for words in spec(family).summary_says)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/confusion.png", "plots/confusion.json"} <= artifacts
+        (version,) = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+        assert version.run_id == run.info.run_id and version.tags["family"] == family
+        trials.sort(key=lambda t: int(t.data.tags["cv.fold"]))
+        return StageRecord(stdout, report, bag, client, run, trials, version)
 
-
-@pytest.fixture
-def stage_runs() -> Callable[[Any, str], tuple[Any, list[Any]]]:
-    """``find(client, stage)``: a training stage's run and its fold trials' nested runs, in
-    fold order."""
-    return _stage_runs
+    return record

@@ -110,17 +110,6 @@ def test_corrupt_file_is_refused_and_never_replaced_by_random_weights(
     assert source == "random-fallback"  # only when asked for, and recorded
 
 
-def test_resnet50_imagenet_is_used_only_from_the_keras_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    with pytest.raises(BackboneWeightsError) as error:
-        load_backbone("resnet50", 32, "imagenet", fallback=False)
-    message = str(error.value)
-    assert backbones.RESNET50_FILE in message and str(tmp_path / "keras" / "models") in message
-    assert "fallback: true" in message
-
-
 def test_blocks_of_each_backbone() -> None:
     names = [layer.name for layer in build_inverted_residual(MOBILENET_V2, 32).layers]
     blocks = list(dict.fromkeys(b for n in names if (b := block_of(n))))

@@ -1,5 +1,5 @@
-"""LogisticClassifier on tiny blob stores (class 1 carries a dark disc: ``blob_store`` in
-tests/models/conftest.py)."""
+"""LogisticClassifier's own parts on tiny blob stores (class 1 carries a dark disc); what every
+family does is checked in tests/models/test_family_checks.py."""
 
 from __future__ import annotations
 
@@ -8,51 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from family_zoo import SPECS, Zoo, build
 
-from glomx.config import parse
-from glomx.data.images import Preprocessing
-from glomx.data.store import ArrayStore, StoreWriter
+from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import classification_metrics
-from glomx.family_params import LRSection
 from glomx.models import load_classifier, logistic
-from glomx.models.logistic import LogisticClassifier
 
-PRE = Preprocessing(size=40, channels=3, method="pad", fill="white")
-PARAMS = {"model": {"size": 16, "channels": 3}, "fit": {"epochs": 4, "alpha": 0.1, "seed": 3}}
-Stores = tuple[ArrayStore, ArrayStore]
+PARAMS = SPECS["lr"].params
 
 
-@pytest.fixture
-def stores(blob_store: Callable[[int, int], ArrayStore]) -> Stores:
-    return blob_store(36, 0), blob_store(18, 1)
-
-
-def fitted(stores: Stores, params: dict = PARAMS, **fit_kwargs: object) -> LogisticClassifier:
-    clf = LogisticClassifier.from_params(parse(LRSection, params, "train_lr"), PRE)
-    assert clf.fit(*stores, **fit_kwargs) is clf  # type: ignore[arg-type]
-    history = clf.history_
-    assert set(history) == {"val_loss", "val_auc", "val_balanced_accuracy"}
-    assert all(len(v) == params["fit"]["epochs"] for v in history.values())
-    return clf
-
-
-def test_learns_the_blob_and_keeps_the_best_validation_epoch(stores: Stores) -> None:
-    val = stores[1]
-    clf = fitted(stores)
+def test_learns_the_blob_and_keeps_the_best_validation_epoch(zoo: Zoo) -> None:
+    clf, val = zoo.fitted("lr").classifier, zoo.val
+    assert set(clf.history_) == {"val_loss", "val_auc", "val_balanced_accuracy"}
+    assert clf.meta.extra["epochs_run"] == PARAMS["fit"]["epochs"]
     m = classification_metrics(val.labels, clf.predict_store(val))
     assert m["roc_auc"] > 0.95 and m["balanced_accuracy"] > 0.8
-    assert 1 <= clf.meta.extra["best_epoch"] <= 4
-    # any input size and channel count is adapted to the model's 16×16×3
-    big = np.repeat(np.repeat(val.read(slice(0, 4)), 2, axis=1), 2, axis=2)
-    rgba = np.concatenate([big, np.full((*big.shape[:3], 1), 255, np.uint8)], axis=-1)
-    assert clf.predict_proba(rgba).shape == (4,)
-
-
-def test_same_seed_same_model_and_metrics(stores: Stores) -> None:
-    a, b = fitted(stores), fitted(stores)
-    val = stores[1]
-    assert np.array_equal(a.predict_store(val), b.predict_store(val))
-    assert a.meta.extra == b.meta.extra
 
 
 def test_class_weights_shift_predictions_towards_the_weighted_class(
@@ -62,14 +32,17 @@ def test_class_weights_shift_predictions_towards_the_weighted_class(
     labels = (np.arange(60) % 3 == 0).astype(np.uint8)
     flat = make_store("flat", np.full((60, 16, 16, 3), 128, np.uint8), labels)
     params = {**PARAMS, "fit": {"epochs": 10, "alpha": 0.1, "select": "last"}}
-    plain = fitted((flat, flat), params).predict_store(flat)
-    balanced = fitted((flat, flat), params, class_weight={0: 0.75, 1: 1.5}).predict_store(flat)
-    assert plain.mean() == pytest.approx(1 / 3, abs=0.05)
-    assert balanced.mean() == pytest.approx(1 / 2, abs=0.05)
+
+    def mean_proba(class_weight: dict[int, float] | None) -> float:
+        clf = build("lr", params)
+        return float(clf.fit(flat, flat, class_weight).predict_store(flat).mean())
+
+    assert mean_proba(None) == pytest.approx(1 / 3, abs=0.05)
+    assert mean_proba({0: 0.75, 1: 1.5}) == pytest.approx(1 / 2, abs=0.05)
 
 
 def test_fit_streams_the_store_in_bounded_batches(
-    stores: Stores, monkeypatch: pytest.MonkeyPatch
+    zoo: Zoo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(logistic, "BATCH_VALUES", 16 * 16 * 3 * 5)  # 5 images per batch
     sizes: list[int] = []
@@ -81,53 +54,21 @@ def test_fit_streams_the_store_in_bounded_batches(
         return out
 
     monkeypatch.setattr(ArrayStore, "read", spy)
-    fitted(stores)
+    zoo.fit("lr")
     assert sizes and max(sizes) <= 8  # at least 8 rows (the floor), never the whole store
 
 
-def test_save_load_round_trip_and_native_pipeline(stores: Stores, tmp_path: Path) -> None:
-    clf = fitted(stores)
+def test_a_loaded_model_gives_its_sklearn_pipeline_on_flattened_pixels(
+    zoo: Zoo, tmp_path: Path
+) -> None:
+    clf = zoo.fitted("lr").classifier
     clf.save(tmp_path / "lr")
-    loaded = load_classifier(tmp_path / "lr")
-    images = stores[1].read(slice(0, 6))
-    assert isinstance(loaded, LogisticClassifier)
-    assert np.array_equal(loaded.predict_proba(images), clf.predict_proba(images))
-    pipeline, x = loaded.native_model(images)
+    images = zoo.val.read(slice(0, 6))
+    pipeline, x = load_classifier(tmp_path / "lr").native_model(images)
     assert x.shape == (6, 16 * 16 * 3)
     assert np.allclose(pipeline.predict_proba(x)[:, 1], clf.predict_proba(images))
-    assert "SGDClassifier" in loaded.summary() and "768 features" in loaded.summary()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_corrupt_pipeline_file_is_named_with_how_to_rebuild_it(
-    stores: Stores, tmp_path: Path, damage: str, assert_damage_is_named: Callable[..., None]
-) -> None:
-    fitted(stores).save(tmp_path / "lr")
-    assert_damage_is_named(tmp_path / "lr", "pipeline.joblib", "train@lr", damage)
-
-
-def test_bad_params_and_unfitted_use_are_refused(stores: Stores) -> None:
-    with pytest.raises(ValueError, match="epoch"):
-        LogisticClassifier.from_params(parse(LRSection, {"fit": {"epoch": 3}}, "train_lr"), PRE)
-    with pytest.raises(ValueError, match="select"):
-        LogisticClassifier.from_params(
-            parse(LRSection, {"fit": {"select": "test_auc"}}, "train_lr"), PRE
-        )
-    with pytest.raises(RuntimeError, match="not fitted"):
-        LogisticClassifier.from_params(parse(LRSection, {}, "train_lr"), PRE).predict_proba(
-            stores[1].read(slice(0, 1))
-        )
-
-
-def test_fit_refuses_an_empty_training_store_or_a_one_class_validation_store(
-    stores: Stores, blob_store: Callable[[int, int], ArrayStore], tmp_path: Path
-) -> None:
-    train, val = stores
-    with StoreWriter(tmp_path / "empty", train.image_shape, train.params) as writer:
-        empty = writer.close({"data_kind": "synthetic"})
-    with pytest.raises(ValueError, match="empty has no images to train on"):
-        LogisticClassifier.from_params(parse(LRSection, PARAMS, "train_lr"), PRE).fit(empty, val)
-    with pytest.raises(ValueError, match="needs both classes"):  # one image: one class
-        LogisticClassifier.from_params(parse(LRSection, PARAMS, "train_lr"), PRE).fit(
-            train, blob_store(1, 4)
-        )
+def test_select_must_name_a_validation_score() -> None:
+    with pytest.raises(ValueError, match=r"train_lr\.fit\.select"):
+        build("lr", {"fit": {"select": "test_auc"}})
