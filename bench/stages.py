@@ -30,9 +30,9 @@ SYNTH = OUT / "synth-5758"  # written by bench/prepare.py (or here, once)
 
 
 def _params() -> Any:
-    from glomx.pipeline.door import load_config
+    from glomx.config import load
 
-    return load_config(ROOT / "params.yaml")
+    return load(ROOT / "params.yaml")
 
 
 def _paths() -> Any:

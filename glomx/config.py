@@ -1,4 +1,4 @@
-"""``params.yaml`` as frozen, typed objects, parsed once at a stage's door.
+"""``params.yaml`` as frozen, typed objects, parsed once, when a stage starts.
 
 Every section is a :class:`~glomx.section.Section`, which refuses unknown keys and ill-typed
 values with a one-line :class:`ParamsError` naming the key's full path. The model families'
@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 import yaml
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from glomx.family_params import (
     TRAIN_SECTIONS,
@@ -205,8 +205,20 @@ class CV(Section):
         raise ValueError("must be auto or a number of GPUs ≥ 0")
 
 
+def _known_families(families: list[str]) -> list[str]:
+    unknown = [f for f in families if f not in TRAIN_SECTIONS]
+    if unknown:
+        raise ValueError(
+            f"names an unknown family {unknown[0]!r}; known: {', '.join(TRAIN_SECTIONS)}"
+        )
+    return families
+
+
+Families = Annotated[list[str], Field(min_length=1), AfterValidator(_known_families)]
+
+
 class Choose(Section):
-    families: list[str] = Field(min_length=1)
+    families: Families
 
 
 class Promotion(Section):
@@ -215,7 +227,7 @@ class Promotion(Section):
 
 
 class Evaluate(Section):
-    families: list[str] = Field(min_length=1)
+    families: Families
     tta: bool
     batch_size: int = Positive
     baseline: bool

@@ -3,7 +3,7 @@
 file without importing Keras; the families' modules (:mod:`glomx.models`) build from these.
 
 A Keras family's ``fit:`` is :class:`FitConfig` over the shared ``keras_fit`` values, merged
-once at the door (:meth:`KerasTrainSection.over`). Each ``model:`` and ``fit:`` remembers which
+once, on loading (:meth:`KerasTrainSection.over`). Each ``model:`` and ``fit:`` remembers which
 keys the file set, so MLflow logs the file's values and not the defaults it left out
 (:meth:`TrainSection.logged`).
 """

@@ -13,7 +13,7 @@ ones), prints ``<stage> failed: <message>`` (and any notes added to it) on stder
 with status 1; a :class:`~glomx.errors.UsageError` (an argument refused before any work) exits
 2, as argparse does. SIGTERM ends the block with status 143 like SIGKILL's 137, unwinding it
 first, so that the stage's MLflow run is closed as KILLED. Anything else is a bug and keeps
-its traceback. The ``glomx`` command's subcommands go through the same door
+its traceback. The ``glomx`` command's subcommands end through the same handler
 (:func:`user_errors_exit`). ``--debug`` on the command line or ``GLOMX_DEBUG=1`` shows the
 traceback of every error. A stage that succeeds logs its wall time and peak resident memory
 (the largest of its own process and of its worker processes), so ``dvc repro``'s output shows

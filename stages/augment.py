@@ -1,8 +1,8 @@
 """DVC stage augment: grow the training split with label-preserving augmentations."""
 
+from glomx.config import load
 from glomx.pipeline import augment
-from glomx.pipeline.door import load_config
 from glomx.stage_main import stage_main
 
 with stage_main("augment"):
-    print(augment.run(load_config()))
+    print(augment.run(load()))

@@ -1,8 +1,8 @@
 """DVC stage evaluate: score the trained models on the test split, report, promote the champion."""
 
+from glomx.config import load
 from glomx.pipeline import evaluate
-from glomx.pipeline.door import load_config
 from glomx.stage_main import stage_main
 
 with stage_main("evaluate"):
-    print(evaluate.run(load_config()))
+    print(evaluate.run(load()))

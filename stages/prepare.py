@@ -1,8 +1,8 @@
 """DVC stage prepare: catalogue, split and homogenise the raw patches into array stores."""
 
+from glomx.config import load
 from glomx.pipeline import prepare
-from glomx.pipeline.door import load_config
 from glomx.stage_main import stage_main
 
 with stage_main("prepare"):
-    print(prepare.run(load_config()))
+    print(prepare.run(load()))

@@ -3,10 +3,10 @@
 
 import sys
 
+from glomx.config import load
 from glomx.pipeline import train
-from glomx.pipeline.door import load_config
 from glomx.stage_main import stage_main
 
 family = sys.argv[1] if len(sys.argv) > 1 else ""
 with stage_main(train.stage_name(family)):
-    print(train.run(load_config(), family))
+    print(train.run(load(), family))

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from glomx.config import ParamsError, flatten, read
+from glomx.config import ParamsError, flatten, load, read
 from glomx.family_params import FitConfig, ProbeFit
 from glomx.models import FAMILIES, family_section
-from glomx.pipeline.door import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = read(REPO / "params.yaml")
@@ -45,12 +44,12 @@ def renamed(params: dict[str, Any], path: tuple[str, ...], new: str) -> dict[str
 
 def check(path: Path) -> None:
     """What every stage's door runs: the whole file, each family's own ``model:``/``fit:`` too."""
-    load_config(path)
+    load(path)
 
 
 def test_the_repository_params_pass() -> None:
     check(REPO / "params.yaml")
-    assert set(load_config(REPO / "params.yaml").train) == set(FAMILIES)
+    assert set(load(REPO / "params.yaml").train) == set(FAMILIES)
 
 
 FREE_FORM = {("augment", "target", "per_class")}  # keys are data (class labels), not names
@@ -113,7 +112,7 @@ def test_a_missing_key_is_named(tmp_path: Path) -> None:
 
 
 def test_a_keras_familys_fit_is_keras_fit_with_its_own_values_over_it() -> None:
-    params = load_config(REPO / "params.yaml")
+    params = load(REPO / "params.yaml")
     cnn, resnet = family_section(params, "cnn").fit, family_section(params, "resnet").fit
     assert cnn == FitConfig.model_validate({**PARAMS["keras_fit"], **PARAMS["train_cnn"]["fit"]})
     assert resnet == FitConfig.model_validate(PARAMS["keras_fit"])
@@ -125,7 +124,7 @@ def test_a_keras_familys_fit_is_keras_fit_with_its_own_values_over_it() -> None:
 def test_a_section_is_logged_with_the_files_values_not_the_defaults_it_leaves_out() -> None:
     """MLflow gets ``model:`` and ``fit:`` as written (a Keras ``fit:`` over ``keras_fit``),
     and the section's other keys with their defaults, as when they were plain mappings."""
-    params = load_config(REPO / "params.yaml")
+    params = load(REPO / "params.yaml")
     for family in FAMILIES:
         raw = PARAMS[f"train_{family}"]
         fit = (
@@ -145,8 +144,8 @@ def test_a_section_is_logged_with_the_files_values_not_the_defaults_it_leaves_ou
 def test_loading_the_params_never_imports_tensorflow() -> None:
     """Prepare and the logistic regression's stage check every family's keys without Keras."""
     code = (
-        "import sys; from glomx.pipeline.door import load_config; from glomx.models import "
-        "family_section; p = load_config(); [family_section(p, f) for f in p.train];"
+        "import sys; from glomx.config import load; from glomx.models import "
+        "family_section; p = load(); [family_section(p, f) for f in p.train];"
         "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -25,8 +25,8 @@ class ForeignFolderError(GlomxError, FileExistsError):
 
 def check_replaceable(directory: Path) -> None:
     """Refuse a ``directory`` that a model must not replace: one that exists and is neither
-    empty nor a glomx model (nor a partial one, which holds a member's meta). Checked at the
-    stage's door, before any fold trains, and again just before the swap."""
+    empty nor a glomx model (nor a partial one, which holds a member's meta). Checked when the
+    stage starts, before any fold trains, and again just before the swap."""
     if directory.is_file() or (
         directory.is_dir() and any(directory.iterdir()) and not any(directory.rglob(META_FILE))
     ):

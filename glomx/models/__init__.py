@@ -37,7 +37,7 @@ def check_family(family: str) -> None:
 
 
 def family_section(params: Params, family: str) -> TrainSection:
-    """``train_<family>``, typed at the door (a Keras family's ``fit:`` over ``keras_fit``)."""
+    """``train_<family>``, typed on loading (a Keras family's ``fit:`` over ``keras_fit``)."""
     check_family(family)
     section: TrainSection = params.need(f"{TRAIN_PREFIX}{family}")
     return section
