@@ -1,7 +1,9 @@
-"""The one contract every model family honours, so evaluate and predict never branch on it.
+"""The contracts every model honours, so evaluate and predict never branch on it.
 
-A classifier is fitted on array stores and predicts from uint8 image batches as the prepare
-stage writes them (any size and channel count: it adapts them to its own input itself).
+A :class:`Predictor` is any saved model: it predicts from uint8 image batches as the prepare
+stage writes them (any size and channel count: it adapts them to its own input itself). A
+:class:`Classifier` is a family's trainable predictor, fitted on array stores; the mean of
+fitted models (:mod:`glomx.models.mean`) is a predictor, never fitted itself.
 Saved models are directories with a ``glomx.json`` describing family, input and the
 preprocessing needed to go from a raw image file to the model's input.
 """
@@ -53,18 +55,69 @@ class ModelMeta:
 EpochHook = Callable[[dict[str, float]], None]  # one epoch's (or candidate's) scores
 
 
-class Classifier(ABC):
-    """Binary classifier: P(globally sclerotic) from uint8 image batches, scikit-learn-shaped:
-    :meth:`fit` returns the fitted classifier, its per-epoch scores are ``history_``."""
+class Predictor(ABC):
+    """P(globally sclerotic) from uint8 image batches, a threshold, a folder it saves to: what
+    evaluate, predict and serving use of any model, a family's or a mean of several."""
+
+    native_flavor: ClassVar[str | None] = None  # MLflow flavor of a native model, if any
+
+    def __init__(self, meta: ModelMeta) -> None:
+        self.meta = meta
+
+    @abstractmethod
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` uint8 → ``(N,)`` float probabilities of class 1."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """A human-readable description of the fitted model (logged as text)."""
+
+    @abstractmethod
+    def tags(self) -> dict[str, str]:
+        """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
+
+    @abstractmethod
+    def flavors(self) -> set[str]:
+        """The MLflow flavors whose libraries loading this model needs (its requirements)."""
+
+    @abstractmethod
+    def _save_weights(self, directory: Path) -> None:
+        """Write the model's files besides ``glomx.json`` into ``directory``."""
+
+    def set_threshold(self, threshold: float) -> Self:
+        """Predict class 1 from ``threshold`` on (saved with the model)."""
+        if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+            raise ValueError(f"a threshold must be a probability in [0, 1], got {threshold}")
+        self.meta.threshold = float(threshold)
+        return self
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Hard labels at the model's threshold."""
+        return (self.predict_proba(images) >= self.meta.threshold).astype(np.uint8)
+
+    def predict_store(self, store: ArrayStore, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for every image of a store, streamed in batches."""
+        parts = [self.predict_proba(chunk) for _, chunk in store.iter_chunks(batch_size)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(directory)
+        self.meta.save(directory)
+
+
+class Classifier(Predictor):
+    """A model family's trainable binary classifier, scikit-learn-shaped: :meth:`fit` returns
+    the fitted classifier, its per-epoch scores are ``history_``."""
 
     family: ClassVar[str]
     config_class: ClassVar[type[Section]]  # the ``model:`` part of ``train_<family>``
     fit_config_class: ClassVar[type[Section]]  # the ``fit:`` part
     keras_fit: ClassVar[bool] = False  # its ``fit:`` starts from params.yaml's ``keras_fit``
-    native_flavor: ClassVar[str | None] = None  # MLflow flavor of native_model(), if any
 
     def __init__(self, meta: ModelMeta) -> None:
-        self.meta = meta
+        super().__init__(meta)
         self.history_: dict[str, list[float]] = {}
 
     @classmethod
@@ -125,21 +178,6 @@ class Classifier(ABC):
     ) -> dict[str, list[float]]:
         """The family's training; returns the per-epoch history."""
 
-    def set_threshold(self, threshold: float) -> Self:
-        """Predict class 1 from ``threshold`` on (saved with the model)."""
-        if not 0.0 <= threshold <= 1.0:  # also refuses NaN
-            raise ValueError(f"a threshold must be a probability in [0, 1], got {threshold}")
-        self.meta.threshold = float(threshold)
-        return self
-
-    @abstractmethod
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """``(N, H, W, C)`` uint8 → ``(N,)`` float probabilities of class 1."""
-
-    @abstractmethod
-    def _save_weights(self, directory: Path) -> None:
-        """Write the family-specific files into ``directory``."""
-
     @classmethod
     @abstractmethod
     def _load_weights(cls, directory: Path, meta: ModelMeta) -> Classifier:
@@ -163,11 +201,9 @@ class Classifier(ABC):
         return self.stain.transform(adapt(images, self.meta.size, self.meta.channels))
 
     def summary(self) -> str:
-        """A human-readable description of the fitted model (logged as text)."""
         return repr(self.meta)
 
     def flavors(self) -> set[str]:
-        """The MLflow flavors whose libraries loading this model needs (its requirements)."""
         return {self.native_flavor} if self.native_flavor else set()
 
     def native_model(self, images: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -179,21 +215,5 @@ class Classifier(ABC):
         return []
 
     def tags(self) -> dict[str, str]:
-        """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
         tags = {k: v for k, v in self.meta.extra.items() if isinstance(v, str)}
         return {**tags, "stain": self.stain.method}
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Hard labels at the model's threshold."""
-        return (self.predict_proba(images) >= self.meta.threshold).astype(np.uint8)
-
-    def predict_store(self, store: ArrayStore, batch_size: int = 64) -> np.ndarray:
-        """Probabilities for every image of a store, streamed in batches."""
-        parts = [self.predict_proba(chunk) for _, chunk in store.iter_chunks(batch_size)]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._save_weights(directory)
-        self.meta.save(directory)

@@ -9,45 +9,48 @@ a subdirectory of its own (a fold model, or a whole bag)::
     artifacts/select/ensemble/   family ensemble, members ["cnn", "probe", "mobilenet"]
 
 Every member adapts the prepared images to its own input, so the mean serves, predicts and is
-evaluated through the one :class:`~glomx.models.base.Classifier` contract, unchanged.
+evaluated through the one :class:`~glomx.models.base.Predictor` contract, unchanged. It is
+never fitted: its members are (:mod:`glomx.pipeline.cv`), so it is no
+:class:`~glomx.models.base.Classifier`.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from glomx.data.images import Preprocessing
-from glomx.data.store import ArrayStore
-from glomx.models.base import Classifier, EpochHook, ModelMeta
+from glomx.models.base import Classifier, ModelMeta, Predictor
+
+if TYPE_CHECKING:
+    from glomx.models.keras_common import KerasClassifier
 
 MEMBERS = "members"  # key of meta.extra naming the member subdirectories, in order
 
 
-class MeanClassifier(Classifier):
-    """P(class 1) as the mean of its members' probabilities."""
+class MeanModel(Predictor):
+    """P(class 1) as the mean of its members' probabilities; ``members`` maps each member's
+    subdirectory name to the member, in order."""
 
-    family: ClassVar[str] = "mean"
-
-    def __init__(self, meta: ModelMeta, members: Sequence[Classifier]) -> None:
+    def __init__(self, meta: ModelMeta, members: Mapping[str, Predictor]) -> None:
         super().__init__(meta)
         if not members:
             raise ValueError(f"a {meta.family} mean model needs at least one member")
-        self.members = list(members)
+        self.members = dict(members)
 
     @classmethod
     def of(
         cls,
         family: str,
-        members: dict[str, Classifier],
+        members: Mapping[str, Predictor],
         preprocessing: Preprocessing,
         threshold: float = 0.5,
         extra: dict[str, Any] | None = None,
-    ) -> MeanClassifier:
+    ) -> MeanModel:
         """The mean of ``members`` (subdirectory name → fitted member) as model ``family``."""
         meta = ModelMeta(
             family=family,
@@ -57,59 +60,50 @@ class MeanClassifier(Classifier):
             threshold=threshold,
             extra={**(extra or {}), MEMBERS: list(members)},
         )
-        return cls(meta, list(members.values()))
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], preprocessing: Preprocessing) -> Self:
-        raise TypeError("a mean model is built from fitted members (MeanClassifier.of), not params")
-
-    def _fit(
-        self,
-        train: ArrayStore,
-        val: ArrayStore,
-        class_weight: dict[int, float] | None,
-        on_epoch: EpochHook,
-    ) -> dict[str, list[float]]:
-        raise TypeError("a mean model is not fitted: its members are (glomx.pipeline.cv)")
+        return cls(meta, members)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return np.mean([m.predict_proba(images) for m in self.members], axis=0)
+        return np.mean([m.predict_proba(images) for m in self.members.values()], axis=0)
 
     def flavors(self) -> set[str]:
-        return set().union(*(m.flavors() for m in self.members))
+        return set().union(*(m.flavors() for m in self.members.values()))
 
     def summary(self) -> str:
-        names = self.meta.extra[MEMBERS]
+        names = list(self.members)
         lines = [f"{self.meta.family}: mean of {len(names)} models ({', '.join(names)})"]
-        for name, member in zip(names, self.members, strict=True):
+        for name, member in self.members.items():
             lines += ["", f"## {name}", member.summary()]
         return "\n".join(lines)
 
     def tags(self) -> dict[str, str]:
-        return {**self.members[0].tags(), MEMBERS: ",".join(self.meta.extra[MEMBERS])}
+        first = next(iter(self.members.values()))
+        return {**first.tags(), MEMBERS: ",".join(self.members)}
 
     def _save_weights(self, directory: Path) -> None:
-        for name, member in zip(self.meta.extra[MEMBERS], self.members, strict=True):
+        for name, member in self.members.items():
             member.save(directory / name)
 
-    @classmethod
-    def _load_weights(cls, directory: Path, meta: ModelMeta) -> MeanClassifier:
-        raise TypeError(f"load {directory} with glomx.models.load_classifier, which loads members")
+
+def fitted_models(model: Predictor) -> Iterator[Classifier]:
+    """The family models ``model`` is made of, depth first: itself, or a bag's fold models in
+    order, or an ensemble's bags' fold models, bag by bag."""
+    if isinstance(model, MeanModel):
+        for member in model.members.values():
+            yield from fitted_models(member)
+    elif isinstance(model, Classifier):
+        yield model
+
+
+def keras_member(model: Predictor) -> KerasClassifier | None:
+    """What Grad-CAM draws for a model: its first Keras family model (itself, a bag's first
+    fold model, an ensemble's first Keras family's); None when it holds none. Every Keras
+    family, and only they, have the ``keras`` native flavor; checking that, not the class,
+    keeps Keras unimported for sklearn-only models."""
+    found = (m for m in fitted_models(model) if m.native_flavor == "keras")
+    return cast("KerasClassifier | None", next(found, None))
 
 
 def copy_member(source: Path, directory: Path) -> None:
     """Copy a saved model folder into a mean model's folder (members are saved as files, so
     copying them keeps them bit-identical to the registered originals)."""
     shutil.copytree(source, directory)
-
-
-def keras_member(classifier: Any) -> Any:
-    """What Grad-CAM draws for a model: a Keras model itself, else the first Keras model among
-    its members, depth first (a bag's first fold model, an ensemble's first Keras family's);
-    None when it holds none."""
-    if hasattr(classifier, "keras_model"):
-        return classifier
-    for member in getattr(classifier, "members", None) or []:
-        if (found := keras_member(member)) is not None:
-            return found
-    return None

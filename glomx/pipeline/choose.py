@@ -29,7 +29,7 @@ from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, select
 from glomx.files import write_json
 from glomx.models import load_classifier
 from glomx.models.base import META_FILE
-from glomx.models.mean import MeanClassifier, copy_member
+from glomx.models.mean import MeanModel, copy_member
 from glomx.pipeline.cv import finite
 from glomx.pipeline.train import model_folder, prepared_preprocessing
 from glomx.tracking import StageRun, stage_run
@@ -59,13 +59,13 @@ def write_roc(path: Path, curves: Mapping[str, OOF]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def build_ensemble(members: list[str], paths: Paths, directory: Path) -> MeanClassifier:
+def build_ensemble(members: list[str], paths: Paths, directory: Path) -> MeanModel:
     """The tied families' bags, copied under ``directory``, as one mean model."""
     with model_folder(directory) as build:
         for family in members:
             copy_member(Path(paths.models) / family, build / family)
         loaded = {f: load_classifier(build / f) for f in members}
-        ensemble = MeanClassifier.of(ENSEMBLE, loaded, prepared_preprocessing(paths))
+        ensemble = MeanModel.of(ENSEMBLE, loaded, prepared_preprocessing(paths))
         ensemble.meta.save(build)
     return ensemble
 

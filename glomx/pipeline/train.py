@@ -7,7 +7,7 @@
   (``<cv>/<family>.csv``), the pooled OOF metrics with slide-bootstrap intervals and the
   per-fold ones (``metrics/<family>.json``) and the OOF plot data (``plots/<family>/``);
 - saves the family's model, the *bag* of its K fold models (their mean probability,
-  :class:`~glomx.models.mean.MeanClassifier`), into ``models/<family>/``, replacing the old one
+  :class:`~glomx.models.mean.MeanModel`), into ``models/<family>/``, replacing the old one
   only once it is complete;
 - logs one MLflow run, the fold trials nested under it, ending in a registered version tagged
   with its ``cv_<metric>`` scores, which promotion reads.
@@ -37,8 +37,8 @@ from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
 from glomx.files import discard, put_in_place, temporary_sibling, write_json
 from glomx.models import FAMILIES, family_class, family_section, load_classifier
-from glomx.models.base import META_FILE, Classifier
-from glomx.models.mean import MeanClassifier
+from glomx.models.base import META_FILE, Predictor
+from glomx.models.mean import MeanModel, fitted_models
 from glomx.pipeline.cv import FoldResult, finite, fold_trials, out_of_fold, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register
@@ -97,10 +97,10 @@ def model_folder(directory: Path) -> Iterator[Path]:
 
 def build_bag(
     family: str, results: list[FoldResult], preprocessing: Preprocessing, directory: Path
-) -> MeanClassifier:
+) -> MeanModel:
     """The bag of the fold models, saved into ``directory``."""
     with model_folder(directory) as build:
-        members: dict[str, Classifier] = {}
+        members: dict[str, Predictor] = {}
         for r in results:
             unpack(r.model, build / f"fold-{r.fold}")
             members[f"fold-{r.fold}"] = load_classifier(build / f"fold-{r.fold}")
@@ -109,7 +109,7 @@ def build_bag(
             "folds": len(results),
             "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results},
         }
-        bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
+        bag = MeanModel.of(family, members, preprocessing, threshold, {"cv": cv})
         bag.meta.save(build)  # the members are already saved, as the trials wrote them
     return bag
 
@@ -137,7 +137,7 @@ def cv_report(oof: OOF, results: list[FoldResult], boot: dict[str, Any]) -> dict
     }
 
 
-def _log_oof(run: StageRun, classifier: Classifier, oof: OOF) -> None:
+def _log_oof(run: StageRun, classifier: Predictor, oof: OOF) -> None:
     """Summary text, confusion matrix (PNG + JSON), ROC and PR figures of the OOF predictions."""
     pred = (oof.proba >= oof.thresholds).astype(np.uint8)
     run.log_text(classifier.summary(), "model/summary.txt")
@@ -208,7 +208,7 @@ def run_training(
         run.log_artifact(Path(paths.cv) / f"{family}.csv", "cv")
         run.log_dict(strict(report), "cv.json")
         run.set_tags(bag.tags())
-        for figure in bag.members[0].write_figures(training, Path(paths.plots) / family):
+        for figure in next(fitted_models(bag)).write_figures(training, Path(paths.plots) / family):
             run.log_artifact(figure, "plots")
         version = register(
             run,

@@ -47,7 +47,7 @@ import glomx
 from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
-from glomx.models.base import Classifier
+from glomx.models.base import Classifier, Predictor
 from glomx.tracking.names import ARTIFACT, DIGEST_TAG
 
 BATCH = 16  # rows decoded and predicted at a time (32: ~250 MiB more peak RSS when served)
@@ -135,7 +135,7 @@ class GlomxModel(PythonModel):
     """A saved glomx model served on raw image files, with bounded pixels per request."""
 
     def load_context(self, context: Any) -> None:
-        self.classifier: Classifier = load_classifier(context.artifacts[ARTIFACT])
+        self.classifier: Predictor = load_classifier(context.artifacts[ARTIFACT])
         self.max_pixels = env_limit(MAX_IMAGE_PIXELS)
         self.max_request_pixels = env_limit(MAX_REQUEST_PIXELS)
 
@@ -200,7 +200,7 @@ def files_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> ModelInfo:
+def log_model(model_dir: Path, classifier: Predictor, images: np.ndarray) -> ModelInfo:
     """Log ``model_dir`` as a :class:`GlomxModel` in the active run, tagged with its
     :func:`files_digest` so that a copy of the folder can be traced to its versions."""
     return mlflow.pyfunc.log_model(

@@ -127,7 +127,7 @@ def test_train_cnn_stage_records_the_run_model_and_pictures(
     assert report["class_weight"] == "balanced"
     assert 0 <= report["oof"]["balanced_accuracy"]["value"] <= 1 and report["oof"]["images"] == 36
     bag = load_classifier(Path(training_paths["models"]) / "cnn")
-    assert [type(m) for m in bag.members] == [CNNClassifier, CNNClassifier]  # one per fold
+    assert [type(m) for m in bag.members.values()] == [CNNClassifier, CNNClassifier]  # one per fold
 
     client = MlflowClient(isolated_mlflow)
     run, trials = stage_runs(client, "train-cnn")

@@ -117,7 +117,7 @@ def test_train_probe_stage_with_stain_normalisation_end_to_end(
     assert "weights imagenet" in stdout
 
     bag = load_classifier(Path(training_paths["models"]) / "probe")
-    for model in bag.members:  # each fold model fitted its own stain target
+    for model in bag.members.values():  # each fold model fitted its own stain target
         assert model.meta.extra["stain"]["method"] == "reinhard"
         assert model.stain.method == "reinhard" and model.meta.extra["C"] in (0.01, 1.0)
     report = json.loads((Path(training_paths["metrics"]) / "probe.json").read_text())

@@ -145,7 +145,7 @@ def test_train_resnet_stage_records_the_run_and_the_weights_source(
     assert "weights random" in stdout
 
     bag = load_classifier(Path(training_paths["models"]) / "resnet")
-    assert [m.meta.extra["weights"] for m in bag.members] == ["random", "random"]
+    assert [m.meta.extra["weights"] for m in bag.members.values()] == ["random", "random"]
     assert (
         json.loads((Path(training_paths["metrics"]) / "resnet.json").read_text())["weights"]
         == "random"

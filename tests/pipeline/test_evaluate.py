@@ -18,7 +18,7 @@ from glomx.evaluation.bootstrap import METRICS
 from glomx.evaluation.scoring import score_store
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
-from glomx.models.mean import MeanClassifier, copy_member
+from glomx.models.mean import MeanModel, copy_member
 from glomx.pipeline.evaluate import EvaluateError, evaluate, score_models, trained_models
 from glomx.tracking import REGISTERED_MODEL
 from glomx.tracking.registry import MODEL_DESCRIPTION
@@ -214,7 +214,7 @@ def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass
     directory = tmp_path / "select" / "ensemble"
     for family in members:
         copy_member(models / family, directory / family)
-    ensemble = MeanClassifier.of("ensemble", members, members["lr"].meta.preprocessing)
+    ensemble = MeanModel.of("ensemble", members, members["lr"].meta.preprocessing)
     ensemble.meta.save(directory)
     decision = {**DECISION, "candidate": "ensemble"}
     trained = trained_models(models, ["lr", "cnn"], params.need("paths"), decision)
