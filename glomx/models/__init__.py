@@ -55,7 +55,9 @@ def load_classifier(directory: str | Path) -> Predictor:
     """Load any saved glomx model directory: one family's model, or a mean of saved models
     (a bag of fold models, the ensemble), whose members load the same way."""
     directory = Path(directory)
-    meta = ModelMeta.load(directory)
-    if MEMBERS in meta.extra:
-        return MeanModel(meta, {m: load_classifier(directory / m) for m in meta.extra[MEMBERS]})
-    return family_class(meta.family)._load_weights(directory, meta)
+    meta, extra = ModelMeta.read(directory)
+    if MEMBERS in extra:
+        members = {m: load_classifier(directory / m) for m in extra[MEMBERS]}
+        return MeanModel.from_json(meta, extra, members)
+    cls = family_class(meta.family)
+    return cls._load_weights(directory, meta, cls.record_class.from_json(extra))

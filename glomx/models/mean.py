@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,18 +30,31 @@ from glomx.models.base import Classifier, ModelMeta, Predictor
 if TYPE_CHECKING:
     from glomx.models.keras_common import KerasClassifier
 
-MEMBERS = "members"  # key of meta.extra naming the member subdirectories, in order
+MEMBERS = "members"  # key of glomx.json's extra naming the member subdirectories, in order
+CV = "cv"  # key of a bag's cross-validation record
+
+
+@dataclass(frozen=True)
+class CVRecord:
+    """Which cross-validation made a bag: its number of folds and each fold's held-out slides
+    (by fold number, as a string: glomx.json's keys)."""
+
+    folds: int
+    heldout_slides: dict[str, list[str]]
 
 
 class MeanModel(Predictor):
     """P(class 1) as the mean of its members' probabilities; ``members`` maps each member's
-    subdirectory name to the member, in order."""
+    subdirectory name to the member, in order; ``cv`` is a bag's cross-validation."""
 
-    def __init__(self, meta: ModelMeta, members: Mapping[str, Predictor]) -> None:
+    def __init__(
+        self, meta: ModelMeta, members: Mapping[str, Predictor], cv: CVRecord | None = None
+    ) -> None:
         super().__init__(meta)
         if not members:
             raise ValueError(f"a {meta.family} mean model needs at least one member")
         self.members = dict(members)
+        self.cv = cv
 
     @classmethod
     def of(
@@ -49,18 +63,22 @@ class MeanModel(Predictor):
         members: Mapping[str, Predictor],
         preprocessing: Preprocessing,
         threshold: float = 0.5,
-        extra: dict[str, Any] | None = None,
+        cv: CVRecord | None = None,
     ) -> MeanModel:
         """The mean of ``members`` (subdirectory name → fitted member) as model ``family``."""
-        meta = ModelMeta(
-            family=family,
-            size=preprocessing.size,
-            channels=preprocessing.channels,
-            preprocessing=preprocessing,
-            threshold=threshold,
-            extra={**(extra or {}), MEMBERS: list(members)},
-        )
-        return cls(meta, members)
+        size, channels = preprocessing.size, preprocessing.channels
+        return cls(ModelMeta(family, size, channels, preprocessing, threshold), members, cv)
+
+    @classmethod
+    def from_json(
+        cls, meta: ModelMeta, extra: Mapping[str, Any], members: Mapping[str, Predictor]
+    ) -> MeanModel:
+        """A saved mean model from its meta, its ``extra`` and its loaded members."""
+        return cls(meta, members, CVRecord(**extra[CV]) if CV in extra else None)
+
+    def _extra(self) -> dict[str, Any]:
+        cv = {CV: asdict(self.cv)} if self.cv else {}
+        return {**cv, MEMBERS: list(self.members)}
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return np.mean([m.predict_proba(images) for m in self.members.values()], axis=0)

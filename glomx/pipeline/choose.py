@@ -66,7 +66,7 @@ def build_ensemble(members: list[str], paths: Paths, directory: Path) -> MeanMod
             copy_member(Path(paths.models) / family, build / family)
         loaded = {f: load_classifier(build / f) for f in members}
         ensemble = MeanModel.of(ENSEMBLE, loaded, prepared_preprocessing(paths))
-        ensemble.meta.save(build)
+        ensemble.save_meta(build)
     return ensemble
 
 

@@ -38,7 +38,7 @@ from glomx.evaluation.selection import OOF, SHOWN
 from glomx.files import discard, put_in_place, temporary_sibling, write_json
 from glomx.models import FAMILIES, family_class, family_section, load_classifier
 from glomx.models.base import META_FILE, Predictor
-from glomx.models.mean import MeanModel, fitted_models
+from glomx.models.mean import CVRecord, MeanModel, fitted_models
 from glomx.pipeline.cv import FoldResult, finite, fold_trials, out_of_fold, run_trials, unpack
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.registry import register
@@ -105,12 +105,12 @@ def build_bag(
             unpack(r.model, build / f"fold-{r.fold}")
             members[f"fold-{r.fold}"] = load_classifier(build / f"fold-{r.fold}")
         threshold = float(np.mean([r.threshold for r in results]))
-        cv = {
-            "folds": len(results),
-            "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results},
-        }
-        bag = MeanModel.of(family, members, preprocessing, threshold, {"cv": cv})
-        bag.meta.save(build)  # the members are already saved, as the trials wrote them
+        cv = CVRecord(
+            folds=len(results),
+            heldout_slides={str(r.fold): sorted(set(r.slides)) for r in results},
+        )
+        bag = MeanModel.of(family, members, preprocessing, threshold, cv)
+        bag.save_meta(build)  # the members are already saved, as the trials wrote them
     return bag
 
 

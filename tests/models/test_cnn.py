@@ -40,7 +40,7 @@ def test_fit_reports_validation_metrics_to_history_and_on_epoch(trained: dict) -
         assert len(history[key]) == 1, key
     assert len(epochs) == 1
     assert epochs[0]["val_balanced_accuracy"] == history["val_balanced_accuracy"][0]
-    assert trained["clf"].meta.extra["best_epoch"] == 1
+    assert trained["clf"].record.best_epoch == 1
 
 
 def test_predict_proba_takes_any_size_and_channels(trained: dict) -> None:

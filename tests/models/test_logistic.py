@@ -39,7 +39,7 @@ def test_learns_the_blob_and_keeps_the_best_validation_epoch(stores: Stores) -> 
     clf = fitted(stores)
     m = classification_metrics(val.labels, clf.predict_store(val))
     assert m["roc_auc"] > 0.95 and m["balanced_accuracy"] > 0.8
-    assert 1 <= clf.meta.extra["best_epoch"] <= 4
+    assert 1 <= clf.record.best_epoch <= 4
     # any input size and channel count is adapted to the model's 16×16×3
     big = np.repeat(np.repeat(val.read(slice(0, 4)), 2, axis=1), 2, axis=2)
     rgba = np.concatenate([big, np.full((*big.shape[:3], 1), 255, np.uint8)], axis=-1)
@@ -50,7 +50,7 @@ def test_same_seed_same_model_and_metrics(stores: Stores) -> None:
     a, b = fitted(stores), fitted(stores)
     val = stores[1]
     assert np.array_equal(a.predict_store(val), b.predict_store(val))
-    assert a.meta.extra == b.meta.extra
+    assert a.record == b.record
 
 
 def test_class_weights_shift_predictions_towards_the_weighted_class(

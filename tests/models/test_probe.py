@@ -37,10 +37,10 @@ def test_probe_picks_c_on_validation_and_is_one_keras_model(
     classifier = ProbeClassifier.from_params(PARAMS, PRE)
     history = classifier.fit(train, val, {0: 0.75, 1: 1.5}).history_
     assert history["C"] == [0.01, 1.0] and len(history["val_loss"]) == 2
-    chosen = history["C"].index(classifier.meta.extra["C"])
+    chosen = history["C"].index(classifier.record.C)
     assert history["val_loss"][chosen] == min(history["val_loss"])  # select: log_loss
-    assert classifier.meta.extra["weights"] == "imagenet"
-    assert classifier.meta.extra["features"] == 1280
+    assert classifier.record.weights == "imagenet"
+    assert classifier.record.features == 1280
 
     # scaler + logistic regression folded into the Dense layer: same probabilities
     proba = classifier.predict_store(val)
@@ -48,9 +48,7 @@ def test_probe_picks_c_on_validation_and_is_one_keras_model(
 
     classifier.save(tmp_path / "probe")
     loaded = load_classifier(tmp_path / "probe")
-    assert (
-        isinstance(loaded, ProbeClassifier) and loaded.meta.extra["C"] == classifier.meta.extra["C"]
-    )
+    assert isinstance(loaded, ProbeClassifier) and loaded.record.C == classifier.record.C
     np.testing.assert_allclose(loaded.predict_store(val), proba, atol=1e-5)
     assert "C = " in loaded.summary()
 
@@ -65,7 +63,7 @@ def test_probe_pools_an_inner_layer_and_keeps_it_through_save_and_grad_cam(
     classifier = ProbeClassifier.from_params(params, PRE)
     train, val = blob_store(24, 0), blob_store(12, 1)
     classifier.fit(train, val)
-    assert classifier.meta.extra["features"] == 1152  # the expansion, not the 1280-d head
+    assert classifier.record.features == 1152  # the expansion, not the 1280-d head
     backbone = classifier.keras_model.get_layer("efficientnet_lite0")
     assert backbone.layers[-1].name == "block15_expand_relu"
     assert "block15_expand_relu features" in classifier.summary()
@@ -92,7 +90,7 @@ def test_probe_views_multiply_the_training_rows(
     params = {"model": {"size": 32}, "fit": {"C": [0.1], "views": 2, "batch_size": 8}}
     classifier = ProbeClassifier.from_params(params, PRE)
     classifier.fit(blob_store(24, 0), blob_store(12, 1))
-    assert classifier.meta.extra["training_rows"] == 48
+    assert classifier.record.training_rows == 48
 
 
 def test_probe_params_are_checked() -> None:
@@ -118,8 +116,8 @@ def test_train_probe_stage_with_stain_normalisation_end_to_end(
 
     bag = load_classifier(Path(training_paths["models"]) / "probe")
     for model in bag.members.values():  # each fold model fitted its own stain target
-        assert model.meta.extra["stain"]["method"] == "reinhard"
-        assert model.stain.method == "reinhard" and model.meta.extra["C"] in (0.01, 1.0)
+        assert model.record.stain["method"] == "reinhard"
+        assert model.stain.method == "reinhard" and model.record.C in (0.01, 1.0)
     report = json.loads((Path(training_paths["metrics"]) / "probe.json").read_text())
     assert report["weights"] == "imagenet" and report["stain"] == "reinhard"
 

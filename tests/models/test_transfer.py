@@ -46,7 +46,7 @@ def test_resnet_imagenet_unavailable_with_fallback_records_random_fallback(
 ) -> None:
     with pytest.warns(UserWarning, match="RANDOM initialisation"):
         classifier = ResNetClassifier.from_params({"model": {"fallback": True}}, PRE)
-    assert classifier.meta.extra["weights"] == "random-fallback" and not classifier.pretrained
+    assert classifier.record.weights == "random-fallback" and not classifier.pretrained
     assert [p.name for p in classifier.phases()] == ["all-layers"]
 
 
@@ -70,7 +70,7 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
         "fit": FIT,
     }
     classifier = TransferClassifier.from_params(params, PRE)
-    assert classifier.pretrained and classifier.meta.extra["weights"] == "imagenet"
+    assert classifier.pretrained and classifier.record.weights == "imagenet"
     head, finetune = classifier.phases()
     assert (head.name, finetune.name) == ("head", "finetune-top-2-blocks")
 
@@ -85,13 +85,13 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(
 
     history = classifier.fit(blob_store(24, 0), blob_store(12, 1)).history_
     assert len(history["val_auc"]) == 2  # both phases ran, one epoch each
-    assert classifier.meta.extra["epochs_run"] == 2
+    assert classifier.record.epochs_run == 2
 
     images = np.random.default_rng(0).integers(0, 256, (3, 50, 50, 4), np.uint8)
     proba = classifier.predict_proba(images)
     classifier.save(tmp_path / "mobilenet")
     loaded = load_classifier(tmp_path / "mobilenet")
-    assert isinstance(loaded, TransferClassifier) and loaded.meta.extra["weights"] == "imagenet"
+    assert isinstance(loaded, TransferClassifier) and loaded.record.weights == "imagenet"
     np.testing.assert_allclose(loaded.predict_proba(images), proba, atol=1e-5)
 
 
@@ -118,7 +118,7 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
     train, val = blob_store(24, 0), blob_store(12, 1)
     params = {"model": {"size": 32, "weights": "none"}, "fit": FIT}
     classifier = ResNetClassifier.from_params(params, PRE)
-    assert classifier.meta.extra["weights"] == "random"
+    assert classifier.record.weights == "random"
     history = classifier.fit(train, val, {0: 0.75, 1: 1.5}).history_
     assert len(history["val_balanced_accuracy"]) == 1
     assert len(classifier.keras_model.trainable_weights) > 200  # every layer trained
@@ -128,7 +128,7 @@ def test_random_init_trains_every_layer_predicts_and_reloads(
     assert proba.shape == (3,) and ((proba >= 0) & (proba <= 1)).all()
     classifier.save(tmp_path / "resnet")
     loaded = load_classifier(tmp_path / "resnet")
-    assert isinstance(loaded, ResNetClassifier) and loaded.meta.extra["weights"] == "random"
+    assert isinstance(loaded, ResNetClassifier) and loaded.record.weights == "random"
     np.testing.assert_allclose(loaded.predict_proba(images), proba, atol=1e-5)
     assert "resnet50" in loaded.summary()
 
@@ -145,7 +145,7 @@ def test_train_resnet_stage_records_the_run_and_the_weights_source(
     assert "weights random" in stdout
 
     bag = load_classifier(Path(training_paths["models"]) / "resnet")
-    assert [m.meta.extra["weights"] for m in bag.members.values()] == ["random", "random"]
+    assert [m.record.weights for m in bag.members.values()] == ["random", "random"]
     assert (
         json.loads((Path(training_paths["metrics"]) / "resnet.json").read_text())["weights"]
         == "random"

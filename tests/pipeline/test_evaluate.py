@@ -82,7 +82,7 @@ def params(
     shutil.copytree(lr_dir, tmp_path / "models" / "lr")
     pre = load_classifier(lr_dir).meta.preprocessing
     cnn = CNNClassifier.from_params({"model": {"size": 16, "filters": [4, 8]}}, pre)
-    CNNClassifier(cnn.meta, cnn.fit_config, cnn.config, build_cnn(cnn.config)).save(
+    CNNClassifier(cnn.meta, cnn.record, cnn.fit_config, cnn.config, build_cnn(cnn.config)).save(
         tmp_path / "models" / "cnn"
     )
     return _params(tmp_path, prepared)
@@ -215,7 +215,7 @@ def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass
     for family in members:
         copy_member(models / family, directory / family)
     ensemble = MeanModel.of("ensemble", members, members["lr"].meta.preprocessing)
-    ensemble.meta.save(directory)
+    ensemble.save_meta(directory)
     decision = {**DECISION, "candidate": "ensemble"}
     trained = trained_models(models, ["lr", "cnn"], params.need("paths"), decision)
     assert [t.family for t in trained] == ["lr", "cnn", "ensemble"]

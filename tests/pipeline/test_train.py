@@ -55,7 +55,7 @@ def test_run_training_cross_validates_saves_the_bag_and_logs_a_registered_run(
 
     bag = load_classifier(Path(paths["models"]) / "lr")
     assert isinstance(bag, MeanModel) and bag.meta.family == "lr"
-    assert bag.meta.extra["members"] == ["fold-0", "fold-1", "fold-2"]
+    assert list(bag.members) == ["fold-0", "fold-1", "fold-2"]
     thresholds = [m.meta.threshold for m in bag.members.values()]
     assert len(set(thresholds)) > 1 or thresholds[0] != 0.5  # tuned on inner validation
     assert bag.meta.threshold == pytest.approx(sum(thresholds) / 3)

@@ -105,7 +105,7 @@ def ensemble_dir(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPath
     members = {"lr": load_classifier(lr_dir), "lr6": load_classifier(root / "lr6")}
     copy_member(lr_dir, root / "ensemble" / "lr")
     copy_member(root / "lr6", root / "ensemble" / "lr6")
-    MeanModel.of("ensemble", members, pre).meta.save(root / "ensemble")
+    MeanModel.of("ensemble", members, pre).save_meta(root / "ensemble")
     return root / "ensemble"
 
 
