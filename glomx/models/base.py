@@ -119,10 +119,6 @@ class Predictor(ABC):
         """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
 
     @abstractmethod
-    def flavors(self) -> set[str]:
-        """The MLflow flavors whose libraries loading this model needs (its requirements)."""
-
-    @abstractmethod
     def _save_weights(self, directory: Path) -> None:
         """Write the model's files besides ``glomx.json`` into ``directory``."""
 
@@ -249,9 +245,6 @@ class Classifier(Predictor):
 
     def _extra(self) -> dict[str, Any]:
         return self.record.to_json()
-
-    def flavors(self) -> set[str]:
-        return {self.native_flavor} if self.native_flavor else set()
 
     def native_model(self, images: np.ndarray) -> tuple[Any, np.ndarray]:
         """The underlying library model and an input example for it, for ``native_flavor``."""

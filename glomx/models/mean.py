@@ -83,9 +83,6 @@ class MeanModel(Predictor):
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return np.mean([m.predict_proba(images) for m in self.members.values()], axis=0)
 
-    def flavors(self) -> set[str]:
-        return set().union(*(m.flavors() for m in self.members.values()))
-
     def summary(self) -> str:
         names = list(self.members)
         lines = [f"{self.meta.family}: mean of {len(names)} models ({', '.join(names)})"]

@@ -48,6 +48,7 @@ from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
 from glomx.models.base import Classifier, Predictor
+from glomx.models.mean import fitted_models
 from glomx.tracking.names import ARTIFACT, DIGEST_TAG
 
 BATCH = 16  # rows decoded and predicted at a time (32: ~250 MiB more peak RSS when served)
@@ -95,6 +96,12 @@ def requirements(flavors: str | set[str] | None, glomx_code: bool = True) -> lis
         except metadata.PackageNotFoundError:
             continue  # e.g. tensorflow instead of tensorflow-cpu
     return pins
+
+
+def model_flavors(model: Predictor) -> set[str]:
+    """The MLflow flavors whose libraries loading ``model`` needs: its family models' native
+    flavors (a mean model's are its members')."""
+    return {m.native_flavor for m in fitted_models(model) if m.native_flavor}
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -210,7 +217,7 @@ def log_model(model_dir: Path, classifier: Predictor, images: np.ndarray) -> Mod
         code_paths=[str(Path(glomx.__file__).parent)],
         signature=SIGNATURE,
         input_example=input_example(images),
-        pip_requirements=requirements(classifier.flavors()),
+        pip_requirements=requirements(model_flavors(classifier)),
         tags={DIGEST_TAG: files_digest(model_dir)},
     )
 
