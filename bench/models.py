@@ -331,7 +331,7 @@ def run_contender(name: str, protocol: str, folds: int, max_epochs: int | None, 
         proba = classifier.predict_store(test, CHUNK)
         predict_s = time.perf_counter() - start
         scores = classification_metrics(test.labels, proba)
-        extra = classifier.meta.extra
+        extra = classifier.record.to_json()
         rows.append(
             {
                 "fold": k,

@@ -43,7 +43,7 @@ from glomx.evaluation.prevalence import (
 from glomx.evaluation.tta import predict_batch
 from glomx.files import escaped, replacing
 from glomx.models import load_classifier
-from glomx.models.base import Classifier
+from glomx.models.base import Predictor
 from glomx.processes import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class PredictError(GlomxError, RuntimeError):
 class LoadedModel:
     """A classifier and where it came from (shown in every output row)."""
 
-    classifier: Classifier
+    classifier: Predictor
     source: str
 
 
@@ -157,7 +157,7 @@ def _decoded(
             yield done, [f.result() for f in futures]
 
 
-def _scored(clf: Classifier, decoded: list[np.ndarray | str], tta: bool) -> list[float | str]:
+def _scored(clf: Predictor, decoded: list[np.ndarray | str], tta: bool) -> list[float | str]:
     """Per file, its probability, or its error message when it could not be decoded."""
     ok = [r for r in decoded if not isinstance(r, str)]
     proba = iter(predict_batch(clf, np.stack(ok), tta) if ok else [])
@@ -166,7 +166,7 @@ def _scored(clf: Classifier, decoded: list[np.ndarray | str], tta: bool) -> list
 
 def _scored_locally(
     files: Sequence[Path],
-    clf: Classifier,
+    clf: Predictor,
     tta: bool,
     max_pixels: int,
     batch_size: int,
@@ -182,7 +182,7 @@ class RayScorer:
     """A Ray Data actor: holds the model (unpickled once, when the actor starts), then decodes
     and scores one batch of paths per call."""
 
-    def __init__(self, classifier: Classifier, tta: bool, max_pixels: int) -> None:
+    def __init__(self, classifier: Predictor, tta: bool, max_pixels: int) -> None:
         self.classifier, self.tta, self.max_pixels = classifier, tta, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,7 +200,7 @@ class RayScorer:
 
 
 def _scored_on_ray(
-    files: Sequence[Path], clf: Classifier, tta: bool, max_pixels: int, batch_size: int
+    files: Sequence[Path], clf: Predictor, tta: bool, max_pixels: int, batch_size: int
 ) -> Generator[tuple[Sequence[Path], list[float | str]], None, None]:
     """The same batches as :func:`_scored_locally` (so the same numbers), scored by an actor
     pool of one actor per CPU of the Ray cluster, and streamed back in file order."""

@@ -15,8 +15,8 @@ from glomx.errors import GlomxError
 from glomx.evaluation.selection import ENSEMBLE
 from glomx.files import discard, put_in_place, temporary_sibling
 from glomx.models import load_classifier
-from glomx.models.base import META_FILE, Classifier
-from glomx.models.mean import MeanClassifier, copy_member
+from glomx.models.base import META_FILE, Predictor
+from glomx.models.mean import CVRecord, MeanModel, copy_member
 
 
 class ForeignFolderError(GlomxError, FileExistsError):
@@ -74,30 +74,30 @@ def write_bag(
     fold_models: Mapping[int, bytes],
     preprocessing: Preprocessing,
     threshold: float,
-    cv: dict[str, object],
+    cv: CVRecord,
     directory: Path,
-) -> MeanClassifier:
+) -> MeanModel:
     """A family's bag: its fold models (archives, by fold) as one mean model in ``directory``,
     at ``threshold``, recording the folds it came from (``cv``)."""
     with model_folder(directory) as build:
-        members: dict[str, Classifier] = {}
+        members: dict[str, Predictor] = {}
         for fold, model in fold_models.items():
             unpack(model, build / f"fold-{fold}")
             members[f"fold-{fold}"] = load_classifier(build / f"fold-{fold}")
-        bag = MeanClassifier.of(family, members, preprocessing, threshold, {"cv": cv})
-        bag.meta.save(build)  # the members are already saved, as the trials wrote them
+        bag = MeanModel.of(family, members, preprocessing, threshold, cv)
+        bag.save_meta(build)  # the members are already saved, as the trials wrote them
     return bag
 
 
 def write_ensemble(
     bags: Mapping[str, Path], preprocessing: Preprocessing, directory: Path
-) -> MeanClassifier:
+) -> MeanModel:
     """The tied families' bags (family → its folder), copied bit for bit into ``directory``,
     as one mean model."""
     with model_folder(directory) as build:
         for family, source in bags.items():
             copy_member(source, build / family)
         loaded = {f: load_classifier(build / f) for f in bags}
-        ensemble = MeanClassifier.of(ENSEMBLE, loaded, preprocessing)
-        ensemble.meta.save(build)
+        ensemble = MeanModel.of(ENSEMBLE, loaded, preprocessing)
+        ensemble.save_meta(build)
     return ensemble

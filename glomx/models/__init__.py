@@ -1,4 +1,5 @@
-"""Model families behind one contract (:class:`glomx.models.base.Classifier`)."""
+"""Model families behind one contract (:class:`glomx.models.base.Classifier`), and loading any
+saved model (:class:`glomx.models.base.Predictor`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from importlib import import_module
 from pathlib import Path
 
 from glomx.config import TRAIN_PREFIX, Params, ParamsError, TrainSection
-from glomx.models.base import Classifier, ModelMeta
-from glomx.models.mean import MEMBERS, MeanClassifier
+from glomx.models.base import Classifier, ModelMeta, Predictor
+from glomx.models.mean import MEMBERS, MeanModel
 
 # family name → "module:ClassName", imported lazily so sklearn-only use never loads Keras
 FAMILIES = {
@@ -43,11 +44,13 @@ def family_section(params: Params, family: str) -> TrainSection:
     return section
 
 
-def load_classifier(directory: str | Path) -> Classifier:
+def load_classifier(directory: str | Path) -> Predictor:
     """Load any saved glomx model directory: one family's model, or a mean of saved models
     (a bag of fold models, the ensemble), whose members load the same way."""
     directory = Path(directory)
-    meta = ModelMeta.load(directory)
-    if MEMBERS in meta.extra:
-        return MeanClassifier(meta, [load_classifier(directory / m) for m in meta.extra[MEMBERS]])
-    return family_class(meta.family)._load_weights(directory, meta)
+    meta, extra = ModelMeta.read(directory)
+    if MEMBERS in extra:
+        members = {m: load_classifier(directory / m) for m in extra[MEMBERS]}
+        return MeanModel.from_json(meta, extra, members)
+    cls = family_class(meta.family)
+    return cls._load_weights(directory, meta, cls.record_class.from_json(extra))

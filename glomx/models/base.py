@@ -1,7 +1,9 @@
-"""The one contract every model family honours, so evaluate and predict never branch on it.
+"""The contracts every model honours, so evaluate and predict never branch on it.
 
-A classifier is fitted on array stores and predicts from uint8 image batches as the prepare
-stage writes them (any size and channel count: it adapts them to its own input itself).
+A :class:`Predictor` is any saved model: it predicts from uint8 image batches as the prepare
+stage writes them (any size and channel count: it adapts them to its own input itself). A
+:class:`Classifier` is a family's trainable predictor, fitted on array stores; the mean of
+fitted models (:mod:`glomx.models.mean`) is a predictor, never fitted itself.
 Saved models are directories with a ``glomx.json`` describing family, input and the
 preprocessing needed to go from a raw image file to the model's input.
 """
@@ -10,8 +12,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -28,42 +30,141 @@ META_FILE = "glomx.json"
 
 @dataclass
 class ModelMeta:
-    """What a saved model needs besides its weights."""
+    """What any saved model needs besides its weights and its own state."""
 
     family: str
     size: int
     channels: int
     preprocessing: Preprocessing
     threshold: float = 0.5
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, directory: Path) -> None:
-        (directory / META_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+    def save(self, directory: Path, extra: Mapping[str, Any]) -> None:
+        """``glomx.json``: these fields, then the model's own state as ``extra``."""
+        meta = {**asdict(self), "extra": dict(extra)}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> ModelMeta:
+    def read(cls, directory: Path) -> tuple[ModelMeta, dict[str, Any]]:
+        """The meta saved in ``directory`` and its ``extra``, for the model's own type to read."""
         path = directory / META_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a saved glomx model (no {META_FILE})")
         raw = json.loads(path.read_text())
         raw["preprocessing"] = Preprocessing(**raw["preprocessing"])
-        return cls(**raw)
+        extra = raw.pop("extra", {})
+        return cls(**raw), extra
+
+
+@dataclass
+class FitRecord:
+    """A family model's state besides its weights: the ``model:`` and ``fit:`` params it was
+    built from (as JSON, tuples as lists) and what fitting chose. Saved as glomx.json's
+    ``extra``, in the layout of the untyped dict it replaces, so models saved before load and
+    new ones save byte-identical files."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    stain: dict[str, Any] | None = None  # the fitted StainNormalizer's dict; None: no stain
+    best_epoch: int | None = None  # 1-based epoch (or candidate) kept on validation
+    epochs_run: int | None = None
+    class_weight: dict[str, float] | None = None  # None: unweighted (saved as null)
+    # the order the fit sets the fields in: glomx.json's order
+    ORDER: ClassVar[tuple[str, ...]] = (
+        "model", "fit", "stain", "best_epoch", "epochs_run", "class_weight",
+    )  # fmt: skip
+
+    @classmethod
+    def of(cls, model: Section, fit: Section) -> Self:
+        """An unfitted model's record of its typed ``model:`` and ``fit:`` params."""
+        # through JSON, so the record equals its saved-and-loaded self (tuples become lists)
+        return cls(model=model.model_dump(mode="json"), fit=fit.model_dump(mode="json"))
+
+    @classmethod
+    def from_json(cls, extra: Mapping[str, Any]) -> Self:
+        """A saved ``extra``; keys this version does not record are ignored."""
+        return cls(**{f.name: extra[f.name] for f in fields(cls) if f.name in extra})
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``extra`` to save: fields in :attr:`ORDER`, unset ones left out."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            name: values[name]
+            for name in sorted(values, key=self.ORDER.index)
+            if values[name] is not None or name == "class_weight"
+        }
 
 
 EpochHook = Callable[[dict[str, float]], None]  # one epoch's (or candidate's) scores
 
 
-class Classifier(ABC):
-    """Binary classifier: P(globally sclerotic) from uint8 image batches, scikit-learn-shaped:
-    :meth:`fit` returns the fitted classifier, its per-epoch scores are ``history_``."""
+class Predictor(ABC):
+    """P(globally sclerotic) from uint8 image batches, a threshold, a folder it saves to: what
+    evaluate, predict and serving use of any model, a family's or a mean of several."""
+
+    native_flavor: ClassVar[str | None] = None  # MLflow flavor of a native model, if any
+
+    def __init__(self, meta: ModelMeta) -> None:
+        self.meta = meta
+
+    @abstractmethod
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` uint8 → ``(N,)`` float probabilities of class 1."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """A human-readable description of the fitted model (logged as text)."""
+
+    @abstractmethod
+    def tags(self) -> dict[str, str]:
+        """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
+
+    @abstractmethod
+    def _save_weights(self, directory: Path) -> None:
+        """Write the model's files besides ``glomx.json`` into ``directory``."""
+
+    @abstractmethod
+    def _extra(self) -> dict[str, Any]:
+        """The model's own state as glomx.json's ``extra``."""
+
+    def set_threshold(self, threshold: float) -> Self:
+        """Predict class 1 from ``threshold`` on (saved with the model)."""
+        if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+            raise ValueError(f"a threshold must be a probability in [0, 1], got {threshold}")
+        self.meta.threshold = float(threshold)
+        return self
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Hard labels at the model's threshold."""
+        return (self.predict_proba(images) >= self.meta.threshold).astype(np.uint8)
+
+    def predict_store(self, store: ArrayStore, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for every image of a store, streamed in batches."""
+        parts = [self.predict_proba(chunk) for _, chunk in store.iter_chunks(batch_size)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_weights(directory)
+        self.save_meta(directory)
+
+    def save_meta(self, directory: Path) -> None:
+        """Write ``glomx.json`` alone (a mean model whose members are saved already)."""
+        self.meta.save(directory, self._extra())
+
+
+class Classifier(Predictor):
+    """A model family's trainable binary classifier, scikit-learn-shaped: :meth:`fit` returns
+    the fitted classifier, its per-epoch scores are ``history_``."""
 
     family: ClassVar[str]
     config_class: ClassVar[type[Section]]  # the ``model:`` part of ``train_<family>``
     fit_config_class: ClassVar[type[Section]]  # the ``fit:`` part
-    native_flavor: ClassVar[str | None] = None  # MLflow flavor of native_model(), if any
+    record_class: ClassVar[type[FitRecord]] = FitRecord  # the family's fitted state
 
-    def __init__(self, meta: ModelMeta) -> None:
-        self.meta = meta
+    def __init__(self, meta: ModelMeta, record: FitRecord) -> None:
+        super().__init__(meta)
+        self.record = record  # an instance of record_class
         self.history_: dict[str, list[float]] = {}
 
     @classmethod
@@ -84,18 +185,9 @@ class Classifier(ABC):
         return model, fit
 
     @classmethod
-    def new_meta(
-        cls, model: Section, fit: Section, size: int, channels: int, preprocessing: Preprocessing
-    ) -> ModelMeta:
-        """An unfitted model's meta, its typed ``model:`` and ``fit:`` kept in ``extra``."""
-        return ModelMeta(
-            family=cls.family,
-            size=size,
-            channels=channels,
-            preprocessing=preprocessing,
-            # through JSON, so the meta equals its saved-and-loaded self (tuples become lists)
-            extra={"model": model.model_dump(mode="json"), "fit": fit.model_dump(mode="json")},
-        )
+    def new_meta(cls, size: int, channels: int, preprocessing: Preprocessing) -> ModelMeta:
+        """An unfitted model's meta."""
+        return ModelMeta(cls.family, size, channels, preprocessing)
 
     def fit(
         self,
@@ -112,7 +204,7 @@ class Classifier(ABC):
             raise ValueError(f"{val.path} needs both classes to select a model on validation")
         self.history_ = self._fit(train, val, class_weight, on_epoch or (lambda scores: None))
         weights = {str(k): float(v) for k, v in class_weight.items()} if class_weight else None
-        self.meta.extra["class_weight"] = weights  # as glomx.json keeps it
+        self.record.class_weight = weights  # as glomx.json keeps it
         return self
 
     @abstractmethod
@@ -125,50 +217,34 @@ class Classifier(ABC):
     ) -> dict[str, list[float]]:
         """The family's training; returns the per-epoch history."""
 
-    def set_threshold(self, threshold: float) -> Self:
-        """Predict class 1 from ``threshold`` on (saved with the model)."""
-        if not 0.0 <= threshold <= 1.0:  # also refuses NaN
-            raise ValueError(f"a threshold must be a probability in [0, 1], got {threshold}")
-        self.meta.threshold = float(threshold)
-        return self
-
-    @abstractmethod
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """``(N, H, W, C)`` uint8 → ``(N,)`` float probabilities of class 1."""
-
-    @abstractmethod
-    def _save_weights(self, directory: Path) -> None:
-        """Write the family-specific files into ``directory``."""
-
     @classmethod
     @abstractmethod
-    def _load_weights(cls, directory: Path, meta: ModelMeta) -> Classifier:
+    def _load_weights(cls, directory: Path, meta: ModelMeta, record: FitRecord) -> Classifier:
         """Rebuild a fitted classifier from ``directory``."""
 
     @property
     def stain(self) -> StainNormalizer:
         """The stain normaliser fitted on the training images (``none`` if not asked for)."""
-        return StainNormalizer.from_dict(self.meta.extra.get("stain") or {"method": "none"})
+        return StainNormalizer.from_dict(self.record.stain or {"method": "none"})
 
     def fit_stain(self, method: str, train: ArrayStore) -> None:
-        """Fit the stain normaliser on (an even sample of) the training store; kept in meta."""
+        """Fit the stain normaliser on (an even sample of) the training store; kept in the
+        record."""
         if method == "none":
-            self.meta.extra.pop("stain", None)
+            self.record.stain = None
             return
         stain = StainNormalizer.fit_store(method, train, self.meta.size, self.meta.channels)
-        self.meta.extra["stain"] = stain.to_dict()
+        self.record.stain = stain.to_dict()
 
     def adapted(self, images: np.ndarray) -> np.ndarray:
         """Prepared uint8 images at the model's size and channels, stain-normalised as fitted."""
         return self.stain.transform(adapt(images, self.meta.size, self.meta.channels))
 
     def summary(self) -> str:
-        """A human-readable description of the fitted model (logged as text)."""
-        return repr(self.meta)
+        return f"{self.meta!r}\n{self.record!r}"
 
-    def flavors(self) -> set[str]:
-        """The MLflow flavors whose libraries loading this model needs (its requirements)."""
-        return {self.native_flavor} if self.native_flavor else set()
+    def _extra(self) -> dict[str, Any]:
+        return self.record.to_json()
 
     def native_model(self, images: np.ndarray) -> tuple[Any, np.ndarray]:
         """The underlying library model and an input example for it, for ``native_flavor``."""
@@ -179,21 +255,5 @@ class Classifier(ABC):
         return []
 
     def tags(self) -> dict[str, str]:
-        """Facts about the fitted model worth a tag and a metrics entry (e.g. weights source)."""
-        tags = {k: v for k, v in self.meta.extra.items() if isinstance(v, str)}
+        tags = {k: v for k, v in self.record.to_json().items() if isinstance(v, str)}
         return {**tags, "stain": self.stain.method}
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Hard labels at the model's threshold."""
-        return (self.predict_proba(images) >= self.meta.threshold).astype(np.uint8)
-
-    def predict_store(self, store: ArrayStore, batch_size: int = 64) -> np.ndarray:
-        """Probabilities for every image of a store, streamed in batches."""
-        parts = [self.predict_proba(chunk) for _, chunk in store.iter_chunks(batch_size)]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._save_weights(directory)
-        self.meta.save(directory)

@@ -34,7 +34,7 @@ from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
 from glomx.family_params import FitConfig
-from glomx.models.base import Classifier, EpochHook, ModelMeta
+from glomx.models.base import Classifier, EpochHook, FitRecord, ModelMeta
 
 MODEL_FILE = "model.keras"
 log = logging.getLogger(__name__)
@@ -219,9 +219,14 @@ class KerasClassifier(Classifier):
     native_flavor: ClassVar[str] = "keras"  # MLflow flavor of :meth:`native_model`
 
     def __init__(
-        self, meta: ModelMeta, fit_config: Any, config: Any, model: keras.Model | None = None
+        self,
+        meta: ModelMeta,
+        record: FitRecord,
+        fit_config: Any,
+        config: Any,
+        model: keras.Model | None = None,
     ) -> None:
-        super().__init__(meta)
+        super().__init__(meta, record)
         self.fit_config: Any = fit_config  # an instance of the class's fit_config_class
         self.config: Any = config  # an instance of its config_class
         self._model = model
@@ -231,8 +236,8 @@ class KerasClassifier(Classifier):
         """From the family's ``train_<family>`` section's ``model:`` and ``fit:``."""
         config, fit_config = cls.typed_params(section)
         channels = cls.channels or config.channels
-        meta = cls.new_meta(config, fit_config, config.size, channels, preprocessing)
-        return cls(meta, fit_config, config)
+        meta = cls.new_meta(config.size, channels, preprocessing)
+        return cls(meta, cls.record_class.of(config, fit_config), fit_config, config)
 
     @property
     def keras_model(self) -> keras.Model:
@@ -300,7 +305,7 @@ class KerasClassifier(Classifier):
                 history.setdefault(key, []).extend(values)
             epoch += len(result.history["loss"])
         monitor.restore_best()
-        self.meta.extra.update(best_epoch=monitor.best_epoch + 1, epochs_run=epoch)
+        self.record.best_epoch, self.record.epochs_run = monitor.best_epoch + 1, epoch
         return history
 
     def _learning_rate(self, phase: Phase, steps_per_epoch: int) -> float | Any:
@@ -354,7 +359,7 @@ class KerasClassifier(Classifier):
         self._inference_model().save(directory / MODEL_FILE)
 
     @classmethod
-    def _load_weights(cls, directory: Path, meta: ModelMeta) -> Self:
+    def _load_weights(cls, directory: Path, meta: ModelMeta, record: FitRecord) -> Self:
         path = directory / MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: not a saved {cls.family} model")
@@ -364,6 +369,6 @@ class KerasClassifier(Classifier):
             model = keras.saving.load_model(path, compile=False)
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise CorruptModelError(path, cls.family, f"{type(err).__name__}: {err}") from err
-        config = parse(cls.config_class, meta.extra["model"], "model", str(path))
-        fit_config = parse(cls.fit_config_class, meta.extra["fit"], "fit", str(path))
-        return cls(meta, fit_config, config, model)
+        config = parse(cls.config_class, record.model, "model", str(path))
+        fit_config = parse(cls.fit_config_class, record.fit, "fit", str(path))
+        return cls(meta, record, fit_config, config, model)

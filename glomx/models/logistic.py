@@ -52,7 +52,7 @@ from glomx.data.store import ArrayStore
 from glomx.errors import CorruptModelError
 from glomx.evaluation.metrics import epoch_scores
 from glomx.family_params import LRFit, LRModel
-from glomx.models.base import Classifier, EpochHook, ModelMeta
+from glomx.models.base import Classifier, EpochHook, FitRecord, ModelMeta
 
 PIPELINE_FILE = "pipeline.joblib"
 BATCH_VALUES = 2**22  # pixel values per batch: 16 MiB of float32 features
@@ -79,9 +79,13 @@ class LogisticClassifier(Classifier):
     fit_config_class = LRFit
 
     def __init__(
-        self, meta: ModelMeta, fit_config: LRFit, pipeline: Pipeline | None = None
+        self,
+        meta: ModelMeta,
+        record: FitRecord,
+        fit_config: LRFit,
+        pipeline: Pipeline | None = None,
     ) -> None:
-        super().__init__(meta)
+        super().__init__(meta, record)
         self.fit_config = fit_config
         self._pipeline = pipeline
 
@@ -89,8 +93,8 @@ class LogisticClassifier(Classifier):
     def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Self:
         """From the ``train_lr`` section's ``model:`` and ``fit:``."""
         model, fit = cls.typed_params(section)
-        meta = cls.new_meta(model, fit, model.size, model.channels, preprocessing)
-        return cls(meta, fit)
+        meta = cls.new_meta(model.size, model.channels, preprocessing)
+        return cls(meta, cls.record_class.of(model, fit), fit)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -156,7 +160,7 @@ class LogisticClassifier(Classifier):
             if score > best:
                 best, best_state = score, (epoch, sgd.coef_.copy(), sgd.intercept_.copy())
         epoch, sgd.coef_, sgd.intercept_ = best_state  # type: ignore[misc]
-        self.meta.extra.update(best_epoch=epoch + 1, epochs_run=cfg.epochs)
+        self.record.best_epoch, self.record.epochs_run = epoch + 1, cfg.epochs
         return history
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
@@ -170,12 +174,12 @@ class LogisticClassifier(Classifier):
 
     def summary(self) -> str:
         """The pipeline, its input and the epoch kept."""
-        m, extra = self.meta, self.meta.extra
+        m, record = self.meta, self.record
         return (
             f"{self.pipeline!r}\n"
             f"input: {m.size}x{m.size}x{m.channels} pixels flattened to "
             f"{m.size * m.size * m.channels} features, standardised\n"
-            f"kept epoch {extra.get('best_epoch')} of {extra.get('epochs_run')} "
+            f"kept epoch {record.best_epoch} of {record.epochs_run} "
             f"(select: {self.fit_config.select})\n"
         )
 
@@ -183,13 +187,13 @@ class LogisticClassifier(Classifier):
         joblib.dump(self.pipeline, directory / PIPELINE_FILE)
 
     @classmethod
-    def _load_weights(cls, directory: Path, meta: ModelMeta) -> Self:
+    def _load_weights(cls, directory: Path, meta: ModelMeta, record: FitRecord) -> Self:
         path = directory / PIPELINE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} missing: not a saved lr model")
-        fit = parse(LRFit, meta.extra.get("fit"), "fit", str(directory / "glomx.json"))
+        fit = parse(LRFit, record.fit, "fit", str(directory / "glomx.json"))
         try:
             pipeline = joblib.load(path)
         except Exception as err:  # unpickling damaged bytes can fail with any exception type
             raise CorruptModelError(path, cls.family, f"{type(err).__name__}: {err}") from err
-        return cls(meta, fit, pipeline)
+        return cls(meta, record, fit, pipeline)

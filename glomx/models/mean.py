@@ -9,108 +9,116 @@ a subdirectory of its own (a fold model, or a whole bag)::
     artifacts/select/ensemble/   family ensemble, members ["cnn", "probe", "mobilenet"]
 
 Every member adapts the prepared images to its own input, so the mean serves, predicts and is
-evaluated through the one :class:`~glomx.models.base.Classifier` contract, unchanged.
+evaluated through the one :class:`~glomx.models.base.Predictor` contract, unchanged. It is
+never fitted: its members are (:mod:`glomx.crossval`), so it is no
+:class:`~glomx.models.base.Classifier`.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from glomx.config import TrainSection
 from glomx.data.images import Preprocessing
-from glomx.data.store import ArrayStore
-from glomx.models.base import Classifier, EpochHook, ModelMeta
+from glomx.models.base import Classifier, ModelMeta, Predictor
 
-MEMBERS = "members"  # key of meta.extra naming the member subdirectories, in order
+if TYPE_CHECKING:
+    from glomx.models.keras_common import KerasClassifier
+
+MEMBERS = "members"  # key of glomx.json's extra naming the member subdirectories, in order
+CV = "cv"  # key of a bag's cross-validation record
 
 
-class MeanClassifier(Classifier):
-    """P(class 1) as the mean of its members' probabilities."""
+@dataclass(frozen=True)
+class CVRecord:
+    """Which cross-validation made a bag: its number of folds and each fold's held-out slides
+    (by fold number, as a string: glomx.json's keys)."""
 
-    family: ClassVar[str] = "mean"
+    folds: int
+    heldout_slides: dict[str, list[str]]
 
-    def __init__(self, meta: ModelMeta, members: Sequence[Classifier]) -> None:
+
+class MeanModel(Predictor):
+    """P(class 1) as the mean of its members' probabilities; ``members`` maps each member's
+    subdirectory name to the member, in order; ``cv`` is a bag's cross-validation."""
+
+    def __init__(
+        self, meta: ModelMeta, members: Mapping[str, Predictor], cv: CVRecord | None = None
+    ) -> None:
         super().__init__(meta)
         if not members:
             raise ValueError(f"a {meta.family} mean model needs at least one member")
-        self.members = list(members)
+        self.members = dict(members)
+        self.cv = cv
 
     @classmethod
     def of(
         cls,
         family: str,
-        members: dict[str, Classifier],
+        members: Mapping[str, Predictor],
         preprocessing: Preprocessing,
         threshold: float = 0.5,
-        extra: dict[str, Any] | None = None,
-    ) -> MeanClassifier:
+        cv: CVRecord | None = None,
+    ) -> MeanModel:
         """The mean of ``members`` (subdirectory name → fitted member) as model ``family``."""
-        meta = ModelMeta(
-            family=family,
-            size=preprocessing.size,
-            channels=preprocessing.channels,
-            preprocessing=preprocessing,
-            threshold=threshold,
-            extra={**(extra or {}), MEMBERS: list(members)},
-        )
-        return cls(meta, list(members.values()))
+        size, channels = preprocessing.size, preprocessing.channels
+        return cls(ModelMeta(family, size, channels, preprocessing, threshold), members, cv)
 
     @classmethod
-    def from_params(cls, section: TrainSection, preprocessing: Preprocessing) -> Self:
-        raise TypeError("a mean model is built from fitted members (MeanClassifier.of), not params")
+    def from_json(
+        cls, meta: ModelMeta, extra: Mapping[str, Any], members: Mapping[str, Predictor]
+    ) -> MeanModel:
+        """A saved mean model from its meta, its ``extra`` and its loaded members."""
+        return cls(meta, members, CVRecord(**extra[CV]) if CV in extra else None)
 
-    def _fit(
-        self,
-        train: ArrayStore,
-        val: ArrayStore,
-        class_weight: dict[int, float] | None,
-        on_epoch: EpochHook,
-    ) -> dict[str, list[float]]:
-        raise TypeError("a mean model is not fitted: its members are (glomx.pipeline.cv)")
+    def _extra(self) -> dict[str, Any]:
+        cv = {CV: asdict(self.cv)} if self.cv else {}
+        return {**cv, MEMBERS: list(self.members)}
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return np.mean([m.predict_proba(images) for m in self.members], axis=0)
-
-    def flavors(self) -> set[str]:
-        return set().union(*(m.flavors() for m in self.members))
+        return np.mean([m.predict_proba(images) for m in self.members.values()], axis=0)
 
     def summary(self) -> str:
-        names = self.meta.extra[MEMBERS]
+        names = list(self.members)
         lines = [f"{self.meta.family}: mean of {len(names)} models ({', '.join(names)})"]
-        for name, member in zip(names, self.members, strict=True):
+        for name, member in self.members.items():
             lines += ["", f"## {name}", member.summary()]
         return "\n".join(lines)
 
     def tags(self) -> dict[str, str]:
-        return {**self.members[0].tags(), MEMBERS: ",".join(self.meta.extra[MEMBERS])}
+        first = next(iter(self.members.values()))
+        return {**first.tags(), MEMBERS: ",".join(self.members)}
 
     def _save_weights(self, directory: Path) -> None:
-        for name, member in zip(self.meta.extra[MEMBERS], self.members, strict=True):
+        for name, member in self.members.items():
             member.save(directory / name)
 
-    @classmethod
-    def _load_weights(cls, directory: Path, meta: ModelMeta) -> MeanClassifier:
-        raise TypeError(f"load {directory} with glomx.models.load_classifier, which loads members")
+
+def fitted_models(model: Predictor) -> Iterator[Classifier]:
+    """The family models ``model`` is made of, depth first: itself, or a bag's fold models in
+    order, or an ensemble's bags' fold models, bag by bag."""
+    if isinstance(model, MeanModel):
+        for member in model.members.values():
+            yield from fitted_models(member)
+    elif isinstance(model, Classifier):
+        yield model
+
+
+def keras_member(model: Predictor) -> KerasClassifier | None:
+    """What Grad-CAM draws for a model: its first Keras family model (itself, a bag's first
+    fold model, an ensemble's first Keras family's); None when it holds none. Every Keras
+    family, and only they, have the ``keras`` native flavor; checking that, not the class,
+    keeps Keras unimported for sklearn-only models."""
+    found = (m for m in fitted_models(model) if m.native_flavor == "keras")
+    return cast("KerasClassifier | None", next(found, None))
 
 
 def copy_member(source: Path, directory: Path) -> None:
     """Copy a saved model folder into a mean model's folder (members are saved as files, so
     copying them keeps them bit-identical to the registered originals)."""
     shutil.copytree(source, directory)
-
-
-def keras_member(classifier: Any) -> Any:
-    """What Grad-CAM draws for a model: a Keras model itself, else the first Keras model among
-    its members, depth first (a bag's first fold model, an ensemble's first Keras family's);
-    None when it holds none."""
-    if hasattr(classifier, "keras_model"):
-        return classifier
-    for member in getattr(classifier, "members", None) or []:
-        if (found := keras_member(member)) is not None:
-            return found
-    return None

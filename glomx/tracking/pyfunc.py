@@ -47,7 +47,8 @@ import glomx
 from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
 from glomx.models import load_classifier
-from glomx.models.base import Classifier
+from glomx.models.base import Classifier, Predictor
+from glomx.models.mean import fitted_models
 from glomx.tracking.names import ARTIFACT, DIGEST_TAG
 
 BATCH = 16  # rows decoded and predicted at a time (32: ~250 MiB more peak RSS when served)
@@ -97,6 +98,12 @@ def requirements(flavors: str | set[str] | None, glomx_code: bool = True) -> lis
     return pins
 
 
+def model_flavors(model: Predictor) -> set[str]:
+    """The MLflow flavors whose libraries loading ``model`` needs: its family models' native
+    flavors (a mean model's are its members')."""
+    return {m.native_flavor for m in fitted_models(model) if m.native_flavor}
+
+
 def encode_png(image: np.ndarray) -> str:
     """One uint8 ``(H, W, C)`` image as a base64 PNG string."""
     buffer = io.BytesIO()
@@ -135,7 +142,7 @@ class GlomxModel(PythonModel):
     """A saved glomx model served on raw image files, with bounded pixels per request."""
 
     def load_context(self, context: Any) -> None:
-        self.classifier: Classifier = load_classifier(context.artifacts[ARTIFACT])
+        self.classifier: Predictor = load_classifier(context.artifacts[ARTIFACT])
         self.max_pixels = env_limit(MAX_IMAGE_PIXELS)
         self.max_request_pixels = env_limit(MAX_REQUEST_PIXELS)
 
@@ -200,7 +207,7 @@ def files_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> ModelInfo:
+def log_model(model_dir: Path, classifier: Predictor, images: np.ndarray) -> ModelInfo:
     """Log ``model_dir`` as a :class:`GlomxModel` in the active run, tagged with its
     :func:`files_digest` so that a copy of the folder can be traced to its versions."""
     return mlflow.pyfunc.log_model(
@@ -210,7 +217,7 @@ def log_model(model_dir: Path, classifier: Classifier, images: np.ndarray) -> Mo
         code_paths=[str(Path(glomx.__file__).parent)],
         signature=SIGNATURE,
         input_example=input_example(images),
-        pip_requirements=requirements(classifier.flavors()),
+        pip_requirements=requirements(model_flavors(classifier)),
         tags={DIGEST_TAG: files_digest(model_dir)},
     )
 

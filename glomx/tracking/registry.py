@@ -45,7 +45,7 @@ from glomx.errors import UsageError
 from glomx.evaluation.metrics import finite
 from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
 from glomx.models import load_classifier
-from glomx.models.base import META_FILE, Classifier
+from glomx.models.base import META_FILE, Classifier, Predictor
 from glomx.tracking.model_card import write_card
 from glomx.tracking.names import (
     ARTIFACT,
@@ -268,7 +268,7 @@ def _model_path(name: str, version: str, tmp: Path) -> str:
 def register(
     run: StageRun,
     model_dir: str | Path,
-    classifier: Classifier,
+    classifier: Predictor,
     example: np.ndarray,
     metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
@@ -281,7 +281,8 @@ def register(
     :func:`registered_versions` finds it again from the folder."""
     run.require_active()
     info = log_model(Path(model_dir), classifier, example)
-    log_native_model(classifier, example)
+    if isinstance(classifier, Classifier):  # a mean model has no single native model
+        log_native_model(classifier, example)
     version_tags = {
         FAMILY_TAG: classifier.meta.family,
         VERSION_STAGE_TAG: run.stage,

@@ -22,7 +22,7 @@ from glomx.data.catalogue import Record
 from glomx.data.split import assign_folds, write_split_csv
 from glomx.data.store import ArrayStore, StoreWriter
 from glomx.models import family_class, load_classifier
-from glomx.models.mean import MeanClassifier
+from glomx.models.mean import MeanModel
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ class StageRecord:
 
     stdout: str
     report: dict[str, Any]
-    bag: MeanClassifier
+    bag: MeanModel
     client: MlflowClient
     run: Any
     trials: list[Any]
@@ -124,8 +124,8 @@ def train_stage(
     def record(family: str, params: Any) -> StageRecord:
         stdout = run_stage(family, params)
         bag = load_classifier(Path(training_paths["models"]) / family)
-        assert isinstance(bag, MeanClassifier)
-        assert [type(m) for m in bag.members] == [family_class(family)] * 2  # one per fold
+        assert isinstance(bag, MeanModel)
+        assert [type(m) for m in bag.members.values()] == [family_class(family)] * 2  # one per fold
         report = json.loads((Path(training_paths["metrics"]) / f"{family}.json").read_text())
         assert 0 <= report["oof"]["balanced_accuracy"]["value"] <= 1
         assert report["oof"]["images"] == 36

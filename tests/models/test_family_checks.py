@@ -33,15 +33,15 @@ VALIDATION_SCORES = ("val_loss", "val_auc", "val_balanced_accuracy")
 def check_fit_returns_itself_and_reports_every_epoch(family: str, zoo: Zoo, _: Path) -> None:
     fitted = zoo.fitted(family)
     clf = fitted.classifier
-    history, extra = clf.history_, clf.meta.extra
+    history, record = clf.history_, clf.record
     assert fitted.returned is clf
     assert set(VALIDATION_SCORES) <= set(history)
-    assert all(len(scores) == extra["epochs_run"] for scores in history.values())
-    assert len(fitted.epochs) == extra["epochs_run"]  # on_epoch: once per epoch, as it comes
+    assert all(len(scores) == record.epochs_run for scores in history.values())
+    assert len(fitted.epochs) == record.epochs_run  # on_epoch: once per epoch, as it comes
     for key in VALIDATION_SCORES:
         assert [epoch[key] for epoch in fitted.epochs] == history[key], key
-    assert 1 <= extra["best_epoch"] <= extra["epochs_run"]
-    assert extra["class_weight"] == {str(k): v for k, v in CLASS_WEIGHT.items()}
+    assert 1 <= record.best_epoch <= record.epochs_run
+    assert record.class_weight == {str(k): v for k, v in CLASS_WEIGHT.items()}
 
 
 def check_predict_proba_takes_any_size_and_channels(family: str, zoo: Zoo, _: Path) -> None:
@@ -116,7 +116,7 @@ def check_same_seed_same_model(family: str, zoo: Zoo, _: Path) -> None:
     images = zoo.val.read(slice(0, len(zoo.val)))
     atol = 0 if spec(family).exact else 1e-5
     np.testing.assert_allclose(again.predict_proba(images), first.predict_proba(images), 0, atol)
-    assert again.meta.extra == first.meta.extra
+    assert again.record == first.record
 
 
 Fits = Literal["no", "shared", "anew"]  # what a check trains: nothing, the zoo's fit, its own

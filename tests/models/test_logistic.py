@@ -20,7 +20,7 @@ PARAMS = SPECS["lr"].params
 def test_learns_the_blob_and_keeps_the_best_validation_epoch(zoo: Zoo) -> None:
     clf, val = zoo.fitted("lr").classifier, zoo.val
     assert set(clf.history_) == {"val_loss", "val_auc", "val_balanced_accuracy"}
-    assert clf.meta.extra["epochs_run"] == PARAMS["fit"]["epochs"]
+    assert clf.record.epochs_run == PARAMS["fit"]["epochs"]
     m = classification_metrics(val.labels, clf.predict_store(val))
     assert m["roc_auc"] > 0.95 and m["balanced_accuracy"] > 0.8
 

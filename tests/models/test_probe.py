@@ -31,10 +31,10 @@ def test_probe_picks_c_on_validation_and_is_one_keras_model(zoo: Zoo) -> None:
     classifier, val = zoo.fitted("probe").classifier, zoo.val
     history = classifier.history_
     assert history["C"] == [0.01, 1.0] and len(history["val_loss"]) == 2
-    chosen = history["C"].index(classifier.meta.extra["C"])
+    chosen = history["C"].index(classifier.record.C)
     assert history["val_loss"][chosen] == min(history["val_loss"])  # select: log_loss
-    assert classifier.meta.extra["weights"] == "imagenet"
-    assert classifier.meta.extra["features"] == 1280
+    assert classifier.record.weights == "imagenet"
+    assert classifier.record.features == 1280
 
     # scaler + logistic regression folded into the Dense layer: same probabilities
     proba = classifier.predict_store(val)
@@ -51,7 +51,7 @@ def test_probe_pools_an_inner_layer_and_keeps_it_through_save_and_grad_cam(
     classifier = build("probe", params)
     val = zoo.val
     classifier.fit(zoo.train, val)
-    assert classifier.meta.extra["features"] == 1152  # the expansion, not the 1280-d head
+    assert classifier.record.features == 1152  # the expansion, not the 1280-d head
     backbone = classifier.keras_model.get_layer("efficientnet_lite0")
     assert backbone.layers[-1].name == "block15_expand_relu"
     assert "block15_expand_relu features" in classifier.summary()
@@ -76,7 +76,7 @@ def test_probe_views_multiply_the_training_rows(zoo: Zoo) -> None:
     params = {"model": {"size": 32}, "fit": {"C": [0.1], "views": 2, "batch_size": 8}}
     classifier = build("probe", params)
     classifier.fit(zoo.train, zoo.val)
-    assert classifier.meta.extra["training_rows"] == 48
+    assert classifier.record.training_rows == 48
 
 
 def test_probe_params_are_checked() -> None:
@@ -96,9 +96,9 @@ def test_train_probe_stage_with_stain_normalisation_end_to_end(
     stage = train_stage("probe", params)
     assert "weights imagenet" in stage.stdout
 
-    for model in stage.bag.members:  # each fold model fitted its own stain target
-        assert model.meta.extra["stain"]["method"] == "reinhard"
-        assert model.stain.method == "reinhard" and model.meta.extra["C"] in (0.01, 1.0)
+    for model in stage.bag.members.values():  # each fold model fitted its own stain target
+        assert model.record.stain["method"] == "reinhard"
+        assert model.stain.method == "reinhard" and model.record.C in (0.01, 1.0)
     assert stage.report["weights"] == "imagenet" and stage.report["stain"] == "reinhard"
     assert stage.run.data.tags["stain"] == "reinhard"
     history = stage.client.get_metric_history(stage.trials[0].info.run_id, "epoch/C")

@@ -38,7 +38,7 @@ def test_resnet_imagenet_unavailable_with_fallback_records_random_fallback(
 ) -> None:
     with pytest.warns(UserWarning, match="RANDOM initialisation"):
         classifier = build("resnet", {"model": {"fallback": True}})
-    assert classifier.meta.extra["weights"] == "random-fallback" and not classifier.pretrained
+    assert classifier.record.weights == "random-fallback" and not classifier.pretrained
     assert [p.name for p in classifier.phases()] == ["all-layers"]
 
 
@@ -57,7 +57,7 @@ def test_preprocessing_layer_is_keras_preprocess_input() -> None:
 @pytest.mark.slow
 def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(zoo: Zoo) -> None:
     classifier = build("mobilenet", SPECS["mobilenet"].params)
-    assert classifier.pretrained and classifier.meta.extra["weights"] == "imagenet"
+    assert classifier.pretrained and classifier.record.weights == "imagenet"
     head, finetune = classifier.phases()
     assert (head.name, finetune.name) == ("head", "finetune-top-2-blocks")
 
@@ -72,7 +72,7 @@ def test_mobilenet_trains_the_head_then_the_top_blocks_batch_norm_frozen(zoo: Zo
 
     fitted = zoo.fitted("mobilenet").classifier
     assert len(fitted.history_["val_auc"]) == 2  # both phases ran, one epoch each
-    assert fitted.meta.extra["epochs_run"] == 2
+    assert fitted.record.epochs_run == 2
 
 
 def test_random_init_comes_from_fit_seed_whatever_ran_before() -> None:
@@ -94,7 +94,7 @@ def test_random_init_comes_from_fit_seed_whatever_ran_before() -> None:
 @pytest.mark.slow
 def test_random_init_trains_every_layer(zoo: Zoo) -> None:
     classifier = zoo.fitted("resnet").classifier
-    assert classifier.meta.extra["weights"] == "random"
+    assert classifier.record.weights == "random"
     assert len(classifier.history_["val_balanced_accuracy"]) == 1
     assert len(classifier.keras_model.trainable_weights) > 200  # every layer trained
 
@@ -106,7 +106,7 @@ def test_train_resnet_stage_records_the_run_and_the_weights_source(
     params = {**SPECS["resnet"].params, "class_weight": "none"}
     stage = train_stage("resnet", params)
     assert "weights random" in stage.stdout
-    assert [m.meta.extra["weights"] for m in stage.bag.members] == ["random", "random"]
+    assert [m.record.weights for m in stage.bag.members.values()] == ["random", "random"]
     assert stage.report["weights"] == "random"
     assert stage.run.data.tags["weights"] == "random"
     assert all(t.data.tags["weights"] == "random" for t in stage.trials)

@@ -22,7 +22,7 @@ from glomx.evaluation.tta import score_store
 from glomx.family_params import CNNSection
 from glomx.models import load_classifier
 from glomx.models.cnn import CNNClassifier, build_cnn
-from glomx.models.mean import MeanClassifier, copy_member
+from glomx.models.mean import MeanModel, copy_member
 from glomx.pipeline.evaluate import EvaluateError, evaluate, score_models, trained_models
 from glomx.tracking import REGISTERED_MODEL
 from glomx.tracking.registry import MODEL_DESCRIPTION
@@ -88,7 +88,7 @@ def params(
     cnn = CNNClassifier.from_params(
         parse(CNNSection, {"model": {"size": 16, "filters": [4, 8]}}, "train_cnn"), pre
     )
-    CNNClassifier(cnn.meta, cnn.fit_config, cnn.config, build_cnn(cnn.config)).save(
+    CNNClassifier(cnn.meta, cnn.record, cnn.fit_config, cnn.config, build_cnn(cnn.config)).save(
         tmp_path / "models" / "cnn"
     )
     return _params(tmp_path, prepared)
@@ -220,8 +220,8 @@ def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass
     directory = tmp_path / "select" / "ensemble"
     for family in members:
         copy_member(models / family, directory / family)
-    ensemble = MeanClassifier.of("ensemble", members, members["lr"].meta.preprocessing)
-    ensemble.meta.save(directory)
+    ensemble = MeanModel.of("ensemble", members, members["lr"].meta.preprocessing)
+    ensemble.save_meta(directory)
     decision = dataclasses.replace(DECISION, candidate="ensemble")
     layout = Layout(params.need("paths"))
     trained = trained_models(layout, ["lr", "cnn"], decision)

@@ -17,7 +17,7 @@ from glomx.data.store import ArrayStore
 from glomx.evaluation.selection import OOF
 from glomx.family_params import LRSection
 from glomx.models import load_classifier
-from glomx.models.mean import MeanClassifier
+from glomx.models.mean import MeanModel
 from glomx.pipeline.train import train
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL
 
@@ -58,13 +58,13 @@ def test_train_cross_validates_saves_the_bag_and_logs_a_registered_run(
     assert written["data_kind"] == "synthetic" and written["class_weight"] == "balanced"
 
     bag = load_classifier(Path(paths["models"]) / "lr")
-    assert isinstance(bag, MeanClassifier) and bag.meta.family == "lr"
-    assert bag.meta.extra["members"] == ["fold-0", "fold-1", "fold-2"]
-    thresholds = [m.meta.threshold for m in bag.members]
+    assert isinstance(bag, MeanModel) and bag.meta.family == "lr"
+    assert list(bag.members) == ["fold-0", "fold-1", "fold-2"]
+    thresholds = [m.meta.threshold for m in bag.members.values()]
     assert len(set(thresholds)) > 1 or thresholds[0] != 0.5  # tuned on inner validation
     assert bag.meta.threshold == pytest.approx(sum(thresholds) / 3)
     images = originals.read([0, 1, 2])
-    expected = sum(m.predict_proba(images) for m in bag.members) / 3
+    expected = sum(m.predict_proba(images) for m in bag.members.values()) / 3
     assert bag.predict_proba(images) == pytest.approx(expected)
     with open(Path(paths["plots"]) / "lr" / "confusion.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 72  # out-of-fold, every original

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from glomx.data.adapt import adapt
 from glomx.data.images import load_image
-from glomx.models.base import ModelMeta, Preprocessing
+from glomx.models.base import FitRecord, ModelMeta, Preprocessing
 from glomx.models.logistic import LogisticClassifier, LRFit
 from glomx.tracking import EXPERIMENT, REGISTERED_MODEL, stage_run
 from glomx.tracking.names import DIGEST_TAG
@@ -46,7 +46,7 @@ def lr_model(tmp_path: Path) -> tuple[LogisticClassifier, Path]:
     pixels = adapt(images, 12, 3).reshape(40, -1).astype(np.float32)
     pipeline = Pipeline([("scale", StandardScaler()), ("sgd", SGDClassifier(loss="log_loss"))])
     pipeline.fit(pixels, labels)
-    clf = LogisticClassifier(ModelMeta("lr", 12, 3, PRE, extra={"fit": {}}), LRFit(), pipeline)
+    clf = LogisticClassifier(ModelMeta("lr", 12, 3, PRE), FitRecord(), LRFit(), pipeline)
     clf.save(tmp_path / "models" / "lr")
     return clf, tmp_path / "models" / "lr"
 

@@ -39,7 +39,7 @@ from glomx.data.store import ArrayStore
 from glomx.family_params import LRSection
 from glomx.models import load_classifier
 from glomx.models.logistic import LogisticClassifier
-from glomx.models.mean import MeanClassifier, copy_member
+from glomx.models.mean import MeanModel, copy_member
 from glomx.predict import load_model, predict_files
 from glomx.team_server.main import ServerError, terminate, wait_ready
 from glomx.team_server.postgres import free_port
@@ -109,7 +109,7 @@ def ensemble_dir(lr_dir: Path, prepared: Path, tmp_path_factory: pytest.TempPath
     members = {"lr": load_classifier(lr_dir), "lr6": load_classifier(root / "lr6")}
     copy_member(lr_dir, root / "ensemble" / "lr")
     copy_member(root / "lr6", root / "ensemble" / "lr6")
-    MeanClassifier.of("ensemble", members, pre).meta.save(root / "ensemble")
+    MeanModel.of("ensemble", members, pre).save_meta(root / "ensemble")
     return root / "ensemble"
 
 
@@ -363,7 +363,7 @@ def test_served_ensemble_and_glomx_predict_agree(
         assert float(row["probability"]) == pytest.approx(answer["probability"], abs=1e-6)
         assert int(row["label"]) == answer["label"] and row["model"].endswith("/1")
         image = load_image(file, ensemble.meta.preprocessing)[None]
-        members = [m.predict_proba(image)[0] for m in ensemble.members]
+        members = [m.predict_proba(image)[0] for m in ensemble.members.values()]
         assert answer["probability"] == pytest.approx(np.mean(members), abs=1e-6)
         assert members[0] != pytest.approx(members[1], abs=1e-4)  # a mean of two models
 
