@@ -29,6 +29,7 @@ from glomx.artifacts.layout import Layout
 from glomx.artifacts.model_folder import check_replaceable, write_bag
 from glomx.config import CV, TRAIN_PREFIX, Params, Paths, TrainSection
 from glomx.crossval import FoldResult, fold_trials, out_of_fold, run_trials
+from glomx.data.images import Preprocessing
 from glomx.data.split import read_split_csv, slide_folds
 from glomx.data.store import ArrayStore
 from glomx.errors import UsageError
@@ -53,12 +54,26 @@ def stage_name(family: str) -> str:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """What a train stage reads, opened once: the augmented, balanced training store, the
+    cross-validated slides' originals, and the preprocessing prepare recorded."""
+
+    training: ArrayStore
+    originals: ArrayStore
+    preprocessing: Preprocessing
+
+    @classmethod
+    def of(cls, layout: Layout) -> Inputs:
+        training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))
+        return cls(training, originals, layout.preprocessing())
+
+
+@dataclass(frozen=True)
 class CrossValidated:
-    """One family cross-validated: its fold trials, their out-of-fold predictions, the bag of
-    its fold models (saved) and the report ``metrics/<family>.json`` holds."""
+    """One family cross-validated: its out-of-fold predictions, the bag of its fold models
+    (saved) and the report ``metrics/<family>.json`` holds."""
 
     family: str
-    folds: list[FoldResult]
     oof: OOF
     bag: MeanModel
     report: dict[str, Any]
@@ -113,15 +128,15 @@ def cross_validate(
     family: str,
     section: TrainSection,
     layout: Layout,
+    inputs: Inputs,
     cfg: CV,
     site_regex: str | None,
     run: StageRun,
 ) -> CrossValidated:
     """``family``'s fold trials on Ray, their trials' runs nested under ``run``; the bag of
     the fold models is saved into its model folder."""
-    training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))
+    training, originals, preprocessing = inputs.training, inputs.originals, inputs.preprocessing
     folds = slide_folds(read_split_csv(layout.split_csv))
-    preprocessing = layout.preprocessing()
     trials = fold_trials(
         family, section, preprocessing, training, originals, folds, cfg, site_regex, run.ref()
     )
@@ -143,10 +158,12 @@ def cross_validate(
         **bag.tags(),
     }
     report = {**cv_report(oof, results, cfg.bootstrap.model_dump()), **facts}
-    return CrossValidated(family, results, oof, bag, report)
+    return CrossValidated(family, oof, bag, report)
 
 
-def record(done: CrossValidated, layout: Layout, run: StageRun, site_regex: str | None) -> str:
+def record(
+    done: CrossValidated, layout: Layout, inputs: Inputs, run: StageRun, site_regex: str | None
+) -> str:
     """Write the family's out-of-fold table, metrics file and plot data, log them all to
     ``run`` and register the bag; returns its registry version."""
     family, oof, bag = done.family, done.oof, done.bag
@@ -158,12 +175,10 @@ def record(done: CrossValidated, layout: Layout, run: StageRun, site_regex: str 
     run.log_artifact(layout.oof(family), OOF_DIR)
     run.log_dict(strict(done.report), "cv.json")
     run.set_tags(bag.tags())
-    training, originals = ArrayStore(layout.balanced), ArrayStore(layout.prepared("train"))
-    for figure in next(fitted_models(bag)).write_figures(training, layout.plots(family)):
+    for figure in next(fitted_models(bag)).write_figures(inputs.training, layout.plots(family)):
         run.log_artifact(figure, "plots")
-    return register(
-        run, layout.model(family), bag, originals.read([0]), done.pooled, site_regex=site_regex
-    )
+    example = inputs.originals.read([0])
+    return register(run, layout.model(family), bag, example, done.pooled, site_regex=site_regex)
 
 
 def train(
@@ -172,8 +187,9 @@ def train(
     """The ``stage`` of ``family``: cross-validate it, then record it everywhere."""
     layout = Layout(paths)
     check_replaceable(layout.model(family))
-    family_class(family).from_params(section, layout.preprocessing())  # before Ray
-    originals, training = ArrayStore(layout.prepared("train")), ArrayStore(layout.balanced)
+    inputs = Inputs.of(layout)
+    family_class(family).from_params(section, inputs.preprocessing)  # fails before Ray
+    training, originals = inputs.training, inputs.originals
     logged = {
         f"{TRAIN_PREFIX}{family}": section.logged(),
         "cv": cfg.model_dump(),
@@ -182,8 +198,8 @@ def train(
     with stage_run(stage, logged, originals.data_kind) as run:
         run.log_dataset(training, "training")
         run.log_dataset(originals, "cv")
-        done = cross_validate(family, section, layout, cfg, site_regex, run)
-        version = record(done, layout, run, site_regex)
+        done = cross_validate(family, section, layout, inputs, cfg, site_regex, run)
+        version = record(done, layout, inputs, run, site_regex)
         log.info("%s: registered version %s (run %s)", stage, version, run.run_id)
     return done
 
