@@ -42,7 +42,7 @@ from glomx.evaluation.prevalence import (
 )
 from glomx.evaluation.tta import predict_batch
 from glomx.files import escaped, replacing
-from glomx.models import load_classifier
+from glomx.models import load_predictor
 from glomx.models.base import Predictor
 from glomx.processes import die_with_parent
 
@@ -106,7 +106,7 @@ def load_model(spec: str | Path) -> LoadedModel:
             f"(e.g. {DEFAULT_MODEL}); train one with `dvc repro`"
         )
     source = f"{escaped(str(directory))} ({_registration(directory)})"
-    return LoadedModel(load_classifier(directory), source)
+    return LoadedModel(load_predictor(directory), source)
 
 
 def _registration(directory: Path) -> str:

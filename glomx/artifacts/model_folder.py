@@ -78,7 +78,8 @@ def write_bag(
     directory: Path,
 ) -> MeanModel:
     """A family's bag: its fold models (archives, by fold) as one mean model in ``directory``,
-    at ``threshold``, recording the folds it came from (``cv``)."""
+    at ``threshold``, recording the folds it came from (``cv``), with its inference export
+    when its folds are Keras networks (:mod:`glomx.models.exported`)."""
     with model_folder(directory) as build:
         members: dict[str, Predictor] = {}
         for fold, model in fold_models.items():
@@ -86,6 +87,10 @@ def write_bag(
             members[f"fold-{fold}"] = load_classifier(build / f"fold-{fold}")
         bag = MeanModel.of(family, members, preprocessing, threshold, cv)
         bag.save_meta(build)  # the members are already saved, as the trials wrote them
+        if any(m.native_flavor == "keras" for m in members.values()):
+            from glomx.models.onnx_export import export_mean  # TensorFlow: Keras bags only
+
+            export_mean(members, bag.tags(), build)
     return bag
 
 

@@ -36,7 +36,7 @@ from glomx.evaluation.report import DataSummary, strict, summary_markdown, with_
 from glomx.evaluation.selection import ENSEMBLE
 from glomx.evaluation.tta import score_store
 from glomx.files import write_json
-from glomx.models import load_classifier
+from glomx.models import load_classifier, load_predictor
 from glomx.models.base import META_FILE, Predictor
 from glomx.models.mean import MeanModel, keras_member
 from glomx.tracking import StageRun, run_link, stage_run, version_link
@@ -82,7 +82,7 @@ def trained_models(layout: Layout, families: list[str], decision: Decision) -> l
         )
     if decision.candidate not in families:
         dirs.append(decision.model_dir(layout))
-    return [Trained(d.name, d, load_classifier(d)) for d in dirs]
+    return [Trained(d.name, d, load_predictor(d)) for d in dirs]
 
 
 def _split_counts(store: ArrayStore) -> dict[str, int]:
@@ -134,23 +134,23 @@ def _gradcam_figures(
     out: Path,
 ) -> tuple[list[Path], str | None]:
     """Grad-CAM overlays for the Keras models on their most confident TP, TN, FP and FN,
-    each tile captioned with its slide and site → (figures, why there are none or None)."""
-    keras_models = {
-        t.family: clf
-        for t in trained
-        if t.family != ENSEMBLE and (clf := keras_member(t.classifier)) is not None
-    }
-    if not keras_models or per_case < 1:
+    each tile captioned with its slide and site → (figures, why there are none or None).
+    Grad-CAM needs the Keras network, not the export the scores came from: each family is
+    loaded natively, one at a time."""
+    if per_case < 1:
         return [], None
-    from glomx.evaluation import gradcam  # imports Keras: only when a Keras model is evaluated
-
-    if reason := gradcam.unavailable_reason():
-        log.warning(reason)
-        return [], reason
     slides = np.array(test.slides)
     written = []
-    for family, clf in keras_models.items():
-        s = scored[family]
+    for t in trained:
+        clf = keras_member(load_classifier(t.directory)) if t.family != ENSEMBLE else None
+        if clf is None:
+            continue
+        from glomx.evaluation import gradcam  # imports Keras: only for a Keras model
+
+        if reason := gradcam.unavailable_reason():
+            log.warning(reason)
+            return [], reason
+        family, s = t.family, scored[t.family]
         cases = gradcam.pick_cases(test.labels, s.proba, s.threshold, per_case)
         images = {case: test.read(idx) for case, idx in cases.items()}
         maps = {

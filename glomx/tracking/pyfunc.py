@@ -46,7 +46,7 @@ from PIL import Image
 import glomx
 from glomx.data.adapt import adapt
 from glomx.data.images import ImageError, image_size, load_image
-from glomx.models import load_classifier
+from glomx.models import load_predictor
 from glomx.models.base import Classifier, Predictor
 from glomx.models.mean import fitted_models
 from glomx.tracking.names import ARTIFACT, DIGEST_TAG
@@ -79,7 +79,9 @@ INPUT_REFUSAL = (
     "(PNG/JPEG/TIFF/BMP/WEBP); a served model reads no file paths or other columns"
 )
 # what the glomx code imports when a served model loads, and what each native flavor adds
-_GLOMX = ("mlflow", "numpy", "pandas", "pillow", "pyyaml", "matplotlib", "scikit-learn")
+_GLOMX = (
+    "mlflow", "numpy", "pandas", "pillow", "pyyaml", "matplotlib", "scikit-learn", "onnxruntime",
+)  # fmt: skip
 _FLAVOR = {"sklearn": ("scikit-learn",), "keras": ("keras", "tensorflow-cpu")}
 
 
@@ -142,7 +144,7 @@ class GlomxModel(PythonModel):
     """A saved glomx model served on raw image files, with bounded pixels per request."""
 
     def load_context(self, context: Any) -> None:
-        self.classifier: Predictor = load_classifier(context.artifacts[ARTIFACT])
+        self.classifier: Predictor = load_predictor(context.artifacts[ARTIFACT])
         self.max_pixels = env_limit(MAX_IMAGE_PIXELS)
         self.max_request_pixels = env_limit(MAX_REQUEST_PIXELS)
 

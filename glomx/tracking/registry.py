@@ -27,12 +27,15 @@ its description. A candidate that loses is tagged ``promotion.reason`` with why.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -44,7 +47,7 @@ from mlflow.models import Model
 from glomx.errors import UsageError
 from glomx.evaluation.metrics import finite
 from glomx.evaluation.prevalence import ClassifierAccuracy, unknown_accuracy
-from glomx.models import load_classifier
+from glomx.models import load_classifier, load_predictor
 from glomx.models.base import META_FILE, Classifier, Predictor
 from glomx.tracking.model_card import write_card
 from glomx.tracking.names import (
@@ -361,14 +364,22 @@ def resolve(uri: str) -> tuple[str, str]:
         ) from None
 
 
-def load_registered(uri: str) -> tuple[Any, str]:
-    """Download the version's glomx model directory and load it → (classifier, source label)."""
+def load_registered(uri: str) -> tuple[Predictor, str]:
+    """The version's glomx model directory, loaded for prediction (its inference export when
+    it has one) → (model, source label). A local store's folder is read in place; a remote
+    one is downloaded into a temporary folder kept until the process exits, since a loaded
+    export reads its files again when it is pickled (Ray) or saved."""
     name, version = resolve(uri)
     with tempfile.TemporaryDirectory(prefix="glomx-model-") as tmp:
         path = _model_path(name, version, Path(tmp))
-        local = download_artifacts(artifact_uri=f"models:/{name}/{version}/{path}", dst_path=tmp)
-        classifier = load_classifier(local)
-    return classifier, f"models:/{name}/{version}"
+    source = MlflowClient().get_model_version_download_uri(name, version)
+    if urlparse(source).scheme in ("", "file"):
+        local = download_artifacts(artifact_uri=f"models:/{name}/{version}/{path}")
+    else:
+        kept = tempfile.mkdtemp(prefix="glomx-model-")
+        atexit.register(shutil.rmtree, kept, ignore_errors=True)
+        local = download_artifacts(artifact_uri=f"models:/{name}/{version}/{path}", dst_path=kept)
+    return load_predictor(local), f"models:/{name}/{version}"
 
 
 def champion_report(name: str = REGISTERED_MODEL) -> str:
