@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm import tqdm
 
+T = TypeVar("T")
 EVERY = 30.0  # seconds between two lines off a terminal
 
 
@@ -74,6 +77,13 @@ class Progress:
     def _show(self, now: float, note: str = "") -> None:
         self.last, self.shown = now, self.done
         print(self._line(note), file=sys.stderr, flush=True)
+
+    def each(self, items: Iterable[T]) -> Iterator[T]:
+        """``items``, each counted done when the next is asked for; closed after the last."""
+        with self:
+            for item in items:
+                yield item
+                self.update()
 
     def close(self) -> None:
         """The last line, when the last count was not shown yet."""

@@ -70,3 +70,14 @@ def test_durations_read_at_a_glance() -> None:
     assert [duration(s) for s in (0, 59.9, 65, 3599, 3725)] == [
         "0 s", "59 s", "1 min 05 s", "59 min 59 s", "1 h 02 min",
     ]  # fmt: skip
+
+
+def test_each_counts_an_item_done_when_the_loop_asks_for_the_next(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seen = []
+    for item in Progress("Grad-CAM", 3, "models", every=0, rate=False).each("abc"):
+        seen.append((item, [line.split(",")[0] for line in _lines(capsys)]))
+    assert seen == [("a", []), ("b", ["Grad-CAM: 1/3 models"]), ("c", ["Grad-CAM: 2/3 models"])]
+    (last,) = _lines(capsys)
+    assert re.fullmatch(r"Grad-CAM: 3/3 models, \d+ s elapsed", last), last
