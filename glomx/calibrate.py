@@ -33,6 +33,7 @@ from glomx.evaluation.bootstrap import bootstrap_metrics
 from glomx.evaluation.metrics import choose_threshold
 from glomx.evaluation.tta import predict_batch
 from glomx.predict import _decoded, _scored_locally
+from glomx.progress import Progress
 from glomx.tracking import names
 from glomx.tracking.names import DEFAULT_MODEL, lab_alias
 
@@ -86,12 +87,14 @@ def score_lab(
     errors: list[str] = []
     first: np.ndarray | None = None
     files = [r.path for r in records]
-    for _, decoded in _decoded(files, pre, max_pixels, batch_size, workers):
-        errors += [d for d in decoded if isinstance(d, str)]
-        images = [d for d in decoded if not isinstance(d, str)]
-        if images and not errors:
-            first = images[0][None] if first is None else first
-            proba.append(predict_batch(classifier, np.stack(images), tta))
+    with Progress("calibrate: scoring the lab's patches", len(files), "images") as bar:
+        for _, decoded in _decoded(files, pre, max_pixels, batch_size, workers):
+            errors += [d for d in decoded if isinstance(d, str)]
+            images = [d for d in decoded if not isinstance(d, str)]
+            if images and not errors:
+                first = images[0][None] if first is None else first
+                proba.append(predict_batch(classifier, np.stack(images), tta))
+            bar.update(len(decoded))
     if errors:
         listed = "\n  ".join(errors[:20])
         raise CalibrationError(
@@ -311,13 +314,16 @@ def suggest_lab(
     scored: list[Path] = []
     proba: list[float] = []
     unreadable: list[str] = []
-    for batch, scores in _scored_locally(files, clf, False, max_pixels, batch_size, workers):
-        for file, score in zip(batch, scores, strict=True):
-            if isinstance(score, str):
-                unreadable.append(score)
-            else:
-                scored.append(file)
-                proba.append(score)
+    batches = _scored_locally(files, clf, False, max_pixels, batch_size, workers)
+    with Progress("calibrate: scoring the unlabelled patches", len(files), "images") as bar:
+        for batch, scores in batches:
+            for file, score in zip(batch, scores, strict=True):
+                if isinstance(score, str):
+                    unreadable.append(score)
+                else:
+                    scored.append(file)
+                    proba.append(score)
+            bar.update(len(batch))
     if not scored:
         raise CalibrationError(f"none of the {len(files)} files under {unlabelled} is readable")
     p = np.array(proba, dtype=np.float64)

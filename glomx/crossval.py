@@ -46,6 +46,7 @@ from glomx.evaluation import metrics as m
 from glomx.evaluation.selection import OOF
 from glomx.models import family_class
 from glomx.models.base import Classifier
+from glomx.progress import Progress, duration
 from glomx.ray_session import ray_session
 from glomx.tracking.runs import RunRef, nested_run
 
@@ -249,10 +250,21 @@ def run_trial(trial: Trial) -> FoldResult:
                 len(held),
                 ", ".join(heldout_slides),
             )
+            fitting = time.perf_counter()
             classifier.fit_stain(trial.section.stain, train)
             classifier.fit(train, val, fold_weights(trial.section, train.labels), run.log_epoch)
             classifier.set_threshold(threshold(trial.section, classifier, val))
+            scoring = time.perf_counter()
+            log.info(
+                "%s: fitted in %s; scoring its held-out slides", name, duration(scoring - fitting)
+            )
             proba = classifier.predict_store(held)
+            log.info(
+                "%s: %d held-out images scored in %.1f s",
+                name,
+                len(held),
+                time.perf_counter() - scoring,
+            )
             scores = m.classification_metrics(held.labels, proba, classifier.meta.threshold)
             run.log_metrics({f"oof_{k}": v for k, v in m.finite(scores).items()})
             run.set_tags(classifier.tags())
@@ -293,10 +305,14 @@ def _resources(ray: Any, cfg: CV) -> dict[str, float]:
     return {"num_cpus": cpus, "num_gpus": float(gpus)}
 
 
-def run_trials(trials: Sequence[Trial], cfg: CV) -> list[FoldResult]:
+def run_trials(
+    trials: Sequence[Trial], cfg: CV, what: str = "cross-validation"
+) -> list[FoldResult]:
     """Every trial as a Ray task; results in fold order. The first failure cancels the rest
-    and raises ``<family> fold <k>: <reason>``."""
-    with ray_session() as ray:
+    and raises ``<family> fold <k>: <reason>``. Progress (``what``: folds done of all, the
+    time elapsed) is shown as each trial ends, and every 30 s while none does; the trials
+    log their own steps (Ray forwards them)."""
+    with ray_session() as ray, Progress(what, len(trials), "folds", rate=False) as bar:
         resources = _resources(ray, cfg)
         task = ray.remote(max_calls=1, max_retries=0, **resources)(run_trial)
         log.info("cross-validation: %d trials on Ray, %s each", len(trials), resources)
@@ -306,6 +322,7 @@ def run_trials(trials: Sequence[Trial], cfg: CV) -> list[FoldResult]:
             # a timeout, so that SIGTERM's handler gets to run while the trials do
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             if not done:
+                bar.update(0)  # still training: a line when one is due
                 continue
             try:
                 results.append(ray.get(done[0]))
@@ -315,11 +332,6 @@ def run_trials(trials: Sequence[Trial], cfg: CV) -> list[FoldResult]:
                 failed = fold_of[done[0]]
                 raise CVError(f"{failed.family} fold {failed.fold}: {_reason(err)}") from None
             r = results[-1]
-            log.info(
-                "%s fold %d done in %.0f s, peak RSS %.0f MiB",
-                fold_of[done[0]].family,
-                r.fold,
-                r.seconds,
-                r.peak_rss_mib,
-            )
+            took = f"fold {r.fold} done in {duration(r.seconds)}"
+            bar.update(1, note=f"{took}, peak RSS {r.peak_rss_mib:.0f} MiB")
     return sorted(results, key=lambda r: r.fold)

@@ -17,8 +17,6 @@ import csv
 import logging
 import math
 import os
-import sys
-import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,7 +26,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from glomx.config import Prepare, load
 from glomx.data.catalogue import DEFAULT_SLIDE_REGEX, slide_of, slide_pattern
@@ -45,6 +42,7 @@ from glomx.files import escaped, replacing
 from glomx.models import load_predictor
 from glomx.models.base import Predictor
 from glomx.processes import die_with_parent
+from glomx.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -251,34 +249,6 @@ def _ray_reason(err: Exception) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
-class Progress:
-    """Images done and images/s: a bar on a terminal, else a line on stderr every
-    ``every`` seconds (a log of a long run shows how far it is and how fast)."""
-
-    def __init__(self, total: int, enabled: bool, every: float = 30.0) -> None:
-        self.total, self.done, self.every = total, 0, every
-        self.start = self.last = time.monotonic()
-        tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc="predict", unit="img", disable=not tty)
-        self.lines = enabled and not tty
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.bar.update(n)
-        now = time.monotonic()
-        if self.lines and (now - self.last >= self.every or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            line = f"predict: {self.done:,}/{self.total:,} images, {rate:.1f} images/s"
-            print(line, file=sys.stderr, flush=True)
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-
-
 @dataclass
 class SlideRow:
     """One slide of ``<out>_slides.csv``: counts and, when any was predicted, its %GS."""
@@ -357,7 +327,7 @@ def predict_files(
     with (
         replacing(out, slides_path(out)) as (rows_file, slides_file),
         open(rows_file, "w", newline="", encoding="utf-8") as f,
-        Progress(len(files), progress) as bar,
+        Progress("predict", len(files), "images", enabled=progress) as bar,
         closing(scored),  # stops the pool or Ray at once if writing fails
     ):
         writer = csv.writer(f)

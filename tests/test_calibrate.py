@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,13 @@ def _calibrate(lab: Path, reports: Path, *extra: str) -> int:
     return _glomx("calibrate", str(lab), "--reports", str(reports), "--workers", "1", *extra)
 
 
+def _progress(err: str) -> list[str]:
+    """The progress lines on stderr, checked for their elapsed time and rate, without them."""
+    found = re.findall(r"^(calibrate: .*), \d+ s elapsed, [\d.]+ images/s$", err, re.MULTILINE)
+    assert len(found) == err.count("calibrate: "), err
+    return found
+
+
 def _aliases() -> dict[str, str]:
     aliases = MlflowClient().get_registered_model(REGISTERED_MODEL).aliases
     return {k: str(v) for k, v in aliases.items()}
@@ -74,7 +82,8 @@ def test_calibration_restores_balanced_accuracy_and_moves_only_the_lab_alias(
 ) -> None:
     lab, reports = write_lab(tmp_path / "lab", 15, 6), tmp_path / "reports"
     assert _calibrate(lab, reports, "--lab", "north") == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert _progress(err) == ["calibrate: scoring the lab's patches: 30/30 images"]
     report = json.loads((reports / "calibration_north.json").read_text())
     assert (reports / "calibration_north.md").read_text() in out  # printed as written
     metrics = report["metrics"]
@@ -216,7 +225,9 @@ def test_suggested_patches_once_labelled_calibrate_like_any_labels(
     out = tmp_path / "to_label"
     args = ["calibrate", str(pool), "--lab", "north", "--workers", "1"]
     assert main([*args, "--suggest", "12", "--out", str(out)]) == 0
-    assert f"glomx calibrate {out} --lab north" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert f"glomx calibrate {out} --lab north" in shown.out
+    assert _progress(shown.err) == ["calibrate: scoring the unlabelled patches: 30/30 images"]
     with open(out / "public.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 and {r["ground truth"] for r in rows} == {""}

@@ -24,6 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "family_params.py",
             "files.py",
             "processes.py",
+            "progress.py",
             "ray_session.py",
             "section.py",
             "stage_main.py",

@@ -8,6 +8,7 @@ import numpy as np
 
 from glomx.data.adapt import dihedral_views
 from glomx.data.store import ArrayStore
+from glomx.progress import Progress
 
 
 class Scorer(Protocol):
@@ -25,8 +26,17 @@ def predict_batch(classifier: Scorer, images: np.ndarray, tta: bool) -> np.ndarr
 
 
 def score_store(
-    classifier: Scorer, store: ArrayStore, tta: bool, batch_size: int = 64
+    classifier: Scorer,
+    store: ArrayStore,
+    tta: bool,
+    batch_size: int = 64,
+    progress: Progress | None = None,
 ) -> np.ndarray:
-    """Probabilities for every image of ``store``, streamed in batches."""
-    parts = [predict_batch(classifier, chunk, tta) for _, chunk in store.iter_chunks(batch_size)]
+    """Probabilities for every image of ``store``, streamed in batches (each counted on
+    ``progress``)."""
+    parts = []
+    for _, chunk in store.iter_chunks(batch_size):
+        parts.append(predict_batch(classifier, chunk, tta))
+        if progress:
+            progress.update(len(chunk))
     return np.concatenate(parts).astype(np.float64) if parts else np.empty(0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from glomx.evaluation.metrics import finite, roc_figure, roc_points
 from glomx.evaluation.report import strict
 from glomx.evaluation.selection import ENSEMBLE, OOF, Selection, select
 from glomx.files import write_json
+from glomx.progress import duration
 from glomx.tracking import StageRun, stage_run
 from glomx.tracking.names import MEMBER_PREFIX, MEMBERS_TAG
 from glomx.tracking.registry import cv_tags, register, version_of
@@ -60,12 +62,20 @@ def _register(
 ) -> str:
     """Build, log and register the ensemble; returns its version."""
     members = selection.tied
+    start = time.perf_counter()
+    log.info(
+        "choose: building the ensemble of %s (copying, loading their bags)", ", ".join(members)
+    )
     versions = {}
     for family in members:
         found = version_of(layout.model(family))
         versions[family] = found.version if found else "unregistered"
     bags = {f: layout.model(f) for f in members}
     ensemble = write_ensemble(bags, layout.preprocessing(), layout.ensemble)
+    log.info(
+        "choose: ensemble built in %s; logging and registering it",
+        duration(time.perf_counter() - start),
+    )
     scores = cv_tags(oof.metrics())
     run.set_tags(
         {MEMBERS_TAG: ",".join(members)} | {f"{MEMBER_PREFIX}{f}": v for f, v in versions.items()}

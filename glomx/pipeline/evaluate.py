@@ -39,6 +39,7 @@ from glomx.files import write_json
 from glomx.models import load_classifier, load_predictor
 from glomx.models.base import META_FILE, Predictor
 from glomx.models.mean import MeanModel, keras_member
+from glomx.progress import EVERY, Progress
 from glomx.tracking import StageRun, run_link, stage_run, version_link
 from glomx.tracking.names import EVALUATED_VERSION, TEST_TABLE
 from glomx.tracking.pyfunc import files_digest
@@ -141,8 +142,10 @@ def _gradcam_figures(
         return [], None
     slides = np.array(test.slides)
     written = []
-    for t in trained:
-        clf = keras_member(load_classifier(t.directory)) if t.family != ENSEMBLE else None
+    families = [t for t in trained if t.family != ENSEMBLE]
+    gradcams = Progress("evaluate: Grad-CAM overlays", len(families), "models", rate=False)
+    for t in gradcams.each(families):
+        clf = keras_member(load_classifier(t.directory))
         if clf is None:
             continue
         from glomx.evaluation import gradcam  # imports Keras: only for a Keras model
@@ -203,12 +206,21 @@ def score_models(
     stores: Mapping[str, ArrayStore],
     cfg: Evaluate,
     layout: Layout,
+    *,
+    every: float = EVERY,
 ) -> dict[str, Scored]:
     """Test probabilities of every model, linked to the registered version holding its files,
-    and of the colour baseline (fitted on train, threshold 0.5)."""
+    and of the colour baseline (fitted on train, threshold 0.5); the images scored of each
+    model are shown every ``every`` seconds (:class:`~glomx.progress.Progress`)."""
     test = stores["test"]
     scored: dict[str, Scored] = {}
-    for t in trained:
+    models = len(trained) + cfg.baseline
+
+    def progress(name: str, rank: int) -> Progress:
+        what = f"evaluate: scoring {name} ({rank} of {models} models)"
+        return Progress(what, len(test), "images", every=every)
+
+    for rank, t in enumerate(trained, 1):
         registered = version_of(t.directory)
         if registered is None:
             log.warning(
@@ -216,7 +228,8 @@ def score_models(
             )
         proba = _from_members(t, scored, layout)
         if proba is None:
-            proba = score_store(t.classifier, test, cfg.tta, cfg.batch_size)
+            with progress(t.family, rank) as bar:
+                proba = score_store(t.classifier, test, cfg.tta, cfg.batch_size, bar)
         scored[t.family] = Scored(
             t.family,
             proba,
@@ -226,7 +239,8 @@ def score_models(
         )
     if cfg.baseline:
         base = ColourBaseline(cfg.bootstrap.seed).fit(stores["train"])
-        proba = score_store(base, test, False, cfg.batch_size)
+        with progress(BASELINE, models) as bar:
+            proba = score_store(base, test, False, cfg.batch_size, bar)
         scored[BASELINE] = Scored(BASELINE, proba, base.threshold)
     return scored
 

@@ -141,7 +141,7 @@ def cross_validate(
         family, section, preprocessing, training, originals, folds, cfg, site_regex, run.ref()
     )
     log.info("%s: %d-fold cross-validation (%s data)", family, len(trials), originals.data_kind)
-    results = run_trials(trials, cfg)
+    results = run_trials(trials, cfg, stage_name(family))
     oof = out_of_fold(results)
     bag = write_bag(
         family,

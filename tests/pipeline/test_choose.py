@@ -5,6 +5,8 @@ tie, and no stale ensemble left once one family is ahead again."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -90,11 +92,18 @@ def test_the_family_ahead_is_the_candidate(
 
 
 def test_tied_families_give_a_registered_ensemble_that_a_later_leader_removes(
-    tmp_path: Path, lr_dir: Path, isolated_mlflow: str
+    tmp_path: Path, lr_dir: Path, isolated_mlflow: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     oofs = {"cnn": _oof(0.9, 1), "mobilenet": _oof(0.9, 1, flips=3), "lr": _oof(0.6, 3)}
     params = _project(tmp_path, oofs, lr_dir)
+    caplog.set_level(logging.INFO, "glomx.pipeline.choose")
     decision = choose(params)
+    # its long step, the ensemble, is announced, then timed
+    said = [r.getMessage() for r in caplog.records if r.name == "glomx.pipeline.choose"]
+    assert (
+        said[0] == "choose: building the ensemble of cnn, mobilenet (copying, loading their bags)"
+    )
+    assert re.fullmatch(r"choose: ensemble built in \d+ s; logging and registering it", said[1])
     paths = params.need("paths")
     assert decision.candidate == ENSEMBLE and decision.tied == ["cnn", "mobilenet"]
     ensemble = load_classifier(Path(paths.selection) / ENSEMBLE)

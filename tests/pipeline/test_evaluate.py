@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,18 @@ def params(
 
 
 def test_evaluate_writes_everything_and_promotes_the_candidate(
-    params: Params, registered_lr: str, tmp_path: Path
+    params: Params, registered_lr: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = evaluate(params).result
+    # off a terminal, within the interval: each long step's last line, on stderr
+    progress = [line for line in capsys.readouterr().err.splitlines() if ": " in line]
+    assert [re.sub(r", \d+ s elapsed.*", "", line) for line in progress] == [
+        "evaluate: scoring lr (1 of 3 models): 32/32 images",
+        "evaluate: scoring cnn (2 of 3 models): 32/32 images",
+        "evaluate: scoring colour_baseline (3 of 3 models): 32/32 images",
+        "evaluate: Grad-CAM overlays: 1/1 models",
+    ]
+    assert all(line.endswith(" images/s") for line in progress[:3]), progress
     assert set(result["models"]) == {"lr", "cnn", "colour_baseline"}
     for name, metrics in result["models"].items():
         assert set(metrics) == set(METRICS)
@@ -213,7 +223,7 @@ def test_nothing_to_evaluate(params: Params, tmp_path: Path) -> None:
 
 
 def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass(
-    params: Params, tmp_path: Path
+    params: Params, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     models = tmp_path / "models"
     members = {f: load_classifier(models / f) for f in ("lr", "cnn")}
@@ -228,7 +238,14 @@ def test_the_ensemble_is_scored_as_the_mean_of_its_members_without_a_second_pass
     assert [t.family for t in trained] == ["lr", "cnn", "ensemble"]
     stores = {s: ArrayStore(Path(params.need("paths").prepared) / s) for s in ("train", "test")}
     cfg = params.need("evaluate").model_copy(update={"baseline": False})
-    scored = score_models(trained, stores, cfg, layout)
+    scored = score_models(trained, stores, cfg, layout, every=0)
+    # a line per batch of 16 for the models scored; none for the ensemble, scored from them
+    lines = capsys.readouterr().err.splitlines()
+    assert [re.sub(r" images, .*", "", line) for line in lines] == [
+        f"evaluate: scoring {family} ({rank} of 3 models): {done}/32"
+        for rank, family in enumerate(("lr", "cnn"), 1)
+        for done in (16, 32)
+    ]
     mean = (scored["lr"].proba + scored["cnn"].proba) / 2
     assert scored["ensemble"].proba == pytest.approx(mean)
     direct = score_store(trained[2].classifier, stores["test"], True, 16)  # the long way

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,18 @@ def paths(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow  # a cross-validated bag trained and registered
 def test_train_cross_validates_saves_the_bag_and_logs_a_registered_run(
-    paths: dict[str, str], isolated_mlflow: str
+    paths: dict[str, str], isolated_mlflow: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = train("train@lr", "lr", PARAMS, typed(paths), TEST_CV, SITE_REGEX).report
+    # the driver's progress on stderr: a line as each fold's trial ends, with the time elapsed
+    done = re.compile(
+        r"train@lr: (\d)/3 folds, \d+ s elapsed; "
+        r"fold (\d) done in \d+ (?:min \d+ )?s, peak RSS \d+ MiB"
+    )
+    err = capsys.readouterr().err
+    ends = [m.groups() for line in err.splitlines() if (m := done.fullmatch(line))]
+    assert [n for n, _ in ends] == ["1", "2", "3"], err
+    assert sorted(fold for _, fold in ends) == ["0", "1", "2"]
     oof = OOF.read(Path(paths["cv"]) / "lr.csv")
     originals = ArrayStore(Path(paths["prepared"]) / "train")
     assert sorted(oof.names) == sorted(originals.names)  # every original once, no copy
