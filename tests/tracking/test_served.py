@@ -22,15 +22,14 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from served_http import serving, strict_json
 
 from glomx.cli_predict import add_champion_parser
 from glomx.config import parse
@@ -41,15 +40,12 @@ from glomx.models import load_classifier
 from glomx.models.logistic import LogisticClassifier
 from glomx.models.mean import MeanModel, copy_member
 from glomx.predict import load_model, predict_files
-from glomx.team_server.main import ServerError, terminate, wait_ready
-from glomx.team_server.postgres import free_port
 from glomx.tracking import stage_run
 from glomx.tracking.http_guard import MAX_BODY_MB
 from glomx.tracking.pyfunc import INPUT_REFUSAL, MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
 from glomx.tracking.registry import promote, register
 
 REPO = Path(__file__).resolve().parents[2]
-SERVE_TIMEOUT_S = 180
 REQUEST_PIXELS = 3_000_000  # the served module's request budget; images keep the default
 BODY_MB = 2  # the served module's body limit
 
@@ -84,15 +80,6 @@ def test_pyfunc_round_trip_and_predict_by_uri(
         row = next(csv.DictReader(f))
     assert float(row["probability"]) == pytest.approx(expected, abs=1e-6)
     assert row["model"] == f"models:/glomx/{champion}"
-
-
-def strict_json(text: str) -> Any:
-    """``json.loads`` that refuses NaN and Infinity, as JavaScript's ``JSON.parse`` does."""
-
-    def refuse(constant: str) -> None:
-        raise ValueError(f"not JSON: bare {constant} in the response")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -137,26 +124,6 @@ def server(ensemble_dir: Path, prepared: Path, store_uri: str) -> Iterator[str]:
         }
     with serving(env, root / "serve.log") as base:
         yield base
-
-
-@contextmanager
-def serving(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``glomx serve`` of the champion in ``env``, until the block ends; yields its base URL."""
-    port = free_port()
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "glomx.cli", "serve", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            try:
-                wait_ready(base, server, SERVE_TIMEOUT_S)
-            except ServerError as err:
-                pytest.fail(f"{err}\n{log_path.read_text()[-3000:]}")
-            yield base
-        finally:
-            terminate(server)
 
 
 def _send(base: str, body: bytes | Iterable[bytes], **headers: str) -> tuple[int, str]:
