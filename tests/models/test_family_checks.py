@@ -23,8 +23,11 @@ from family_zoo import CLASS_WEIGHT, Zoo, spec, write_store
 from glomx.config import ParamsError
 from glomx.data.store import StoreWriter
 from glomx.errors import CorruptModelError
-from glomx.models import FAMILIES, load_classifier
+from glomx.models import FAMILIES, load_classifier, load_predictor
 from glomx.models.base import META_FILE
+from glomx.models.exported import ExportedModel, has_export
+from glomx.models.mean import MeanModel
+from glomx.models.onnx_export import export_mean
 
 Check = Callable[[str, Zoo, Path], None]
 VALIDATION_SCORES = ("val_loss", "val_auc", "val_balanced_accuracy")
@@ -119,6 +122,21 @@ def check_same_seed_same_model(family: str, zoo: Zoo, _: Path) -> None:
     assert again.record == first.record
 
 
+def check_its_bag_export_predicts_as_it_does(family: str, zoo: Zoo, tmp_path: Path) -> None:
+    """A Keras family's bag is exported for ONNX Runtime (what predict and serving load) and
+    gives its probabilities within float32 rounding; another family's is not exported."""
+    clf = zoo.fitted(family).classifier
+    bag = MeanModel.of(family, {"fold-0": clf}, clf.meta.preprocessing)
+    bag.save(tmp_path / family)
+    exported = export_mean(bag.members, bag.tags(), tmp_path / family)
+    assert exported == (clf.native_flavor == "keras") == has_export(tmp_path / family)
+    loaded = load_predictor(tmp_path / family)
+    assert isinstance(loaded, ExportedModel) == exported
+    rgba = np.random.default_rng(1).integers(0, 256, (4, 50, 50, 4), np.uint8)
+    for images in (zoo.val.read(slice(0, len(zoo.val))), rgba):
+        assert np.abs(loaded.predict_proba(images) - clf.predict_proba(images)).max() < 1e-5
+
+
 Fits = Literal["no", "shared", "anew"]  # what a check trains: nothing, the zoo's fit, its own
 CHECKS: list[tuple[Check, Fits]] = [
     (check_fit_returns_itself_and_reports_every_epoch, "shared"),
@@ -128,6 +146,7 @@ CHECKS: list[tuple[Check, Fits]] = [
     (check_bad_params_name_the_key, "no"),
     (check_unfitted_use_and_unusable_stores_are_refused, "no"),
     (check_same_seed_same_model, "anew"),
+    (check_its_bag_export_predicts_as_it_does, "shared"),
 ]
 
 
