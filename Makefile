@@ -95,7 +95,7 @@ N ?= 50000
 bench-predict: setup ## glomx predict on N synthetic patches (default 50000), locally and --ray: images/s, peak RSS (bench/out/predict_scale.md); needs models/lr
 	python bench/predict_scale.py --n $(N)
 
-bench-champion: setup ## the champion's cold start, images/s and peak RSS, exported vs native, vs decoding alone (bench/out/champion.md); ~12 min; after `make run`
+bench-champion: setup ## the champion's cold start, images/s and peak RSS, exported vs native, vs decoding alone (bench/out/champion.md); ~15 min; after `make run`
 	python bench/champion.py
 
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')

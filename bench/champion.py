@@ -15,14 +15,15 @@ The models: the champion folder as it is (``artifacts/select/ensemble``, with it
 when it has one) and natively (a copy with every ``inference.onnx``/``inference.json`` removed,
 which loads the Keras way): before and after in one run; each member family's bag and the first
 member's ``fold-0`` model, both ways where their folder holds an export; the registered
-champion (``models:/glomx@champion``, what a bare ``glomx predict`` loads) when there is a
-registry at :func:`glomx.tracking.tracking_uri`; and decoding alone (``bench/decode_floor.py``:
+champion (``models:/glomx@champion``, what a bare ``glomx predict`` loads; noted when it is
+not the folder's files) when there is a registry at :func:`glomx.tracking.tracking_uri`; and
+decoding alone (``bench/decode_floor.py``:
 predict's own decoding with a predictor that does no work), the floor no model can beat, which
 every row is compared to.
 
 Writes ``bench/out/champion.json`` (the machine, the raw runs) and ``bench/out/champion.md``
 (the table for docs/usage.md), and prints the table. Usage: ``python bench/champion.py
-[--ensemble DIR] [--n 200] [--repeat 2]`` after ``make run``; about 12 min on 2 cores.
+[--ensemble DIR] [--n 200] [--repeat 2]`` after ``make run``; about 15 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from predict_scale import measure, patches, pool
 from glomx.models.base import ModelMeta
 from glomx.tracking import tracking_uri
 from glomx.tracking.names import DEFAULT_MODEL
-from glomx.tracking.store import sqlite_path
+from glomx.tracking.registry import registered_versions, resolve
 
 ENSEMBLE = ROOT / "artifacts" / "select" / "ensemble"
 WORK = OUT / "champion"
@@ -62,12 +63,13 @@ DECODING = "decoding alone"
 @dataclass(frozen=True)
 class Target:
     """One row: what is measured, how it loads, the ``--model`` it is given (None: decoding
-    alone), or why it is not measured."""
+    alone), or why it is not measured; a note for the reader."""
 
     name: str
     loads: str
     model: str | None = None
     skipped: str = ""
+    note: str = ""
 
 
 def has_export(folder: Path) -> bool:
@@ -107,18 +109,21 @@ def both_ways(name: str, folder: Path, native: Path) -> list[Target]:
     return [*exported, Target(name, "native", str(native))]
 
 
-def registered(uri: str) -> Target:
-    """The registered champion, unless there is no registry at ``uri`` (a missing alias or
-    version fails its run instead, and the row says why)."""
-    database = sqlite_path(uri)
-    if database is not None and not database.is_file():
-        return Target(CHAMPION, "registry", skipped=f"no MLflow registry at {uri}")
-    return Target(CHAMPION, "registry", DEFAULT_MODEL)
+def registered(ensemble: Path) -> Target:
+    """The registered champion, noted when it is not ``ensemble``'s files (then it is another
+    model); not measured where there is no registry or no champion."""
+    try:
+        _, version = resolve(DEFAULT_MODEL)
+        same = version in registered_versions(ensemble)
+    except LookupError as err:  # no registry, no alias
+        return Target(CHAMPION, "registry", skipped=str(err))
+    note = "" if same else f"version {version}, not the champion folder's files: another model"
+    return Target(CHAMPION, "registry", DEFAULT_MODEL, note=note)
 
 
-def targets(ensemble: Path, native: Path, uri: str) -> list[Target]:
+def targets(ensemble: Path, native: Path, registry: Target) -> list[Target]:
     """Decoding alone first (every row's reference), then the champion, its bags, one fold
-    model and the registered champion."""
+    model and ``registry``, the registered champion."""
     _, extra = ModelMeta.read(ensemble)
     members = extra["members"]
     rows = [Target(DECODING, "no model")]
@@ -130,7 +135,7 @@ def targets(ensemble: Path, native: Path, uri: str) -> list[Target]:
         rows += both_ways(f"{member} bag", ensemble / member, native / member)
     fold = f"{members[0]}/fold-0"
     rows += both_ways(f"{fold} model", ensemble / fold, native / fold)
-    return [*rows, registered(uri)]
+    return [*rows, registry]
 
 
 def command(target: Target, path: Path, like: Path, out: Path) -> list[str]:
@@ -219,7 +224,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
-        note = r["skipped"] or r.get("error", "")
+        note = r["skipped"] or r.get("error") or r["note"]
         vs = r.get("vs_decoding", {})
         up = r.get("vs_native_champion")
         speed_up = (
@@ -271,7 +276,8 @@ def main() -> None:
     native = without_exports(ensemble, WORK / "native") if has_export(ensemble) else ensemble
     read_once(ensemble)  # the native copy's files are the same files (hard links) or copies
     rows = [
-        run(t, one, folder, args.n, args.repeat, ensemble) for t in targets(ensemble, native, uri)
+        run(t, one, folder, args.n, args.repeat, ensemble)
+        for t in targets(ensemble, native, registered(ensemble))
     ]
     compare(rows)
     about["load_average_at_end"] = os.getloadavg()

@@ -54,8 +54,9 @@ def test_the_native_copy_lacks_every_export_and_keeps_the_rest(tmp_path: Path) -
 def test_rows_are_both_ways_only_where_an_export_is(tmp_path: Path) -> None:
     ensemble = _ensemble(tmp_path, exported_folds=True)
     native = tmp_path / "native"
-    rows = champion.targets(ensemble, native, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    assert [(t.name, t.loads, t.model) for t in rows[:-1]] == [
+    registry = champion.Target("champion", "registry", "models:/glomx@champion")
+    rows = champion.targets(ensemble, native, registry)
+    assert [(t.name, t.loads, t.model) for t in rows] == [
         (champion.DECODING, "no model", None),
         ("champion", "exported", str(ensemble)),
         ("champion", "native", str(native)),
@@ -64,19 +65,26 @@ def test_rows_are_both_ways_only_where_an_export_is(tmp_path: Path) -> None:
         ("probe bag", "native", str(native / "probe")),
         ("cnn/fold-0 model", "exported", str(ensemble / "cnn/fold-0")),
         ("cnn/fold-0 model", "native", str(native / "cnn/fold-0")),
+        ("champion", "registry", "models:/glomx@champion"),
     ]
-    assert rows[-1].loads == "registry" and rows[-1].skipped.startswith("no MLflow registry")
 
 
 def test_without_an_export_the_exported_row_says_so(tmp_path: Path) -> None:
     ensemble = _ensemble(tmp_path, exported_folds=False)
-    (tmp_path / "mlruns").mkdir()
-    (tmp_path / "mlruns" / "mlflow.db").touch()
-    rows = champion.targets(ensemble, ensemble, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    rows = champion.targets(ensemble, ensemble, champion.Target("champion", "registry"))
     skipped = [t for t in rows if t.skipped]
     assert [(t.name, t.loads) for t in skipped] == [("champion", "exported")]
     assert "no export yet" in skipped[0].skipped
-    assert rows[-1].model == "models:/glomx@champion"
+    assert all(t.loads != "exported" for t in rows if not t.skipped)
+
+
+def test_without_a_registry_its_row_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    row = champion.registered(_ensemble(tmp_path, exported_folds=False))
+    assert row.model is None and row.skipped.startswith("no MLflow registry at")
+    assert not (tmp_path / "mlruns").exists()  # none created
 
 
 @pytest.mark.parametrize(
@@ -92,14 +100,14 @@ def test_throughput_leaves_the_first_image_and_loading_out(
 def test_ratios_to_decoding_and_to_the_native_champion() -> None:
     def measured(name: str, loads: str, cold: float, ips: float, rss: float) -> dict:
         figures = {"cold_start_s": cold, "images_per_s": ips, "peak_rss_mib": rss}
-        return {"name": name, "loads": loads, "skipped": "", **figures}
+        return {"name": name, "loads": loads, "skipped": "", "note": "", **figures}
 
     rows = [
         measured(champion.DECODING, "no model", 1.0, 20.0, 100.0),
         measured("champion", "exported", 5.0, 10.0, 500.0),
         measured("champion", "native", 25.0, 4.0, 2000.0),
         measured("cnn bag", "native", 10.0, 16.0, 1000.0),
-        {"name": "champion", "loads": "registry", "skipped": "no MLflow registry at x"},
+        {"name": "champion", "loads": "registry", "skipped": "no MLflow registry at x", "note": ""},
     ]
     champion.compare(rows)
     assert rows[1]["vs_decoding"] == {"cold_start_x": 5.0, "images_per_s_x": 0.5, "peak_rss_x": 5.0}
