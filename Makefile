@@ -14,7 +14,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 .PHONY: help setup data prepare augment balance train choose evaluate repro run compare-prep test \
         lint bench bench-models bench-select \
         plots ui server serve bench-serve predict calibrate bench-calibrate bench-sites bench-label-free \
-        bench-predict bench-scale clean
+        bench-predict bench-scale bench-champion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_ %-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ bench-label-free: setup data ## label-free adaptation (prior-shift EM, per-site 
 N ?= 50000
 bench-predict: setup ## glomx predict on N synthetic patches (default 50000), locally and --ray: images/s, peak RSS (bench/out/predict_scale.md); needs models/lr
 	python bench/predict_scale.py --n $(N)
+
+bench-champion: setup ## the champion's cold start, images/s and peak RSS, exported vs native, vs decoding alone (bench/out/champion.md); ~15 min; after `make run`
+	python bench/champion.py
 
 TRACKING = $$(python -c 'from glomx.tracking import tracking_uri; print(tracking_uri())')
 PORT ?= 5000
