@@ -46,6 +46,7 @@ from calibrate import OUT, ROOT, write_report
 from predict_scale import measure, patches, pool
 
 from glomx.models.base import ModelMeta
+from glomx.models.exported import EXPORT_FILE, SPEC_FILE
 from glomx.tracking import tracking_uri
 from glomx.tracking.names import DEFAULT_MODEL
 from glomx.tracking.registry import registered_versions, resolve
@@ -54,7 +55,7 @@ ENSEMBLE = ROOT / "artifacts" / "select" / "ensemble"
 WORK = OUT / "champion"
 RESULTS = OUT / "champion.json"
 DECODE_FLOOR = Path(__file__).with_name("decode_floor.py")
-EXPORT_FILES = ("inference.onnx", "inference.json")  # a folder without them loads natively
+EXPORT_FILES = (EXPORT_FILE, SPEC_FILE)  # a folder without them loads natively
 POOL = 500  # distinct patches at most; a larger N links them under more names
 CHAMPION = "champion"
 DECODING = "decoding alone"
