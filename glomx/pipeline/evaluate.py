@@ -38,6 +38,7 @@ from glomx.evaluation.tta import score_store
 from glomx.files import write_json
 from glomx.models import load_classifier, load_predictor
 from glomx.models.base import META_FILE, Predictor
+from glomx.models.exported import ExportedModel
 from glomx.models.mean import MeanModel, keras_member
 from glomx.progress import EVERY, Progress
 from glomx.tracking import StageRun, run_link, stage_run, version_link
@@ -126,6 +127,12 @@ def _intervals(
     )
 
 
+def _has_keras(model: Predictor) -> bool:
+    """Whether ``model`` holds a Keras network: it is an export (only Keras bags have one),
+    or it holds one natively."""
+    return isinstance(model, ExportedModel) or keras_member(model) is not None
+
+
 def _gradcam_figures(
     trained: list[Trained],
     scored: Mapping[str, Scored],
@@ -136,16 +143,17 @@ def _gradcam_figures(
 ) -> tuple[list[Path], str | None]:
     """Grad-CAM overlays for the Keras models on their most confident TP, TN, FP and FN,
     each tile captioned with its slide and site → (figures, why there are none or None).
-    Grad-CAM needs the Keras network, not the export the scores came from: each family is
-    loaded natively, one at a time."""
+    Grad-CAM needs the Keras network, not the export the scores came from: an exported family
+    is loaded natively, one at a time."""
     if per_case < 1:
         return [], None
     slides = np.array(test.slides)
     written = []
-    families = [t for t in trained if t.family != ENSEMBLE]
+    families = [t for t in trained if t.family != ENSEMBLE and _has_keras(t.classifier)]
     gradcams = Progress("evaluate: Grad-CAM overlays", len(families), "models", rate=False)
     for t in gradcams.each(families):
-        clf = keras_member(load_classifier(t.directory))
+        native = load_classifier(t.directory) if isinstance(t.classifier, ExportedModel) else None
+        clf = keras_member(native or t.classifier)
         if clf is None:
             continue
         from glomx.evaluation import gradcam  # imports Keras: only for a Keras model
