@@ -202,12 +202,12 @@ def export_mean(members: Mapping[str, Predictor], tags: dict[str, str], director
     """Write ``directory``'s export for the mean of ``members`` (its fold models); False, and
     nothing written, when a member is no Keras network (a logistic-regression bag predicts
     natively, fast already)."""
-    if not all(isinstance(m, KerasClassifier) for m in members.values()):
+    keras = {name: m for name, m in members.items() if isinstance(m, KerasClassifier)}
+    if len(keras) != len(members):
         return False
     networks = {
         name: (network(m), InputSpec("image", m.meta.size, m.meta.channels, m.record.stain))
-        for name, m in members.items()
-        if isinstance(m, KerasClassifier)
+        for name, m in keras.items()
     }
     model, inputs = mean_graph(networks)
     onnx.save(model, str(directory / EXPORT_FILE))

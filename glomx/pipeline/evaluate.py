@@ -145,22 +145,22 @@ def _gradcam_figures(
     each tile captioned with its slide and site → (figures, why there are none or None).
     Grad-CAM needs the Keras network, not the export the scores came from: an exported family
     is loaded natively, one at a time."""
-    if per_case < 1:
+    families = [t for t in trained if t.family != ENSEMBLE and _has_keras(t.classifier)]
+    if not families or per_case < 1:
         return [], None
+    from glomx.evaluation import gradcam  # imports Keras: only when a Keras model is evaluated
+
+    if reason := gradcam.unavailable_reason():
+        log.warning(reason)
+        return [], reason
     slides = np.array(test.slides)
     written = []
-    families = [t for t in trained if t.family != ENSEMBLE and _has_keras(t.classifier)]
     gradcams = Progress("evaluate: Grad-CAM overlays", len(families), "models", rate=False)
     for t in gradcams.each(families):
         native = load_classifier(t.directory) if isinstance(t.classifier, ExportedModel) else None
         clf = keras_member(native or t.classifier)
         if clf is None:
             continue
-        from glomx.evaluation import gradcam  # imports Keras: only for a Keras model
-
-        if reason := gradcam.unavailable_reason():
-            log.warning(reason)
-            return [], reason
         family, s = t.family, scored[t.family]
         cases = gradcam.pick_cases(test.labels, s.proba, s.threshold, per_case)
         images = {case: test.read(idx) for case, idx in cases.items()}
