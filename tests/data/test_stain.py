@@ -20,6 +20,7 @@ from glomx.data.stain import (
     _lab_to_rgb,
     _rgb_to_lab,
     fit_sample,
+    transform_each,
 )
 from glomx.data.store import ArrayStore, StoreWriter
 
@@ -60,6 +61,25 @@ def test_two_sites_come_closer_in_colour(
     )
     assert before > 0.5  # SESCAM's stain is far darker: the test has something to close
     assert after < 0.5 * before, (method, before, after)
+
+
+def test_transforming_onto_several_references_at_once_gives_the_same_bytes(
+    patches: dict[str, np.ndarray], fitted: dict[str, StainNormalizer]
+) -> None:
+    """A bag's folds each fitted their own reference: an image's own statistics are estimated
+    once for all of them, and nothing else changes."""
+    images = np.concatenate([patches["SAS"], patches["SESCAM"], _no_tissue()["white"]])
+    normalizers = [
+        fitted["macenko"],
+        StainNormalizer.fit("macenko", patches["SAS"]),
+        fitted["reinhard"],
+        fitted["none"],
+    ]
+    together = transform_each(normalizers, images)
+    for normalizer, out in zip(normalizers, together, strict=True):
+        assert np.array_equal(out, normalizer.transform(images)), normalizer.method
+    assert not np.array_equal(together[0], together[1])  # two references, two results
+    assert together[3] is images  # none: the images themselves, as transform returns them
 
 
 def test_macenko_estimates_torchstains_stains_from_the_same_tissue(
