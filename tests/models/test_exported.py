@@ -16,7 +16,7 @@ from family_zoo import PREPROCESSING, Zoo, blob_images
 from glomx.errors import CorruptModelError
 from glomx.models import load_classifier, load_predictor
 from glomx.models.base import Classifier
-from glomx.models.exported import EXPORT_FILE, SPEC_FILE, ExportedModel, ExportSpec
+from glomx.models.exported import CHUNK, EXPORT_FILE, SPEC_FILE, ExportedModel, ExportSpec
 from glomx.models.keras_common import KerasClassifier
 from glomx.models.mean import MeanModel
 from glomx.models.onnx_export import export_mean, network
@@ -69,6 +69,9 @@ def test_a_bags_export_predicts_as_its_keras_folds(
     assert isinstance(exported, ExportedModel)
     native = bag.predict_proba(images)
     assert np.abs(exported.predict_proba(images) - native).max() < TOLERANCE
+    many = np.concatenate([images] * 4)  # more than one chunk: run side by side, kept in order
+    assert len(many) > CHUNK
+    assert np.abs(exported.predict_proba(many) - np.tile(native, 4)).max() < TOLERANCE
     assert exported.tags() == bag.tags() and exported.meta == bag.meta
     spec = ExportSpec.read(directory)
     assert spec.networks == ["fold-0", "fold-1"]
