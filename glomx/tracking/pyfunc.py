@@ -80,7 +80,7 @@ INPUT_REFUSAL = (
 )
 # what the glomx code imports when a served model loads, and what each native flavor adds
 _GLOMX = (
-    "mlflow", "numpy", "pandas", "pillow", "isal", "pyyaml", "matplotlib", "scikit-learn",
+    "mlflow", "numpy", "pandas", "pillow", "pyspng", "pyyaml", "matplotlib", "scikit-learn",
     "onnxruntime",
 )  # fmt: skip
 _FLAVOR = {"sklearn": ("scikit-learn",), "keras": ("keras", "tensorflow-cpu")}

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from glomx.data.images import METHODS, ImageError, Preprocessing, decode, homogenise, load_image
+from glomx.data.images import (
+    METHODS,
+    ImageError,
+    Preprocessing,
+    _pixels,
+    _spng,
+    decode,
+    homogenise,
+    load_image,
+)
 
 
 def _rgb(h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:
@@ -304,6 +313,54 @@ def test_load_image_is_decode_then_homogenise(tmp_path: Path) -> None:
     expected = homogenise(decode(path, 3), "pad", 16, "black")
     np.testing.assert_array_equal(load_image(path, pre), expected)
     np.testing.assert_array_equal(load_image(path.read_bytes(), pre), expected)
+
+
+def _through_pil(data: bytes, channels: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return _pixels(im, channels, "x")
+
+
+def _exif_png(rgb: np.ndarray) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    return _encode(Image.fromarray(rgb), exif=exif.tobytes())
+
+
+def test_plain_pngs_take_libspngs_path_and_decode_as_pil_does(real_data: Path) -> None:
+    """The challenge's kind of PNG (8-bit RGB or RGBA, no chunk PIL acts on) is decoded by
+    libspng, pixel for pixel what PIL gives, transparency and channels handled alike."""
+    translucent = np.dstack([_rgb(9, 7), np.arange(63, dtype=np.uint8).reshape(9, 7) * 4])
+    opaque = np.dstack([_rgb(9, 7, seed=1), np.full((9, 7), 255, np.uint8)])
+    real = sorted(real_data.glob("*/*.png"))[:4]
+    pngs = [_encode(Image.fromarray(a)) for a in (_rgb(), translucent, opaque)]
+    pngs += [p.read_bytes() for p in real]
+    pngs.append(_encode(Image.fromarray(_rgb(33, 17)), optimize=True))  # other filters
+    for data in pngs:
+        for channels in (3, 4):
+            fast = _spng(data, channels, 10**8)
+            assert fast is not None
+            np.testing.assert_array_equal(fast, _through_pil(data, channels))
+            np.testing.assert_array_equal(decode(data, channels), fast)
+    assert _spng(real[0], 3, 10**8) is not None  # a path, read whole only once within limits
+
+
+def test_pngs_pil_acts_on_take_pils_path(cut_short_png: bytes) -> None:
+    """Transparency by a tRNS chunk, EXIF orientation, other depths and modes, a stream cut
+    short, an image over the pixel limit: libspng's path declines them and PIL's decides."""
+    im = Image.fromarray(_rgb(4, 6))
+    declined = {
+        "tRNS": _encode(im, transparency=(0, 0, 0)),
+        "eXIf": _exif_png(_rgb(4, 6)),
+        "palette": _encode(im.convert("P")),
+        "16 bit": _raw_png(2, 1, 16, 2, b"\0" + bytes(12)),
+        "cut short": cut_short_png,
+        "not a PNG": _encode(im, "BMP"),
+    }
+    for what, data in declined.items():
+        assert _spng(data, 3, 10**8) is None, what
+    assert _spng(_encode(im), 3, 23) is None  # 24 pixels over a limit of 23
+    assert decode(declined["eXIf"], 3).shape == (6, 4, 3)  # rotated, as PIL's path does
 
 
 def test_real_patches_decode_and_pad(real_data: Path) -> None:
