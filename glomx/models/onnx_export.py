@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -215,28 +216,44 @@ def export_mean(members: Mapping[str, Predictor], tags: dict[str, str], director
     keras = {name: m for name, m in members.items() if isinstance(m, KerasClassifier)}
     if len(keras) != len(members):
         return False
-    spawn = get_context("spawn")
-    with ProcessPoolExecutor(
-        1, spawn, die_with_parent, (os.getpid(),), max_tasks_per_child=1
-    ) as pool:
-        converted = {name: pool.submit(_converted, directory / name) for name in keras}
-        networks = {
-            name: (
-                onnx.load_from_string(converted[name].result()),
-                InputSpec("image", m.meta.size, m.meta.channels, m.record.stain),
-            )
-            for name, m in keras.items()
-        }
+    networks = {
+        name: (
+            _converted_apart(directory / name),
+            InputSpec("image", m.meta.size, m.meta.channels, m.record.stain),
+        )
+        for name, m in keras.items()
+    }
     model, inputs = mean_graph(networks)
     onnx.save(model, str(directory / EXPORT_FILE))
     ExportSpec(inputs, list(members), tags).save(directory)
     return True
 
 
-def _converted(folder: Path) -> bytes:
-    """The saved Keras model in ``folder`` as a serialised ONNX graph (:func:`network`), in a
-    worker process."""
-    clf = load_classifier(folder)
+def _converted_apart(folder: Path) -> onnx.ModelProto:
+    """:func:`network` of the Keras model saved in ``folder``, converted by a fresh Python
+    process (``python -m glomx.models.onnx_export``: a command, so it works from any script,
+    which a multiprocessing worker would re-import), that dies with this one."""
+    with tempfile.TemporaryDirectory(prefix="glomx-onnx-") as tmp:
+        out = Path(tmp) / EXPORT_FILE
+        command = [sys.executable, "-m", __name__, str(folder), str(out), str(os.getpid())]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"converting the network in {folder} to ONNX failed (exit status "
+                f"{done.returncode}): {done.stderr.strip()[-3000:]}"
+            )
+        return onnx.load(str(out))
+
+
+def main(argv: list[str]) -> None:
+    """``FOLDER OUT PARENT_PID``: write the Keras model saved in FOLDER as ONNX to OUT."""
+    folder, out, parent = argv
+    die_with_parent(int(parent))
+    clf = load_classifier(Path(folder))
     if not isinstance(clf, KerasClassifier):
-        raise TypeError(f"{folder} holds no Keras network but a {type(clf).__name__}")
-    return network(clf).SerializeToString()
+        raise SystemExit(f"{folder} holds no Keras network but a {type(clf).__name__}")
+    onnx.save(network(clf), out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

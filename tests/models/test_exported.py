@@ -19,7 +19,7 @@ from glomx.models.base import Classifier
 from glomx.models.exported import CHUNK, EXPORT_FILE, SPEC_FILE, ExportedModel, ExportSpec
 from glomx.models.keras_common import KerasClassifier
 from glomx.models.mean import MeanModel
-from glomx.models.onnx_export import export_mean, network
+from glomx.models.onnx_export import _converted_apart, export_mean, network
 
 TOLERANCE = 1e-5  # float32 rounding of two runtimes; the issue's bar is 1e-4
 MACENKO = {  # a fitted Macenko normaliser's dict, as a mobilenet fold of `make run` saved it
@@ -147,3 +147,11 @@ def test_a_bag_of_non_keras_models_has_no_export(zoo: Zoo, tmp_path: Path) -> No
     assert not (tmp_path / "lr" / EXPORT_FILE).exists()
     assert not (tmp_path / "lr" / SPEC_FILE).exists()
     assert isinstance(load_predictor(tmp_path / "lr"), MeanModel)  # natively, as before
+
+
+def test_a_fold_that_cannot_be_converted_names_its_folder(tmp_path: Path) -> None:
+    """Each fold is converted by a process of its own: its failure comes back with the folder
+    and the process's own error, not as a bare exit status."""
+    (tmp_path / "fold-0").mkdir()
+    with pytest.raises(RuntimeError, match=r"(?s)fold-0 to ONNX failed .*fold-0 is not a saved"):
+        _converted_apart(tmp_path / "fold-0")
