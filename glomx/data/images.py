@@ -126,10 +126,8 @@ def _channels_of(pixels: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _png_chunks(data: bytes) -> list[bytes] | None:
-    """The chunk types of PNG ``data`` in order, or None when it is not a well-formed
-    sequence of chunks (its header walked only, nothing inflated)."""
-    if not data.startswith(_PNG_SIGNATURE):
-        return None
+    """The chunk types of PNG ``data`` (its signature checked) in order, or None when they are
+    not a well-formed sequence of chunks (their headers walked only, nothing inflated)."""
     kinds, offset = [], len(_PNG_SIGNATURE)
     while offset + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, offset)
